@@ -1,0 +1,344 @@
+//! Wiring: the one pipeline. Collectors -> samples -> aggregator (per publish window) ->
+//! encoder -> sink. The sampling loop below is the only loop that schedules anything; collectors
+//! and sinks are passive.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::aggregate::{Aggregator, RecordError};
+use crate::catalog::{storage_resolution, Identity, Sample};
+use crate::clock::{system_now_ms, window_start_ms, Ticker};
+use crate::collectors::host::{HostCollector, HostError, HostReading};
+use crate::collectors::worker::{Collect, Outcome, Worker};
+use crate::config::Config;
+use crate::encode::{emf, groups, EncodeContext};
+use crate::identity::resolve_instance_id;
+use crate::sinks::emf_writer::{self, Batch, EmfWriter};
+use crate::telemetry::{self, Counter};
+
+/// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
+pub const PUBLISH_QUEUE_WINDOWS: usize = 64;
+
+/// Shutdown must finish within this (SIGTERM to exit), partial window included.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+impl Collect for HostCollector {
+    type Reading = (HostReading, Vec<HostError>);
+    fn collect(&mut self, _tick_ms: u64) -> Self::Reading {
+        let mut errors = Vec::new();
+        let reading = self.read(&mut errors);
+        (reading, errors)
+    }
+}
+
+/// The synchronous middle of the pipeline: samples in, encoded windows out.
+pub struct Pipeline {
+    aggregator: Aggregator,
+    window_start_ms: Option<u64>,
+    period_seconds: u64,
+    ctx: EncodeContext,
+    max_document_bytes: usize,
+}
+
+impl Pipeline {
+    pub fn new(ctx: EncodeContext, period_seconds: u64, max_document_bytes: usize) -> Self {
+        Pipeline {
+            aggregator: Aggregator::new(),
+            window_start_ms: None,
+            period_seconds,
+            ctx,
+            max_document_bytes,
+        }
+    }
+
+    /// Records the samples of the tick at `tick_ms`. Returns the previous window's documents
+    /// when this tick opens a new window.
+    pub fn record(
+        &mut self,
+        tick_ms: u64,
+        samples: impl IntoIterator<Item = Sample>,
+    ) -> Option<Batch> {
+        let window = window_start_ms(tick_ms, self.period_seconds);
+        let closed = match self.window_start_ms {
+            Some(current) if current != window => self.flush(),
+            _ => None,
+        };
+        self.window_start_ms = Some(window);
+        let mut rejected = 0;
+        for sample in samples {
+            if let Err(RecordError::NotFinite) = self.aggregator.record(sample) {
+                rejected += 1;
+            }
+        }
+        telemetry::warn(
+            Counter::SampleValuesRejected,
+            rejected,
+            "non-finite sample values not recorded",
+        );
+        closed
+    }
+
+    /// Closes the current window (partial or not) and encodes it. None if it holds nothing.
+    pub fn flush(&mut self) -> Option<Batch> {
+        let start = self.window_start_ms.take()?;
+        let window = self.aggregator.flush(start, self.period_seconds);
+        if window.series.is_empty() {
+            return None;
+        }
+        let mut docs = Vec::new();
+        let report = emf::encode(
+            &groups(&window, &self.ctx),
+            window.start_ms,
+            self.ctx.storage_resolution,
+            self.ctx.log_group.as_deref(),
+            self.max_document_bytes,
+            &mut docs,
+        );
+        telemetry::warn(
+            Counter::EmfGroupsSkipped,
+            report.groups_skipped,
+            "EMF group outside the limits",
+        );
+        telemetry::warn(
+            Counter::EmfDimensionSetsDropped,
+            report.dimension_sets_dropped,
+            "EMF dimension set outside the limits",
+        );
+        telemetry::warn(
+            Counter::EmfMetricsSkipped,
+            report.metrics_skipped,
+            "EMF metric outside the limits",
+        );
+        telemetry::warn(
+            Counter::EmfValuesSkipped,
+            report.values_skipped,
+            "non-finite EMF value",
+        );
+        Some(docs)
+    }
+}
+
+/// Runs the agent until `shutdown` completes, then publishes the partial window and drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let identity = Identity {
+        endpoint_name: config.endpoint.name.clone(),
+        variant_name: config.endpoint.variant.clone(),
+        instance_id: resolve_instance_id(&config.endpoint.instance_id).await,
+    };
+    let m = &config.metrics;
+    let log_group = match config.emf_destination() {
+        crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
+            config.output.log_group.clone()
+        }
+        _ => None,
+    };
+    let ctx = EncodeContext {
+        identity,
+        enhanced: m.enhanced,
+        endpoints_namespace: m.endpoints_namespace.clone(),
+        components_namespace: m.components_namespace.clone(),
+        gpu_dimension_name: config.gpu.dimension_name.clone(),
+        storage_resolution: storage_resolution(m.publish_frequency_seconds),
+        log_group,
+    };
+    let writer = EmfWriter::open(&config.emf_destination())
+        .await
+        .with_context(|| format!("opening EMF destination {}", config.output.emf_destination))?;
+    let mut pipeline = Pipeline::new(
+        ctx.clone(),
+        m.publish_frequency_seconds,
+        writer.max_document_bytes(),
+    );
+    tracing::info!(
+        endpoint = %ctx.identity.endpoint_name,
+        instance_id = %ctx.identity.instance_id,
+        destination = %writer.describe(),
+        publish_frequency_seconds = m.publish_frequency_seconds,
+        sample_interval_ms = m.sample_interval_ms,
+        enhanced = m.enhanced,
+        "agent started"
+    );
+
+    let (tx, rx) = mpsc::channel::<Batch>(PUBLISH_QUEUE_WINDOWS);
+    let sink = tokio::spawn(emf_writer::run(writer, rx, SHUTDOWN_GRACE));
+    let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
+        .context("opening host statistics")?;
+    let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
+
+    let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
+    let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
+    let mut samples: Vec<Sample> = Vec::with_capacity(64);
+    tokio::pin!(shutdown);
+    loop {
+        let tick = tokio::select! {
+            tick = ticker.tick() => tick,
+            _ = &mut shutdown => break,
+        };
+        telemetry::warn(
+            Counter::SamplesMissed,
+            tick.missed,
+            "sample ticks missed: the agent was late",
+        );
+        samples.clear();
+        read_host(&mut host, tick.wall_ms, collect_timeout, &mut samples).await;
+        if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
+            publish(&tx, batch);
+        }
+    }
+
+    tracing::info!("shutting down: publishing the partial window");
+    if let Some(batch) = pipeline.flush() {
+        publish(&tx, batch);
+    }
+    drop(tx);
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), sink)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the EMF sink did not finish in time");
+    }
+    tracing::info!(counters = ?telemetry::snapshot(), "stopped");
+    Ok(())
+}
+
+async fn read_host(
+    host: &mut Worker<(HostReading, Vec<HostError>)>,
+    tick_ms: u64,
+    timeout: Duration,
+    out: &mut Vec<Sample>,
+) {
+    match host.read(tick_ms, timeout).await {
+        Outcome::Reading((reading, errors)) => {
+            telemetry::add(Counter::SamplesTaken, 1);
+            for error in &errors {
+                telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
+            }
+            reading.samples(out);
+        }
+        Outcome::TimedOut => telemetry::warn(Counter::SamplesMissed, 1, "host collector timed out"),
+        Outcome::Stalled => {
+            telemetry::warn(Counter::SamplesMissed, 1, "host collector still stuck")
+        }
+        Outcome::Gone => {
+            telemetry::warn(Counter::SamplesMissed, 1, "host collector thread is gone")
+        }
+    }
+}
+
+fn publish(tx: &mpsc::Sender<Batch>, batch: Batch) {
+    match tx.try_send(batch) {
+        Ok(()) => telemetry::add(Counter::WindowsPublished, 1),
+        Err(_) => telemetry::warn(
+            Counter::WindowsDropped,
+            1,
+            "the sink is not keeping up; window dropped",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Metric, Scope};
+
+    fn ctx(enhanced: bool) -> EncodeContext {
+        EncodeContext {
+            identity: Identity {
+                endpoint_name: "e".into(),
+                variant_name: "v".into(),
+                instance_id: "i-1".into(),
+            },
+            enhanced,
+            endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
+            components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+            gpu_dimension_name: "GpuId".into(),
+            storage_resolution: 1,
+            log_group: None,
+        }
+    }
+
+    #[test]
+    fn the_boundary_tick_closes_the_window_with_its_samples() {
+        let mut p = Pipeline::new(ctx(false), 10, 256 * 1024);
+        for t in 1..=10u64 {
+            let batch = p.record(
+                t * 1000,
+                [Sample::new(
+                    Scope::Instance,
+                    Metric::MemoryUtilization,
+                    t as f64,
+                )],
+            );
+            assert!(batch.is_none(), "window still open at {t}");
+        }
+        let batch = p
+            .record(
+                11_000,
+                [Sample::new(
+                    Scope::Instance,
+                    Metric::MemoryUtilization,
+                    11.0,
+                )],
+            )
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&batch[0]).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 0);
+        assert_eq!(v["MemoryUtilization"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["StorageResolution"],
+            1
+        );
+        let partial = p.flush().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&partial[0]).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 10_000);
+        assert_eq!(v["MemoryUtilization"][0].as_f64(), Some(11.0));
+        assert!(p.flush().is_none());
+    }
+
+    #[test]
+    fn enhanced_adds_the_instance_set_and_per_gpu_documents() {
+        let samples = || {
+            [
+                Sample::new(Scope::Instance, Metric::GpuUtilization, 50.0),
+                Sample::new(Scope::Gpu { index: 0 }, Metric::GpuUtilization, 50.0),
+            ]
+        };
+        let mut off = Pipeline::new(ctx(false), 60, 256 * 1024);
+        off.record(1000, samples());
+        let docs = off.flush().unwrap();
+        assert_eq!(
+            docs.len(),
+            1,
+            "per-GPU series are not published without enhanced metrics"
+        );
+        let mut on = Pipeline::new(ctx(true), 60, 256 * 1024);
+        on.record(1000, samples());
+        let docs = on.flush().unwrap();
+        assert_eq!(docs.len(), 2);
+        let gpu: serde_json::Value = serde_json::from_str(&docs[1]).unwrap();
+        assert_eq!(gpu["GpuId"], "0");
+        assert_eq!(gpu["InstanceId"], "i-1");
+        assert_eq!(
+            gpu["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([["EndpointName", "VariantName", "InstanceId", "GpuId"]])
+        );
+    }
+
+    #[test]
+    fn non_finite_samples_are_counted_not_recorded() {
+        let mut p = Pipeline::new(ctx(false), 60, 256 * 1024);
+        p.record(
+            1000,
+            [Sample::new(
+                Scope::Instance,
+                Metric::CpuUtilization,
+                f64::NAN,
+            )],
+        );
+        assert!(p.flush().is_none());
+    }
+}

@@ -1,0 +1,313 @@
+//! Every metric the agent publishes: name, unit, namespace and dimension sets.
+//!
+//! This module is `../shared/docs/metrics-spec.md` in code. A collector says *what* it measured (a
+//! [`Metric`] about a [`Scope`]); this module alone decides under which namespace and dimension sets
+//! that series is published, for enhanced metrics off and on.
+
+use std::sync::Arc;
+
+/// CloudWatch units the agent uses (a subset of the valid units listed in the spec).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unit {
+    Percent,
+    Count,
+    Microseconds,
+    Bytes,
+    Seconds,
+    None,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Percent => "Percent",
+            Unit::Count => "Count",
+            Unit::Microseconds => "Microseconds",
+            Unit::Bytes => "Bytes",
+            Unit::Seconds => "Seconds",
+            Unit::None => "None",
+        }
+    }
+}
+
+/// A published metric name and its unit. The namespace comes from the [`Scope`] of the series.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    CpuUtilization,
+    CpuUtilizationNormalized,
+    MemoryUtilization,
+    MemoryUtilizationNormalized,
+    DiskUtilization,
+    GpuUtilization,
+    GpuMemoryUtilization,
+    GpuUtilizationNormalized,
+    GpuMemoryUtilizationNormalized,
+    CpuReservation,
+    GpuReservation,
+    MemoryReservation,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::CpuUtilization => "CPUUtilization",
+            Metric::CpuUtilizationNormalized => "CPUUtilizationNormalized",
+            Metric::MemoryUtilization => "MemoryUtilization",
+            Metric::MemoryUtilizationNormalized => "MemoryUtilizationNormalized",
+            Metric::DiskUtilization => "DiskUtilization",
+            Metric::GpuUtilization => "GPUUtilization",
+            Metric::GpuMemoryUtilization => "GPUMemoryUtilization",
+            Metric::GpuUtilizationNormalized => "GPUUtilizationNormalized",
+            Metric::GpuMemoryUtilizationNormalized => "GPUMemoryUtilizationNormalized",
+            Metric::CpuReservation => "CPUReservation",
+            Metric::GpuReservation => "GPUReservation",
+            Metric::MemoryReservation => "MemoryReservation",
+        }
+    }
+
+    pub fn unit(self) -> Unit {
+        match self {
+            Metric::CpuUtilization
+            | Metric::CpuUtilizationNormalized
+            | Metric::MemoryUtilization
+            | Metric::MemoryUtilizationNormalized
+            | Metric::DiskUtilization
+            | Metric::GpuUtilization
+            | Metric::GpuMemoryUtilization
+            | Metric::GpuUtilizationNormalized
+            | Metric::GpuMemoryUtilizationNormalized
+            | Metric::CpuReservation
+            | Metric::GpuReservation
+            | Metric::MemoryReservation => Unit::Percent,
+        }
+    }
+}
+
+/// What a series describes. Carries the dimension values that are not the same for the whole host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// The instance as a whole (`/aws/sagemaker/Endpoints`).
+    Instance,
+    /// One GPU of the instance, by NVML index (`/aws/sagemaker/Endpoints`, enhanced only).
+    Gpu { index: u32 },
+    /// One model copy: a container of an inference component (`/aws/sagemaker/InferenceComponents`).
+    Container {
+        component: Arc<str>,
+        container_id: Arc<str>,
+    },
+    /// One GPU as used by one model copy (`/aws/sagemaker/InferenceComponents`, enhanced only).
+    ContainerGpu {
+        component: Arc<str>,
+        container_id: Arc<str>,
+        gpu_index: u32,
+    },
+}
+
+/// Which namespace a scope publishes into; the names themselves are configuration.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Namespace {
+    Endpoints,
+    InferenceComponents,
+}
+
+pub const DEFAULT_ENDPOINTS_NAMESPACE: &str = "/aws/sagemaker/Endpoints";
+pub const DEFAULT_COMPONENTS_NAMESPACE: &str = "/aws/sagemaker/InferenceComponents";
+
+/// Dimension keys. `Gpu` is spelled by configuration (`GpuId` by default, `AcceleratorId` in the
+/// official guide), so it is resolved at encode time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    EndpointName,
+    VariantName,
+    InstanceId,
+    Gpu,
+    InferenceComponentName,
+    ContainerId,
+}
+
+impl Dim {
+    pub fn name(self, gpu_dimension_name: &str) -> &str {
+        match self {
+            Dim::EndpointName => "EndpointName",
+            Dim::VariantName => "VariantName",
+            Dim::InstanceId => "InstanceId",
+            Dim::Gpu => gpu_dimension_name,
+            Dim::InferenceComponentName => "InferenceComponentName",
+            Dim::ContainerId => "ContainerId",
+        }
+    }
+}
+
+use Dim::*;
+
+const ENDPOINT: &[Dim] = &[EndpointName, VariantName];
+const ENDPOINT_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId];
+const ENDPOINT_GPU: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu];
+const COMPONENT: &[Dim] = &[InferenceComponentName];
+const COMPONENT_CONTAINER: &[Dim] = &[
+    EndpointName,
+    VariantName,
+    InstanceId,
+    InferenceComponentName,
+    ContainerId,
+];
+const COMPONENT_CONTAINER_GPU: &[Dim] = &[
+    EndpointName,
+    VariantName,
+    InstanceId,
+    InferenceComponentName,
+    ContainerId,
+    Gpu,
+];
+
+impl Scope {
+    pub fn namespace(&self) -> Namespace {
+        match self {
+            Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
+            Scope::Container { .. } | Scope::ContainerGpu { .. } => Namespace::InferenceComponents,
+        }
+    }
+
+    /// The dimension sets a series of this scope is published under. Empty: not published with
+    /// this setting (per-GPU and per-container-GPU series exist only with enhanced metrics).
+    pub fn dimension_sets(&self, enhanced: bool) -> &'static [&'static [Dim]] {
+        match (self, enhanced) {
+            (Scope::Instance, false) => &[ENDPOINT],
+            (Scope::Instance, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
+            (Scope::Gpu { .. }, false) => &[],
+            (Scope::Gpu { .. }, true) => &[ENDPOINT_GPU],
+            (Scope::Container { .. }, false) => &[COMPONENT],
+            (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
+            (Scope::ContainerGpu { .. }, false) => &[],
+            (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU],
+        }
+    }
+
+    /// The value of a dimension that this scope carries (the host-wide ones come from
+    /// [`Identity`]).
+    pub fn dimension_value(&self, dim: Dim) -> Option<String> {
+        match (self, dim) {
+            (Scope::Gpu { index }, Gpu)
+            | (
+                Scope::ContainerGpu {
+                    gpu_index: index, ..
+                },
+                Gpu,
+            ) => Some(index.to_string()),
+            (Scope::Container { component, .. }, InferenceComponentName)
+            | (Scope::ContainerGpu { component, .. }, InferenceComponentName) => {
+                Some(component.to_string())
+            }
+            (Scope::Container { container_id, .. }, ContainerId)
+            | (Scope::ContainerGpu { container_id, .. }, ContainerId) => {
+                Some(container_id.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The host-wide dimension values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub endpoint_name: String,
+    pub variant_name: String,
+    pub instance_id: String,
+}
+
+impl Identity {
+    pub fn dimension_value(&self, dim: Dim) -> Option<&str> {
+        match dim {
+            EndpointName => Some(&self.endpoint_name),
+            VariantName => Some(&self.variant_name),
+            InstanceId => Some(&self.instance_id),
+            _ => None,
+        }
+    }
+}
+
+/// One series: a metric about a scope.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub scope: Scope,
+    pub metric: Metric,
+}
+
+/// One measured value of one series, as collectors hand it to the aggregator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub key: SeriesKey,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(scope: Scope, metric: Metric, value: f64) -> Self {
+        Sample {
+            key: SeriesKey { scope, metric },
+            value,
+        }
+    }
+}
+
+/// StorageResolution for a publish frequency: high resolution (1) under 60 s, else 60.
+pub fn storage_resolution(publish_frequency_seconds: u64) -> u32 {
+    if publish_frequency_seconds < 60 {
+        1
+    } else {
+        60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_dimension_sets_follow_the_spec() {
+        assert_eq!(
+            Scope::Instance.dimension_sets(false),
+            &[&[EndpointName, VariantName][..]]
+        );
+        assert_eq!(
+            Scope::Instance.dimension_sets(true),
+            &[
+                &[EndpointName, VariantName][..],
+                &[EndpointName, VariantName, InstanceId][..]
+            ]
+        );
+        assert!(Scope::Gpu { index: 0 }.dimension_sets(false).is_empty());
+        assert_eq!(
+            Scope::Gpu { index: 3 }.dimension_sets(true),
+            &[&[EndpointName, VariantName, InstanceId, Gpu][..]]
+        );
+    }
+
+    #[test]
+    fn container_scope_carries_its_dimension_values() {
+        let scope = Scope::ContainerGpu {
+            component: "model-a".into(),
+            container_id: "0123456789ab".into(),
+            gpu_index: 2,
+        };
+        assert_eq!(scope.namespace(), Namespace::InferenceComponents);
+        assert_eq!(scope.dimension_value(Gpu).as_deref(), Some("2"));
+        assert_eq!(
+            scope.dimension_value(InferenceComponentName).as_deref(),
+            Some("model-a")
+        );
+        assert_eq!(
+            scope.dimension_value(ContainerId).as_deref(),
+            Some("0123456789ab")
+        );
+        assert_eq!(scope.dimension_value(EndpointName), None);
+        assert_eq!(Dim::Gpu.name("AcceleratorId"), "AcceleratorId");
+    }
+
+    #[test]
+    fn storage_resolution_is_high_under_a_minute() {
+        assert_eq!(storage_resolution(10), 1);
+        assert_eq!(storage_resolution(30), 1);
+        assert_eq!(storage_resolution(60), 60);
+        assert_eq!(storage_resolution(300), 60);
+    }
+}

@@ -1,0 +1,4 @@
+//! Collectors: passive readers of the host, each run on a [`worker::Worker`] thread.
+
+pub mod host;
+pub mod worker;

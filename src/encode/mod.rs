@@ -1,0 +1,98 @@
+//! Encoders: a closed window to CloudWatch's wire forms, within every limit (`limits`).
+
+pub mod emf;
+pub mod limits;
+
+use crate::aggregate::{Stats, Window};
+use crate::catalog::{Identity, Namespace, Scope};
+
+/// What the encoders need besides the window: who is publishing and how.
+#[derive(Clone, Debug)]
+pub struct EncodeContext {
+    pub identity: Identity,
+    pub enhanced: bool,
+    pub endpoints_namespace: String,
+    pub components_namespace: String,
+    pub gpu_dimension_name: String,
+    pub storage_resolution: u32,
+    /// `_aws.LogGroupName`, for the CloudWatch agent's listener.
+    pub log_group: Option<String>,
+}
+
+/// One namespace and one set of dimension values, with the metrics published under them.
+/// The encoders' input: generic over names so limits can be tested with any shape.
+#[derive(Clone, Debug)]
+pub struct MetricGroup<'a> {
+    pub namespace: &'a str,
+    /// Dimension name and value, each a root member of an EMF document.
+    pub dimensions: Vec<(&'a str, String)>,
+    /// The dimension sets (lists of dimension names) to publish under.
+    pub dimension_sets: Vec<Vec<&'a str>>,
+    pub metrics: Vec<GroupMetric<'a>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupMetric<'a> {
+    pub name: &'a str,
+    pub unit: &'a str,
+    pub stats: &'a Stats,
+}
+
+/// Groups a window's series by scope, resolving namespaces and dimensions through the catalog.
+/// Series whose scope is not published with this setting are left out.
+pub fn groups<'a>(window: &'a Window, ctx: &'a EncodeContext) -> Vec<MetricGroup<'a>> {
+    let mut out: Vec<MetricGroup<'a>> = Vec::new();
+    let mut current: Option<&Scope> = None;
+    for (key, stats) in &window.series {
+        let sets = key.scope.dimension_sets(ctx.enhanced);
+        if sets.is_empty() {
+            continue;
+        }
+        if current != Some(&key.scope) {
+            current = Some(&key.scope);
+            out.push(new_group(&key.scope, sets, ctx));
+        }
+        if let Some(group) = out.last_mut() {
+            group.metrics.push(GroupMetric {
+                name: key.metric.name(),
+                unit: key.metric.unit().as_str(),
+                stats,
+            });
+        }
+    }
+    out
+}
+
+fn new_group<'a>(
+    scope: &Scope,
+    sets: &'static [&'static [crate::catalog::Dim]],
+    ctx: &'a EncodeContext,
+) -> MetricGroup<'a> {
+    let namespace = match scope.namespace() {
+        Namespace::Endpoints => ctx.endpoints_namespace.as_str(),
+        Namespace::InferenceComponents => ctx.components_namespace.as_str(),
+    };
+    let gpu_name = ctx.gpu_dimension_name.as_str();
+    let mut dimensions: Vec<(&'a str, String)> = Vec::new();
+    for dim in sets.iter().flat_map(|set| set.iter()) {
+        let name = dim.name(gpu_name);
+        if dimensions.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let value = match ctx.identity.dimension_value(*dim) {
+            Some(v) => v.to_string(),
+            None => scope.dimension_value(*dim).unwrap_or_default(),
+        };
+        dimensions.push((name, value));
+    }
+    let dimension_sets = sets
+        .iter()
+        .map(|set| set.iter().map(|d| d.name(gpu_name)).collect())
+        .collect();
+    MetricGroup {
+        namespace,
+        dimensions,
+        dimension_sets,
+        metrics: Vec::new(),
+    }
+}

@@ -1,0 +1,17 @@
+//! endpoint-metrics-agent: SageMaker-style enhanced metrics for GPU inference hosts.
+//!
+//! The pipeline: `collectors` -> samples (`catalog`) -> `aggregate` (per window of the `clock`)
+//! -> `encode` -> `sinks`, wired in `agent`.
+#![deny(clippy::print_stdout)]
+
+pub mod agent;
+pub mod aggregate;
+pub mod catalog;
+pub mod clock;
+pub mod collectors;
+pub mod config;
+pub mod encode;
+pub mod identity;
+pub mod logging;
+pub mod sinks;
+pub mod telemetry;

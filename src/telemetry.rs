@@ -1,0 +1,113 @@
+//! The agent's own counters. Every notable event is logged and counted here, in one call, so the
+//! logs and the self-metrics never disagree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Something the agent counts about itself.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Counter {
+    SamplesTaken,
+    SamplesMissed,
+    SampleValuesRejected,
+    CollectorErrors,
+    WindowsPublished,
+    WindowsDropped,
+    EmfDocumentsWritten,
+    EmfDocumentsDropped,
+    EmfGroupsSkipped,
+    EmfDimensionSetsDropped,
+    EmfMetricsSkipped,
+    EmfValuesSkipped,
+    SinkWriteErrors,
+    SinkReconnects,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 14] = [
+        Counter::SamplesTaken,
+        Counter::SamplesMissed,
+        Counter::SampleValuesRejected,
+        Counter::CollectorErrors,
+        Counter::WindowsPublished,
+        Counter::WindowsDropped,
+        Counter::EmfDocumentsWritten,
+        Counter::EmfDocumentsDropped,
+        Counter::EmfGroupsSkipped,
+        Counter::EmfDimensionSetsDropped,
+        Counter::EmfMetricsSkipped,
+        Counter::EmfValuesSkipped,
+        Counter::SinkWriteErrors,
+        Counter::SinkReconnects,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::SamplesTaken => "samples_taken",
+            Counter::SamplesMissed => "samples_missed",
+            Counter::SampleValuesRejected => "sample_values_rejected",
+            Counter::CollectorErrors => "collector_errors",
+            Counter::WindowsPublished => "windows_published",
+            Counter::WindowsDropped => "windows_dropped",
+            Counter::EmfDocumentsWritten => "emf_documents_written",
+            Counter::EmfDocumentsDropped => "emf_documents_dropped",
+            Counter::EmfGroupsSkipped => "emf_groups_skipped",
+            Counter::EmfDimensionSetsDropped => "emf_dimension_sets_dropped",
+            Counter::EmfMetricsSkipped => "emf_metrics_skipped",
+            Counter::EmfValuesSkipped => "emf_values_skipped",
+            Counter::SinkWriteErrors => "sink_write_errors",
+            Counter::SinkReconnects => "sink_reconnects",
+        }
+    }
+}
+
+static COUNTERS: [AtomicU64; Counter::ALL.len()] =
+    [const { AtomicU64::new(0) }; Counter::ALL.len()];
+
+/// Adds `n` to a counter without logging (for routine events such as a sample taken).
+pub fn add(counter: Counter, n: u64) {
+    COUNTERS[counter as usize].fetch_add(n, Ordering::Relaxed);
+}
+
+/// Counts a problem and logs it as a warning, fields first, message last.
+pub fn warn(counter: Counter, n: u64, reason: &str) {
+    if n == 0 {
+        return;
+    }
+    add(counter, n);
+    tracing::warn!(
+        counter = counter.name(),
+        n,
+        total = get(counter),
+        reason,
+        "counted"
+    );
+}
+
+pub fn get(counter: Counter) -> u64 {
+    COUNTERS[counter as usize].load(Ordering::Relaxed)
+}
+
+/// Every counter with its current value.
+pub fn snapshot() -> Vec<(&'static str, u64)> {
+    Counter::ALL.iter().map(|&c| (c.name(), get(c))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_indexed_by_their_position_in_all() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn warn_counts() {
+        let before = get(Counter::SinkReconnects);
+        warn(Counter::SinkReconnects, 2, "test");
+        assert!(get(Counter::SinkReconnects) >= before + 2);
+        assert!(snapshot().iter().any(|(n, _)| *n == "sink_reconnects"));
+    }
+}
