@@ -1,4 +1,5 @@
 //! Collectors: passive readers of the host, each run on a [`worker::Worker`] thread.
 
+pub mod gpu;
 pub mod host;
 pub mod worker;
