@@ -366,8 +366,12 @@ impl Config {
         let deserializer = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            err(key, one_line(e.inner().message()))
+            if key == "." {
+                // A syntax error or a missing top-level table: the full text says where.
+                err(String::new(), one_line(&e.inner().to_string()))
+            } else {
+                err(key, one_line(e.inner().message()))
+            }
         })?;
         config
             .validate()

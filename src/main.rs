@@ -40,9 +40,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
-                // check-config's output is for a person or ExecStartPre, never EMF; stderr keeps
-                // stdout free for EMF in every mode.
-                eprintln!("{} is valid\n{}", config.display(), c.summary());
+                // check-config never runs the pipeline, so stdout is free for the summary.
+                println!("{} is valid\n{}", config.display(), c.summary());
                 ExitCode::SUCCESS
             }
             Err(e) => {
