@@ -213,10 +213,10 @@ fn members(name: &str, values: &[f64], room: usize) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut in_current = 0;
-    let mut text = String::new();
+    let mut buffer = ryu::Buffer::new();
     for value in values {
-        text.clear();
-        let _ = write!(text, "{value}");
+        // Shortest round-trip form; values are finite (filtered above), so always valid JSON.
+        let text = buffer.format_finite(*value);
         // Bytes of the finished member, its leading comma and closing ']' included.
         let with_value = |current_len: usize| current_len + 1 + text.len() + 2;
         if in_current > 0
@@ -234,7 +234,7 @@ fn members(name: &str, values: &[f64], room: usize) -> Option<Vec<String>> {
         } else {
             current.push(',');
         }
-        current.push_str(&text);
+        current.push_str(text);
         in_current += 1;
     }
     if in_current > 0 {
@@ -462,11 +462,15 @@ mod tests {
 
     #[test]
     fn documents_stay_under_the_byte_limit() {
-        // 100 metrics x 100 values of ~29 characters each are over 256 KB in one document.
+        // 100 metrics with 255-character names x 100 values of 24 characters (tiny negative
+        // numbers at full precision): over 256 KB in one document.
         let names: Vec<String> = (0..100)
-            .map(|i| format!("Metric{i:03}WithALongerName"))
+            .map(|i| format!("Metric{i:03}{}", "x".repeat(246)))
             .collect();
-        let values: Vec<f64> = (0..100).map(|i| (1.0 / 3.0 + i as f64) * 1e-10).collect();
+        let mut values: Vec<f64> = (0..100u64)
+            .map(|k| f64::from_bits(0x8010_0000_0000_0000 + k * 0x0123_4567_89ab))
+            .collect();
+        values.sort_by(f64::total_cmp);
         let s = stats(&values);
         let mut out = Vec::new();
         let report = encode(
@@ -499,7 +503,7 @@ mod tests {
         for doc in &udp {
             check_emf_rules(doc, UDP_MAX_DOCUMENT_BYTES);
         }
-        assert!(values_of(&udp, "Metric000WithALongerName") == values);
+        assert!(values_of(&udp, &names[0]) == values);
     }
 
     #[test]
