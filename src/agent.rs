@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::aggregate::{Aggregator, RecordError};
 use crate::catalog::{storage_resolution, Identity, Sample};
 use crate::clock::{system_now_ms, window_start_ms, Ticker};
+use crate::collectors::gpu::{self, GpuReading};
 use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
@@ -167,6 +168,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
+    let mut gpu = gpu::spawn(&config.gpu, m.sample_interval_ms)
+        .context("starting the GPU collector thread")?;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
@@ -183,7 +186,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "sample ticks missed: the agent was late",
         );
         samples.clear();
-        read_host(&mut host, tick.wall_ms, collect_timeout, &mut samples).await;
+        let ((), gpu_reading) = tokio::join!(
+            read_host(&mut host, tick.wall_ms, collect_timeout, &mut samples),
+            gpu::read(gpu.as_mut(), tick.wall_ms, collect_timeout),
+        );
+        // This tick's GPU reading: its processes (host PID, GPU) feed container attribution.
+        // Empty when the tick has no GPU data, so nothing stale is ever attributed.
+        let latest_gpu: GpuReading = gpu_reading.unwrap_or_default();
+        latest_gpu.samples(&mut samples);
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
             publish(&tx, batch);
         }

@@ -20,10 +20,20 @@ pub enum Counter {
     EmfValuesSkipped,
     SinkWriteErrors,
     SinkReconnects,
+    /// No NVML library or driver: the agent runs without GPU metrics (warned once).
+    GpuUnavailable,
+    /// A GPU answered GPU_IS_LOST; its series stop until a re-initialisation finds it again.
+    GpuLost,
+    /// An NVML call failed (other than "not supported", "lost" and "no new samples").
+    GpuErrors,
+    /// A GPU reading did not finish in time (a hanging NVML call): that tick has no GPU data.
+    GpuReadsMissed,
+    /// A process list with an impossible layout, rejected rather than misread.
+    GpuProcessListsRejected,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 19] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -38,6 +48,11 @@ impl Counter {
         Counter::EmfValuesSkipped,
         Counter::SinkWriteErrors,
         Counter::SinkReconnects,
+        Counter::GpuUnavailable,
+        Counter::GpuLost,
+        Counter::GpuErrors,
+        Counter::GpuReadsMissed,
+        Counter::GpuProcessListsRejected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +71,11 @@ impl Counter {
             Counter::EmfValuesSkipped => "emf_values_skipped",
             Counter::SinkWriteErrors => "sink_write_errors",
             Counter::SinkReconnects => "sink_reconnects",
+            Counter::GpuUnavailable => "gpu_unavailable",
+            Counter::GpuLost => "gpu_lost",
+            Counter::GpuErrors => "gpu_errors",
+            Counter::GpuReadsMissed => "gpu_reads_missed",
+            Counter::GpuProcessListsRejected => "gpu_process_lists_rejected",
         }
     }
 }

@@ -32,3 +32,193 @@ pub struct GpuProcess {
     /// SM utilization 0..100 since the last reading; None where NVML has no sample for it.
     pub sm_utilization_percent: Option<f64>,
 }
+
+mod nvml;
+
+pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_EVERY_SAMPLES};
+
+use std::time::Duration;
+
+use crate::catalog::{Metric, Sample, Scope};
+use crate::collectors::worker::{Outcome, Worker};
+use crate::telemetry::{self, Counter};
+
+impl GpuDevice {
+    /// Memory used / total in percent; None where the total is unknown (0).
+    pub fn memory_utilization_percent(&self) -> Option<f64> {
+        (self.memory_total_bytes > 0)
+            .then(|| self.memory_used_bytes as f64 * 100.0 / self.memory_total_bytes as f64)
+    }
+}
+
+impl GpuReading {
+    /// The published samples (metrics-spec.md): per GPU (`Scope::Gpu`, published with enhanced
+    /// metrics only) and instance-wide sums over the GPUs, plus those sums divided by the number
+    /// of GPUs that contributed. A GPU without a utilization value (MIG enabled, unsupported)
+    /// contributes to neither utilization series, so it never counts as a false 0; with no
+    /// contributing GPU at all the instance series are absent for this sample.
+    pub fn samples(&self, out: &mut Vec<Sample>) {
+        let (mut util_sum, mut util_gpus) = (0.0, 0u32);
+        let (mut mem_sum, mut mem_gpus) = (0.0, 0u32);
+        for device in &self.devices {
+            let scope = Scope::Gpu {
+                index: device.index,
+            };
+            if let Some(util) = device.utilization_percent {
+                out.push(Sample::new(scope.clone(), Metric::GpuUtilization, util));
+                util_sum += util;
+                util_gpus += 1;
+            }
+            if let Some(mem) = device.memory_utilization_percent() {
+                out.push(Sample::new(scope, Metric::GpuMemoryUtilization, mem));
+                mem_sum += mem;
+                mem_gpus += 1;
+            }
+        }
+        let instance = [
+            (
+                util_sum,
+                util_gpus,
+                Metric::GpuUtilization,
+                Metric::GpuUtilizationNormalized,
+            ),
+            (
+                mem_sum,
+                mem_gpus,
+                Metric::GpuMemoryUtilization,
+                Metric::GpuMemoryUtilizationNormalized,
+            ),
+        ];
+        for (sum, gpus, metric, normalized) in instance {
+            if gpus > 0 {
+                out.push(Sample::new(Scope::Instance, metric, sum));
+                out.push(Sample::new(
+                    Scope::Instance,
+                    normalized,
+                    sum / f64::from(gpus),
+                ));
+            }
+        }
+    }
+}
+
+/// Starts the NVML collector on its own thread, or None when `[gpu] enabled = false`.
+pub fn spawn(
+    config: &crate::config::GpuConfig,
+    sample_interval_ms: u64,
+) -> std::io::Result<Option<Worker<GpuReading>>> {
+    if !config.enabled {
+        tracing::info!("GPU metrics disabled by configuration");
+        return Ok(None);
+    }
+    let collector = NvmlCollector::new(GpuOptions::new(&config.nvml_library, sample_interval_ms));
+    Worker::spawn("gpu", collector).map(Some)
+}
+
+/// Asks the GPU worker for the reading of tick `tick_ms`. None: no GPU data for this tick (a
+/// hanging NVML call, logged and counted; or GPU metrics disabled). The caller must not reuse an
+/// older reading in its place.
+pub async fn read(
+    worker: Option<&mut Worker<GpuReading>>,
+    tick_ms: u64,
+    timeout: Duration,
+) -> Option<GpuReading> {
+    let reason = match worker?.read(tick_ms, timeout).await {
+        Outcome::Reading(reading) => return Some(reading),
+        Outcome::TimedOut => "an NVML call did not return in time: no GPU data for this tick",
+        Outcome::Stalled => "an NVML call is still stuck: no GPU data for this tick",
+        Outcome::Gone => "the GPU collector thread is gone: no GPU data",
+    };
+    telemetry::warn(Counter::GpuReadsMissed, 1, reason);
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(index: u32, util: Option<f64>, used: u64, total: u64) -> GpuDevice {
+        GpuDevice {
+            index,
+            uuid: format!("GPU-{index}"),
+            utilization_percent: util,
+            memory_used_bytes: used,
+            memory_total_bytes: total,
+        }
+    }
+
+    fn value(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| &s.key.scope == scope && s.key.metric == metric)
+            .map(|s| s.value)
+    }
+
+    #[test]
+    fn sums_and_normalized_values_over_the_gpus() {
+        let reading = GpuReading {
+            devices: vec![
+                device(0, Some(30.0), 10, 100),
+                device(1, Some(50.0), 40, 200),
+            ],
+            processes: vec![],
+        };
+        let mut out = Vec::new();
+        reading.samples(&mut out);
+        let gpu1 = Scope::Gpu { index: 1 };
+        assert_eq!(value(&out, &gpu1, Metric::GpuUtilization), Some(50.0));
+        assert_eq!(value(&out, &gpu1, Metric::GpuMemoryUtilization), Some(20.0));
+        let i = Scope::Instance;
+        assert_eq!(value(&out, &i, Metric::GpuUtilization), Some(80.0));
+        assert_eq!(
+            value(&out, &i, Metric::GpuUtilizationNormalized),
+            Some(40.0)
+        );
+        assert_eq!(value(&out, &i, Metric::GpuMemoryUtilization), Some(30.0));
+        assert_eq!(
+            value(&out, &i, Metric::GpuMemoryUtilizationNormalized),
+            Some(15.0)
+        );
+        assert_eq!(out.len(), 8);
+    }
+
+    #[test]
+    fn a_gpu_without_utilization_is_not_a_false_zero() {
+        let reading = GpuReading {
+            devices: vec![device(0, None, 50, 100), device(1, Some(60.0), 0, 100)],
+            processes: vec![],
+        };
+        let mut out = Vec::new();
+        reading.samples(&mut out);
+        assert_eq!(
+            value(&out, &Scope::Gpu { index: 0 }, Metric::GpuUtilization),
+            None
+        );
+        assert_eq!(
+            value(&out, &Scope::Instance, Metric::GpuUtilizationNormalized),
+            Some(60.0),
+            "divided by the GPUs that have a value"
+        );
+        assert_eq!(
+            value(
+                &out,
+                &Scope::Instance,
+                Metric::GpuMemoryUtilizationNormalized
+            ),
+            Some(25.0)
+        );
+    }
+
+    #[test]
+    fn no_gpus_no_samples() {
+        let mut out = Vec::new();
+        GpuReading::default().samples(&mut out);
+        assert!(out.is_empty());
+        let only_mig = GpuReading {
+            devices: vec![device(0, None, 0, 0)],
+            processes: vec![],
+        };
+        only_mig.samples(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+}

@@ -1,0 +1,601 @@
+//! The NVML collector: every GPU's utilization and memory, and the processes on them, through
+//! `nvml-wrapper` over the driver library named by `[gpu] nvml_library`.
+//!
+//! It runs on a [`Worker`](crate::collectors::worker::Worker) thread, so a call that never returns
+//! costs that tick's GPU data and nothing else. Faults:
+//! - no library or no driver: one warning; initialisation is retried quietly with backoff;
+//! - `GPU_IS_LOST`: that GPU's series stop, logged and counted; NVML is re-initialised with
+//!   backoff until the GPU answers again;
+//! - MIG enabled: memory is reported, utilization (device and per process) is left absent;
+//! - no `nvmlDeviceGetMemoryInfo_v2` (drivers before r510): the v1 call is used;
+//! - a process list whose entries cannot be right (a driver writing another entry layout) is
+//!   rejected for that sample, logged and counted, never misread.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::{nvml_try, NvmlError};
+use nvml_wrapper::struct_wrappers::device::{ProcessInfo, ProcessUtilizationSample};
+use nvml_wrapper::{Device, Nvml};
+
+use super::{GpuDevice, GpuProcess, GpuReading};
+use crate::collectors::worker::Collect;
+use crate::sinks::backoff::Backoff;
+use crate::telemetry::{self, Counter};
+
+/// Processes are listed (and their SM utilization read) every this many samples. `benches/gpu.rs`
+/// measured a full sample of 8 GPUs with 16 processes over the fake library, and the same calls
+/// on a real H100 (docs/gpu.md): process enumeration is a small share of a sample that takes well
+/// under 1% of a 1 s interval, so it runs every sample.
+pub const PROCESS_ENUMERATION_EVERY_SAMPLES: u64 = 1;
+
+/// Retry of a lost GPU (re-initialising NVML): from 1 s, doubling, up to 5 min, so a GPU that
+/// fell off the bus costs at most one init per 5 min once it is clearly gone.
+const LOST_GPU_RETRY_BASE: Duration = Duration::from_secs(1);
+const LOST_GPU_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Retry of a failed initialisation (driver not loaded yet, library missing): from 10 s up to 5 min.
+const INIT_RETRY_BASE: Duration = Duration::from_secs(10);
+const INIT_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Linux `PID_MAX_LIMIT` on 64-bit (include/linux/threads.h: 4 x 1024 x 1024): no PID is larger.
+const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// `NVML_DEVICE_MIG_ENABLE` (nvml.h).
+const MIG_ENABLED: u32 = 1;
+
+/// `NVML_ERROR_ARGUMENT_VERSION_MISMATCH` (nvml.h), which nvml-wrapper 0.13 has no variant for: a
+/// driver that knows the call but not version 2 of its struct.
+const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: u32 = 25;
+
+/// How the collector is set up: the library, and the retry timings (tests shorten them).
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub library: String,
+    pub sample_interval_ms: u64,
+    pub lost_retry_base: Duration,
+    pub lost_retry_max: Duration,
+    pub init_retry_base: Duration,
+    pub init_retry_max: Duration,
+    pub process_every_samples: u64,
+}
+
+impl GpuOptions {
+    pub fn new(library: &str, sample_interval_ms: u64) -> Self {
+        GpuOptions {
+            library: library.to_owned(),
+            sample_interval_ms,
+            lost_retry_base: LOST_GPU_RETRY_BASE,
+            lost_retry_max: LOST_GPU_RETRY_MAX,
+            init_retry_base: INIT_RETRY_BASE,
+            init_retry_max: INIT_RETRY_MAX,
+            process_every_samples: PROCESS_ENUMERATION_EVERY_SAMPLES,
+        }
+    }
+}
+
+/// What a failed device read means for the collector.
+enum DeviceError {
+    /// GPU_IS_LOST: the GPU's series stop until it answers again.
+    Lost,
+    /// Anything else: no data for this GPU this sample.
+    Failed(String),
+}
+
+impl DeviceError {
+    fn from(call: &'static str) -> impl Fn(NvmlError) -> DeviceError {
+        move |e| match e {
+            NvmlError::GpuLost => DeviceError::Lost,
+            e => DeviceError::Failed(format!("{call} failed: {e}")),
+        }
+    }
+}
+
+/// Per-GPU state kept between samples.
+#[derive(Default)]
+struct DeviceState {
+    /// Set while the GPU is lost: when to try again, and the backoff.
+    lost: Option<(u64, Backoff)>,
+    /// The newest per-process utilization sample seen, in µs (NVML's CPU timestamps).
+    last_seen_us: Option<u64>,
+    /// The processes of the last enumeration (reused between enumerations).
+    processes: Vec<GpuProcess>,
+}
+
+/// Reads every GPU through NVML. Owns the library handle; meant to run on a collector thread.
+pub struct NvmlCollector {
+    options: GpuOptions,
+    nvml: Option<Nvml>,
+    init_backoff: Backoff,
+    next_init_ms: u64,
+    warned_unavailable: bool,
+    memory_v1: bool,
+    devices: Vec<DeviceState>,
+    samples_taken: u64,
+}
+
+impl Collect for NvmlCollector {
+    type Reading = GpuReading;
+    fn collect(&mut self, tick_ms: u64) -> GpuReading {
+        self.read(tick_ms)
+    }
+}
+
+impl NvmlCollector {
+    /// Nothing is loaded until the first reading.
+    pub fn new(options: GpuOptions) -> Self {
+        NvmlCollector {
+            init_backoff: Backoff::new(options.init_retry_base, options.init_retry_max),
+            options,
+            nvml: None,
+            next_init_ms: 0,
+            warned_unavailable: false,
+            memory_v1: false,
+            devices: Vec::new(),
+            samples_taken: 0,
+        }
+    }
+
+    /// True once NVML is initialised.
+    pub fn is_initialised(&self) -> bool {
+        self.nvml.is_some()
+    }
+
+    /// One reading of every GPU for the tick at `tick_ms` (wall clock).
+    pub fn read(&mut self, tick_ms: u64) -> GpuReading {
+        let mut reading = GpuReading::default();
+        if self
+            .devices
+            .iter()
+            .any(|d| d.lost.as_ref().is_some_and(|(at, _)| *at <= tick_ms))
+        {
+            // A lost GPU is due for another try: re-initialise NVML to get fresh handles.
+            self.nvml = None;
+            self.next_init_ms = 0;
+        }
+        if !self.ensure_initialised(tick_ms) {
+            return reading;
+        }
+        let Some(nvml) = self.nvml.as_ref() else {
+            return reading;
+        };
+        let count = match nvml.device_count() {
+            Ok(count) => count,
+            Err(e) => {
+                telemetry::warn(
+                    Counter::GpuErrors,
+                    1,
+                    &format!("nvmlDeviceGetCount failed, re-initialising NVML: {e}"),
+                );
+                self.nvml = None;
+                self.next_init_ms = tick_ms + duration_ms(self.init_backoff.next_delay());
+                return reading;
+            }
+        };
+        self.devices
+            .resize_with(count as usize, DeviceState::default);
+        let enumerate = self.samples_taken % self.options.process_every_samples.max(1) == 0;
+        self.samples_taken += 1;
+        let mut reader = Reader {
+            nvml,
+            tick_ms,
+            sample_interval_ms: self.options.sample_interval_ms,
+            memory_v1: &mut self.memory_v1,
+        };
+        for (index, state) in (0u32..).zip(self.devices.iter_mut()) {
+            if state.lost.as_ref().is_some_and(|(at, _)| *at > tick_ms) {
+                continue;
+            }
+            match reader.device(index, state, enumerate) {
+                Ok(device) => {
+                    if state.lost.take().is_some() {
+                        tracing::info!(gpu = index, uuid = %device.uuid, "lost GPU answers again");
+                    }
+                    reading.processes.extend(state.processes.iter().cloned());
+                    reading.devices.push(device);
+                }
+                Err(DeviceError::Lost) => {
+                    if state.lost.is_none() {
+                        telemetry::warn(
+                            Counter::GpuLost,
+                            1,
+                            &format!("GPU {index} is lost (GPU_IS_LOST): its series stop; re-initialising with backoff"),
+                        );
+                        let backoff =
+                            Backoff::new(self.options.lost_retry_base, self.options.lost_retry_max);
+                        state.lost = Some((0, backoff));
+                    }
+                    if let Some((retry_at, backoff)) = state.lost.as_mut() {
+                        *retry_at = tick_ms + duration_ms(backoff.next_delay());
+                    }
+                    state.processes.clear();
+                    state.last_seen_us = None;
+                }
+                Err(DeviceError::Failed(reason)) => telemetry::warn(
+                    Counter::GpuErrors,
+                    1,
+                    &format!("GPU {index}: {reason}; no data for it this sample"),
+                ),
+            }
+        }
+        reading
+    }
+
+    /// Loads and initialises NVML when due. False: no NVML for this reading.
+    fn ensure_initialised(&mut self, tick_ms: u64) -> bool {
+        if self.nvml.is_some() {
+            return true;
+        }
+        if tick_ms < self.next_init_ms {
+            return false;
+        }
+        match Nvml::builder()
+            .lib_path(OsStr::new(&self.options.library))
+            .init()
+        {
+            Ok(nvml) => {
+                tracing::info!(
+                    library = %self.options.library,
+                    driver = %nvml.sys_driver_version().unwrap_or_default(),
+                    gpus = nvml.device_count().unwrap_or(0),
+                    "NVML initialised"
+                );
+                self.nvml = Some(nvml);
+                self.init_backoff.reset();
+                self.warned_unavailable = false;
+                true
+            }
+            Err(e) => {
+                let delay = self.init_backoff.next_delay();
+                self.next_init_ms = tick_ms + duration_ms(delay);
+                if self.warned_unavailable {
+                    tracing::debug!(error = %e, retry_in_ms = duration_ms(delay), "NVML still unavailable");
+                } else {
+                    self.warned_unavailable = true;
+                    telemetry::warn(
+                        Counter::GpuUnavailable,
+                        1,
+                        &format!(
+                            "NVML unavailable ({}: {e}): running without GPU metrics",
+                            self.options.library
+                        ),
+                    );
+                }
+                false
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One sample's reads, borrowing the initialised library.
+struct Reader<'a> {
+    nvml: &'a Nvml,
+    tick_ms: u64,
+    sample_interval_ms: u64,
+    memory_v1: &'a mut bool,
+}
+
+impl Reader<'_> {
+    fn device(
+        &mut self,
+        index: u32,
+        state: &mut DeviceState,
+        enumerate: bool,
+    ) -> Result<GpuDevice, DeviceError> {
+        let device = self
+            .nvml
+            .device_by_index(index)
+            .map_err(DeviceError::from("nvmlDeviceGetHandleByIndex"))?;
+        let uuid = optional(device.uuid(), "nvmlDeviceGetUUID")?.unwrap_or_default();
+        let mig = optional(device.mig_mode(), "nvmlDeviceGetMigMode")?
+            .is_some_and(|m| m.current == MIG_ENABLED);
+        let utilization_percent = if mig {
+            None
+        } else {
+            optional(device.utilization_rates(), "nvmlDeviceGetUtilizationRates")?
+                .and_then(|u| percent(u.gpu))
+        };
+        let (used, total) = self.memory(&device)?;
+        if used > total {
+            return Err(DeviceError::Failed(format!(
+                "memory used ({used} bytes) exceeds the total ({total} bytes)"
+            )));
+        }
+        if enumerate {
+            let processes = self.processes(&device, index, total, mig, state)?;
+            state.processes = processes;
+        }
+        Ok(GpuDevice {
+            index,
+            uuid,
+            utilization_percent,
+            memory_used_bytes: used,
+            memory_total_bytes: total,
+        })
+    }
+
+    /// (used, total) bytes: the v2 call, or v1 where the driver lacks v2.
+    fn memory(&mut self, device: &Device) -> Result<(u64, u64), DeviceError> {
+        if !*self.memory_v1 {
+            match device.memory_info() {
+                Ok(m) => return Ok((m.used, m.total)),
+                Err(NvmlError::FailedToLoadSymbol(_))
+                | Err(NvmlError::FunctionNotFound)
+                | Err(NvmlError::UnexpectedVariant(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)) => {
+                    tracing::info!(
+                        "the driver has no nvmlDeviceGetMemoryInfo_v2: using the v1 memory call"
+                    );
+                    *self.memory_v1 = true;
+                }
+                Err(e) => return Err(DeviceError::from("nvmlDeviceGetMemoryInfo_v2")(e)),
+            }
+        }
+        memory_v1(self.nvml, device).map_err(DeviceError::from("nvmlDeviceGetMemoryInfo"))
+    }
+
+    /// The compute and graphics processes with their memory and SM utilization.
+    fn processes(
+        &mut self,
+        device: &Device,
+        index: u32,
+        memory_total: u64,
+        mig: bool,
+        state: &mut DeviceState,
+    ) -> Result<Vec<GpuProcess>, DeviceError> {
+        let mut by_pid: HashMap<u32, Option<u64>> = HashMap::new();
+        let lists = [
+            (
+                "nvmlDeviceGetComputeRunningProcesses_v3",
+                device.running_compute_processes(),
+            ),
+            (
+                "nvmlDeviceGetGraphicsRunningProcesses_v3",
+                device.running_graphics_processes(),
+            ),
+        ];
+        for (call, list) in lists {
+            let Some(list) = optional(list, call)? else {
+                continue;
+            };
+            if let Err(reason) = check_process_list(&list, memory_total, mig) {
+                telemetry::warn(
+                    Counter::GpuProcessListsRejected,
+                    1,
+                    &format!(
+                        "GPU {index}: {call} returned an impossible list ({reason}): rejected"
+                    ),
+                );
+                continue;
+            }
+            for p in list {
+                let used = match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => Some(bytes),
+                    UsedGpuMemory::Unavailable => None,
+                };
+                // A process in both lists holds one allocation, reported in each.
+                let entry = by_pid.entry(p.pid).or_insert(used);
+                *entry = (*entry).max(used);
+            }
+        }
+        let sm = if mig {
+            SmUtilization::Unknown
+        } else {
+            self.sm_utilization(device, state)?
+        };
+        let mut processes: Vec<GpuProcess> = by_pid
+            .into_iter()
+            .map(|(pid, used_memory_bytes)| GpuProcess {
+                pid,
+                gpu_index: index,
+                used_memory_bytes,
+                sm_utilization_percent: sm.of(pid),
+            })
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        Ok(processes)
+    }
+
+    /// Per-process SM utilization since the last seen sample of this GPU.
+    fn sm_utilization(
+        &mut self,
+        device: &Device,
+        state: &mut DeviceState,
+    ) -> Result<SmUtilization, DeviceError> {
+        // Never 0 (the driver's whole buffer, a stale average): start one interval back.
+        let last_seen = state.last_seen_us.unwrap_or_else(|| {
+            self.tick_ms
+                .saturating_sub(self.sample_interval_ms)
+                .saturating_mul(1000)
+        });
+        match device.process_utilization_stats(last_seen) {
+            Ok(samples) => {
+                let (sm, newest) = average_sm(&samples, last_seen);
+                state.last_seen_us = Some(newest.max(last_seen));
+                Ok(SmUtilization::Busy(sm))
+            }
+            Err(NvmlError::NotFound) => {
+                state.last_seen_us = Some(last_seen);
+                Ok(SmUtilization::Idle)
+            }
+            Err(NvmlError::NotSupported) => Ok(SmUtilization::Unknown),
+            Err(e) => match DeviceError::from("nvmlDeviceGetProcessUtilization")(e) {
+                DeviceError::Lost => Err(DeviceError::Lost),
+                DeviceError::Failed(reason) => {
+                    telemetry::warn(Counter::GpuErrors, 1, &reason);
+                    Ok(SmUtilization::Unknown)
+                }
+            },
+        }
+    }
+}
+
+/// What NVML said about per-process SM utilization on one GPU for one sample.
+enum SmUtilization {
+    /// Samples for these PIDs; a listed process without one was idle.
+    Busy(HashMap<u32, f64>),
+    /// NOT_FOUND: no new samples, every process idle.
+    Idle,
+    /// Not supported (MIG) or failed.
+    Unknown,
+}
+
+impl SmUtilization {
+    fn of(&self, pid: u32) -> Option<f64> {
+        match self {
+            SmUtilization::Busy(sm) => Some(sm.get(&pid).copied().unwrap_or(0.0)),
+            SmUtilization::Idle => Some(0.0),
+            SmUtilization::Unknown => None,
+        }
+    }
+}
+
+/// The mean SM utilization per PID over the samples newer than `last_seen`, and the newest
+/// timestamp. Samples at or before `last_seen` and values over 100 are not used.
+fn average_sm(samples: &[ProcessUtilizationSample], last_seen: u64) -> (HashMap<u32, f64>, u64) {
+    let mut sums: HashMap<u32, (f64, u32)> = HashMap::new();
+    let mut newest = last_seen;
+    for s in samples.iter().filter(|s| s.timestamp > last_seen) {
+        newest = newest.max(s.timestamp);
+        if let Some(sm) = percent(s.sm_util) {
+            let e = sums.entry(s.pid).or_insert((0.0, 0));
+            e.0 += sm;
+            e.1 += 1;
+        }
+    }
+    let sm = sums
+        .into_iter()
+        .map(|(pid, (sum, n))| (pid, sum / f64::from(n)))
+        .collect();
+    (sm, newest)
+}
+
+/// A 0..100 value from NVML, or None past 100 (not a percentage NVML can mean).
+fn percent(value: u32) -> Option<f64> {
+    (value <= 100).then_some(f64::from(value))
+}
+
+/// Ok(None) where the call is not supported or not there; lost and other errors pass on.
+fn optional<T>(result: Result<T, NvmlError>, call: &'static str) -> Result<Option<T>, DeviceError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(NvmlError::NotSupported)
+        | Err(NvmlError::FailedToLoadSymbol(_))
+        | Err(NvmlError::FunctionNotFound) => Ok(None),
+        Err(e) => Err(DeviceError::from(call)(e)),
+    }
+}
+
+/// Checks that a process list can be what the driver meant. A driver writing entries of another
+/// size than nvml-wrapper's 24-byte `nvmlProcessInfo_t` shifts every entry after the first: PIDs
+/// of 0, PIDs repeated, memory larger than the GPU, instance IDs outside MIG.
+pub(crate) fn check_process_list(
+    list: &[ProcessInfo],
+    memory_total: u64,
+    mig: bool,
+) -> Result<(), &'static str> {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    for p in list {
+        if p.pid == 0 || p.pid > PID_MAX_LIMIT {
+            return Err("a PID outside 1..=PID_MAX_LIMIT");
+        }
+        if !seen.insert(p.pid) {
+            return Err("a PID listed twice");
+        }
+        if let UsedGpuMemory::Used(bytes) = p.used_gpu_memory {
+            if bytes > memory_total {
+                return Err("a process using more memory than the GPU has");
+            }
+        }
+        if !mig && (p.gpu_instance_id.is_some() || p.compute_instance_id.is_some()) {
+            return Err("a MIG instance ID on a GPU without MIG");
+        }
+    }
+    Ok(())
+}
+
+/// `nvmlMemory_t` (v1): total, free, used.
+#[repr(C)]
+struct MemoryV1 {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+/// The v1 memory call, which nvml-wrapper 0.13 does not wrap (it calls only `_v2`).
+fn memory_v1(nvml: &Nvml, device: &Device) -> Result<(u64, u64), NvmlError> {
+    let sym = nvml
+        .lib()
+        .nvmlDeviceGetMemoryInfo
+        .as_ref()
+        .map_err(|e| NvmlError::FailedToLoadSymbol(e.to_string()))?;
+    let mut memory = MemoryV1 {
+        total: 0,
+        free: 0,
+        used: 0,
+    };
+    // SAFETY: `sym` is nvmlDeviceGetMemoryInfo(nvmlDevice_t, nvmlMemory_t*) of the loaded library,
+    // the handle comes from that library, and MemoryV1 has nvmlMemory_t's layout (three u64).
+    nvml_try(unsafe { sym(device.handle(), (&mut memory as *mut MemoryV1).cast()) })?;
+    Ok((memory.used, memory.total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, used: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            used_gpu_memory: UsedGpuMemory::Used(used),
+            gpu_instance_id: None,
+            compute_instance_id: None,
+        }
+    }
+
+    #[test]
+    fn plausible_process_lists_pass() {
+        assert!(check_process_list(&[], 100, false).is_ok());
+        assert!(check_process_list(&[p(1, 10), p(4_194_304, 100)], 100, false).is_ok());
+        let mut mig = p(7, 1);
+        mig.gpu_instance_id = Some(1);
+        mig.compute_instance_id = Some(0);
+        assert!(check_process_list(&[mig.clone()], 100, true).is_ok());
+        assert!(check_process_list(&[mig], 100, false).is_err());
+    }
+
+    #[test]
+    fn impossible_process_lists_are_rejected() {
+        assert!(check_process_list(&[p(1, 10), p(0, 10)], 100, false).is_err());
+        assert!(check_process_list(&[p(4_194_305, 10)], 100, false).is_err());
+        assert!(check_process_list(&[p(5, 10), p(5, 10)], 100, false).is_err());
+        assert!(check_process_list(&[p(5, 101)], 100, false).is_err());
+    }
+
+    #[test]
+    fn sm_is_averaged_over_new_samples_only() {
+        let s = |pid, timestamp, sm_util| ProcessUtilizationSample {
+            pid,
+            timestamp,
+            sm_util,
+            mem_util: 0,
+            enc_util: 0,
+            dec_util: 0,
+        };
+        let (sm, newest) = average_sm(
+            &[s(1, 5, 99), s(1, 20, 40), s(1, 30, 60), s(2, 25, 101)],
+            10,
+        );
+        assert_eq!(sm.get(&1), Some(&50.0));
+        assert_eq!(sm.get(&2), None, "over 100 is not a percentage");
+        assert_eq!(newest, 30);
+        assert_eq!(SmUtilization::Busy(sm).of(3), Some(0.0), "no sample: idle");
+        assert_eq!(SmUtilization::Idle.of(1), Some(0.0));
+        assert_eq!(SmUtilization::Unknown.of(1), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Builds the fake NVML driver library (tests/fixtures/fake_nvml/fake_nvml.c) with the system C
+//! compiler, once per set of defines, and hands each test its own copy: one file loaded twice in a
+//! process shares its state, so parallel tests need separate files. The copy's script is
+//! "<library>.script" (see the C file for the directives).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The C source of the fake library.
+pub const SOURCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/fake_nvml/fake_nvml.c"
+);
+
+/// One test's copy of the fake library and its script.
+pub struct FakeNvml {
+    _dir: tempfile::TempDir,
+    library: PathBuf,
+}
+
+/// Built libraries by their defines, each in a folder kept for the whole test process.
+type Built = HashMap<Vec<String>, (tempfile::TempDir, PathBuf)>;
+
+fn built(defines: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Built>> = OnceLock::new();
+    let key: Vec<String> = defines.iter().map(|d| d.to_string()).collect();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.get(&key) {
+        return path.clone();
+    }
+    let dir = tempfile::tempdir().expect("temp dir for the fake NVML build");
+    let out = dir.path().join("libnvidia-ml.so.1");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            "-fvisibility=hidden",
+        ])
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg("-o")
+        .arg(&out)
+        .arg(SOURCE)
+        .status()
+        .unwrap_or_else(|e| panic!("running the C compiler `{cc}` (set CC): {e}"));
+    assert!(status.success(), "building the fake NVML library failed");
+    built.insert(key, (dir, out.clone()));
+    out
+}
+
+impl FakeNvml {
+    /// A fresh copy of the fake library with an empty script (zero GPUs).
+    pub fn new() -> FakeNvml {
+        FakeNvml::with_defines(&[])
+    }
+
+    /// A fresh copy built with these C defines (e.g. "FAKE_NVML_NO_MEMORY_V2").
+    pub fn with_defines(defines: &[&str]) -> FakeNvml {
+        let source = built(defines);
+        let dir = tempfile::tempdir().expect("temp dir for the fake NVML copy");
+        let library = dir.path().join("libnvidia-ml.so.1");
+        std::fs::copy(&source, &library).expect("copying the fake NVML library");
+        let fake = FakeNvml { _dir: dir, library };
+        fake.script("");
+        fake
+    }
+
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    pub fn library_str(&self) -> String {
+        self.library.to_string_lossy().into_owned()
+    }
+
+    /// Replaces the script atomically (write then rename), so the library never reads half of it.
+    pub fn script(&self, text: &str) {
+        let mut target = self.library.clone().into_os_string();
+        target.push(".script");
+        let mut tmp = target.clone();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, text).expect("writing the fake NVML script");
+        std::fs::rename(&tmp, &target).expect("replacing the fake NVML script");
+    }
+}
+
+/// Script lines for `n` GPUs: GPU i at utilization 10 + i, 2 GiB x (i + 1) used of 80 GiB.
+pub fn devices(n: u32) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "device {i} uuid=GPU-test-{i} util={} mem_used={} mem_total={}\n",
+                10 + i,
+                (2u64 << 30) * u64::from(i + 1),
+                80u64 << 30
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,636 @@
+//! GPU metrics through the real nvml-wrapper code path over a scripted fake driver library
+//! (tests/fixtures/fake_nvml), one copy per test; and, with EMA_REAL_NVML=1 on a machine with an
+//! NVIDIA GPU, the same collector and binary against the real driver (docs/gpu.md).
+
+#[path = "common/fake_nvml.rs"]
+mod fake_nvml;
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use endpoint_metrics_agent::clock::system_now_ms;
+use endpoint_metrics_agent::collectors::gpu::{
+    self, GpuDevice, GpuOptions, GpuProcess, GpuReading, NvmlCollector,
+};
+use endpoint_metrics_agent::collectors::worker::Worker;
+use endpoint_metrics_agent::telemetry::{self, Counter};
+use fake_nvml::{devices, FakeNvml};
+use serde_json::Value;
+
+const GIB: u64 = 1 << 30;
+const INTERVAL_MS: u64 = 500;
+
+fn collector(fake: &FakeNvml) -> NvmlCollector {
+    let mut options = GpuOptions::new(&fake.library_str(), INTERVAL_MS);
+    options.lost_retry_base = Duration::from_millis(100);
+    options.lost_retry_max = Duration::from_millis(100);
+    options.init_retry_base = Duration::from_millis(100);
+    options.init_retry_max = Duration::from_millis(100);
+    NvmlCollector::new(options)
+}
+
+fn process(reading: &GpuReading, gpu: u32, pid: u32) -> Option<&GpuProcess> {
+    reading
+        .processes
+        .iter()
+        .find(|p| p.gpu_index == gpu && p.pid == pid)
+}
+
+#[test]
+fn zero_one_four_and_eight_gpus_read_as_scripted() {
+    for n in [0u32, 1, 4, 8] {
+        let fake = FakeNvml::new();
+        fake.script(&devices(n));
+        let mut c = collector(&fake);
+        let reading = c.read(system_now_ms());
+        assert!(c.is_initialised(), "{n} GPUs");
+        let expected: Vec<GpuDevice> = (0..n)
+            .map(|i| GpuDevice {
+                index: i,
+                uuid: format!("GPU-test-{i}"),
+                utilization_percent: Some(f64::from(10 + i)),
+                memory_used_bytes: 2 * GIB * u64::from(i + 1),
+                memory_total_bytes: 80 * GIB,
+            })
+            .collect();
+        assert_eq!(reading.devices, expected, "{n} GPUs");
+        assert!(reading.processes.is_empty());
+    }
+}
+
+#[test]
+fn the_script_is_re_read_when_it_changes() {
+    let fake = FakeNvml::new();
+    fake.script(&devices(1));
+    let mut c = collector(&fake);
+    assert_eq!(c.read(system_now_ms()).devices.len(), 1);
+    fake.script(&format!("{}device 0 util=77\n", devices(2)));
+    let reading = c.read(system_now_ms());
+    assert_eq!(reading.devices.len(), 2);
+    assert_eq!(reading.devices[0].utilization_percent, Some(77.0));
+}
+
+#[test]
+fn processes_carry_memory_and_sm_utilization_since_the_last_sample() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}\
+         process 0 compute 1001 {}\n\
+         process 0 graphics 1002 {}\n\
+         process 0 compute 1003 na\n\
+         process 0 graphics 1003 na\n\
+         process 1 compute 2001 {}\n\
+         sample 0 1001 40\n\
+         stale_sample 0 1001 99\n\
+         sample 1 2001 75\n\
+         stale_sample 1 2001 1\n",
+        devices(2),
+        GIB,
+        GIB / 2,
+        3 * GIB
+    ));
+    let mut c = collector(&fake);
+    for round in 0..2 {
+        let reading = c.read(system_now_ms());
+        let p = process(&reading, 0, 1001).expect("compute process");
+        assert_eq!(p.used_memory_bytes, Some(GIB));
+        assert_eq!(
+            p.sm_utilization_percent,
+            Some(40.0),
+            "round {round}: only samples newer than the last seen, never the stale buffer"
+        );
+        let g = process(&reading, 0, 1002).expect("graphics process");
+        assert_eq!(g.used_memory_bytes, Some(GIB / 2));
+        assert_eq!(
+            g.sm_utilization_percent,
+            Some(0.0),
+            "listed without a sample: idle"
+        );
+        let na = process(&reading, 0, 1003).expect("process without memory");
+        assert_eq!(na.used_memory_bytes, None);
+        let other = process(&reading, 1, 2001).expect("process on GPU 1");
+        assert_eq!(other.used_memory_bytes, Some(3 * GIB));
+        assert_eq!(other.sm_utilization_percent, Some(75.0));
+        assert_eq!(reading.processes.len(), 4, "PID 1003 in both lists once");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn no_new_utilization_samples_mean_idle_not_an_error() {
+    let fake = FakeNvml::new();
+    fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
+    let mut c = collector(&fake);
+    for _ in 0..2 {
+        let reading = c.read(system_now_ms());
+        let p = process(&reading, 0, 1001).expect("process");
+        assert_eq!(p.sm_utilization_percent, Some(0.0), "NOT_FOUND is idle");
+        assert_eq!(reading.devices.len(), 1);
+    }
+}
+
+#[test]
+fn mig_reports_memory_and_leaves_utilization_absent() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}device 1 mig=1 util=55 mem_used={} mem_total={}\n\
+         process 1 compute 3001 {} gi=1 ci=0\nsample 1 3001 50\n",
+        devices(1),
+        8 * GIB,
+        80 * GIB,
+        GIB
+    ));
+    let mut c = collector(&fake);
+    let reading = c.read(system_now_ms());
+    let mig = &reading.devices[1];
+    assert_eq!(
+        mig.utilization_percent, None,
+        "never a false 0 (nor the 55)"
+    );
+    assert_eq!(mig.memory_used_bytes, 8 * GIB);
+    let p = process(&reading, 1, 3001).expect("MIG process listed");
+    assert_eq!(p.used_memory_bytes, Some(GIB));
+    assert_eq!(p.sm_utilization_percent, None);
+    let mut samples = Vec::new();
+    reading.samples(&mut samples);
+    let instance_util: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.key.metric.name() == "GPUUtilizationNormalized")
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(instance_util, vec![10.0], "the MIG GPU is not averaged in");
+}
+
+#[test]
+fn unsupported_calls_leave_their_values_absent() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 0 compute 1001 100\nsample 0 1001 30\n\
+         unsupported 0 nvmlDeviceGetUtilizationRates\n\
+         unsupported * nvmlDeviceGetProcessUtilization\n\
+         unsupported * nvmlDeviceGetMigMode\n",
+        devices(2)
+    ));
+    let mut c = collector(&fake);
+    let reading = c.read(system_now_ms());
+    assert_eq!(reading.devices[0].utilization_percent, None);
+    assert_eq!(reading.devices[0].memory_used_bytes, 2 * GIB);
+    assert_eq!(reading.devices[1].utilization_percent, Some(11.0));
+    let p = process(&reading, 0, 1001).expect("process");
+    assert_eq!(p.sm_utilization_percent, None);
+    assert_eq!(p.used_memory_bytes, Some(100));
+}
+
+#[test]
+fn an_old_driver_without_the_v2_memory_call_falls_back_to_v1() {
+    let fake = FakeNvml::with_defines(&["FAKE_NVML_NO_MEMORY_V2"]);
+    fake.script(&devices(4));
+    let mut c = collector(&fake);
+    for _ in 0..2 {
+        let reading = c.read(system_now_ms());
+        assert_eq!(reading.devices.len(), 4);
+        for d in &reading.devices {
+            assert_eq!(d.memory_used_bytes, 2 * GIB * u64::from(d.index + 1));
+            assert_eq!(d.memory_total_bytes, 80 * GIB);
+        }
+    }
+}
+
+#[test]
+fn a_process_list_with_an_impossible_layout_is_rejected() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 0 compute 1001 100\nprocess 0 compute 1002 200\nprocess 0 compute 1003 300\n\
+         process_stride 0 32\n\
+         process 1 compute 2001 100\nprocess 1 compute 2002 200\n",
+        devices(2)
+    ));
+    let mut c = collector(&fake);
+    let before = telemetry::get(Counter::GpuProcessListsRejected);
+    let reading = c.read(system_now_ms());
+    assert!(
+        reading.processes.iter().all(|p| p.gpu_index == 1),
+        "GPU 0's scrambled list is not misread: {:?}",
+        reading.processes
+    );
+    assert_eq!(reading.processes.len(), 2);
+    assert_eq!(reading.devices.len(), 2, "the GPU itself is still reported");
+    assert!(telemetry::get(Counter::GpuProcessListsRejected) > before);
+}
+
+#[test]
+fn a_single_entry_in_the_other_layout_is_still_read_right() {
+    // One 32-byte entry starts like a 24-byte one: nothing to reject.
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 0 compute 1001 100\nprocess_stride 0 32\n",
+        devices(1)
+    ));
+    let reading = collector(&fake).read(system_now_ms());
+    assert_eq!(
+        process(&reading, 0, 1001).and_then(|p| p.used_memory_bytes),
+        Some(100)
+    );
+}
+
+#[test]
+fn init_failure_means_no_gpus_and_retries_until_the_driver_appears() {
+    let fake = FakeNvml::new();
+    fake.script("init_error 9\n"); // NVML_ERROR_DRIVER_NOT_LOADED
+    let mut c = collector(&fake);
+    let before = telemetry::get(Counter::GpuUnavailable);
+    let t = system_now_ms();
+    assert_eq!(c.read(t), GpuReading::default());
+    assert_eq!(c.read(t + 1), GpuReading::default());
+    assert!(!c.is_initialised());
+    assert!(telemetry::get(Counter::GpuUnavailable) > before);
+    fake.script(&devices(1));
+    let reading = c.read(t + 10_000);
+    assert!(c.is_initialised());
+    assert_eq!(reading.devices.len(), 1);
+}
+
+#[test]
+fn a_missing_library_means_no_gpus() {
+    let mut c = NvmlCollector::new(GpuOptions::new(
+        "/nonexistent/libnvidia-ml.so.1",
+        INTERVAL_MS,
+    ));
+    assert_eq!(c.read(system_now_ms()), GpuReading::default());
+    assert!(!c.is_initialised());
+}
+
+#[test]
+fn a_lost_gpu_stops_its_series_and_comes_back_after_re_initialisation() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 1 compute 2001 100\nlost 1\n",
+        devices(3)
+    ));
+    let mut c = collector(&fake);
+    let before = telemetry::get(Counter::GpuLost);
+    let t = system_now_ms();
+    let reading = c.read(t);
+    let indices: Vec<u32> = reading.devices.iter().map(|d| d.index).collect();
+    assert_eq!(indices, vec![0, 2], "GPU 1's series stop");
+    assert!(reading.processes.is_empty());
+    assert!(telemetry::get(Counter::GpuLost) > before);
+    // Still lost at the retry: no new warning is needed, the series stay stopped.
+    let reading = c.read(t + 1_000);
+    assert_eq!(reading.devices.len(), 2);
+    fake.script(&format!("{}process 1 compute 2001 100\n", devices(3)));
+    let reading = c.read(t + 2_000);
+    let indices: Vec<u32> = reading.devices.iter().map(|d| d.index).collect();
+    assert_eq!(indices, vec![0, 1, 2], "re-initialised and back");
+    assert!(process(&reading, 1, 2001).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}hang nvmlDeviceGetUtilizationRates 1500 1\n",
+        devices(1)
+    ));
+    let mut worker = Some(Worker::spawn("gpu-test", collector(&fake)).unwrap());
+    let missed = telemetry::get(Counter::GpuReadsMissed);
+    let timeout = Duration::from_millis(200);
+    let t = system_now_ms();
+    assert_eq!(gpu::read(worker.as_mut(), t, timeout).await, None);
+    assert_eq!(gpu::read(worker.as_mut(), t + 1, timeout).await, None);
+    assert!(telemetry::get(Counter::GpuReadsMissed) >= missed + 2);
+    // The hang ends; the next tick reads again (the stale reply is dropped).
+    let mut recovered = None;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(r) = gpu::read(worker.as_mut(), t + 2 + i, timeout).await {
+            recovered = Some(r);
+            break;
+        }
+    }
+    let reading = recovered.expect("GPU data again after the hang");
+    assert_eq!(reading.devices[0].utilization_percent, Some(10.0));
+}
+
+// ---- The built binary: published EMF against the script ----
+
+struct Run {
+    docs: Vec<Value>,
+    stderr: String,
+}
+
+/// Runs the agent with `[gpu]` pointing at `library` until `done(docs)` holds (or 30 s), then
+/// SIGTERM, and returns every EMF document it wrote and its log.
+fn run_agent(
+    library: &str,
+    extra_gpu: &str,
+    enhanced: bool,
+    done: impl Fn(&[Value]) -> bool,
+) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let emf = dir.path().join("emf.jsonl");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+             [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\n\
+             [output]\nemf_destination = \"file:{}\"\n\
+             [log]\nlevel = \"info\"\n\
+             [gpu]\nnvml_library = \"{library}\"\n{extra_gpu}\n",
+            emf.display()
+        ),
+    )
+    .unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_endpoint-metrics-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if done(&read_docs(&emf)) {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on the PID of the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::fs::File::open(&stderr_path)
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "agent exit {status}: {stderr}");
+    Run {
+        docs: read_docs(&emf),
+        stderr,
+    }
+}
+
+fn read_docs(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Every value of `metric` in documents of the given GPU (dimension `dim` = `gpu`) or, with
+/// `gpu` None, in documents without that dimension (the instance series).
+fn values(docs: &[Value], metric: &str, dim: &str, gpu: Option<&str>) -> Vec<f64> {
+    docs.iter()
+        .filter(|d| d.get(dim).and_then(Value::as_str) == gpu)
+        .filter_map(|d| d.get(metric))
+        .flat_map(|v| match v {
+            Value::Array(a) => a.iter().filter_map(Value::as_f64).collect(),
+            v => v.as_f64().into_iter().collect::<Vec<_>>(),
+        })
+        .collect()
+}
+
+fn has(metric: &'static str) -> impl Fn(&[Value]) -> bool {
+    move |docs| docs.iter().any(|d| d.get(metric).is_some())
+}
+
+fn assert_all(values: &[f64], expected: f64, what: &str) {
+    assert!(!values.is_empty(), "{what}: no values");
+    for v in values {
+        assert!(
+            (v - expected).abs() < 1e-9,
+            "{what}: {v} != {expected} in {values:?}"
+        );
+    }
+}
+
+#[test]
+fn the_binary_publishes_per_gpu_and_instance_values_from_the_script() {
+    let fake = FakeNvml::new();
+    fake.script(&devices(4));
+    let run = run_agent(&fake.library_str(), "", true, has("GPUUtilization"));
+    let d = &run.docs;
+    for i in 0..4u32 {
+        let gpu = i.to_string();
+        assert_all(
+            &values(d, "GPUUtilization", "GpuId", Some(&gpu)),
+            f64::from(10 + i),
+            "per-GPU utilization",
+        );
+        assert_all(
+            &values(d, "GPUMemoryUtilization", "GpuId", Some(&gpu)),
+            2.0 * f64::from(i + 1) * 100.0 / 80.0,
+            "per-GPU memory",
+        );
+    }
+    // 10 + 11 + 12 + 13; memory 2.5 + 5 + 7.5 + 10 (% of 80 GiB).
+    assert_all(
+        &values(d, "GPUUtilization", "GpuId", None),
+        46.0,
+        "instance sum",
+    );
+    assert_all(
+        &values(d, "GPUUtilizationNormalized", "GpuId", None),
+        11.5,
+        "instance normalized",
+    );
+    assert_all(
+        &values(d, "GPUMemoryUtilization", "GpuId", None),
+        25.0,
+        "memory sum",
+    );
+    assert_all(
+        &values(d, "GPUMemoryUtilizationNormalized", "GpuId", None),
+        6.25,
+        "memory normalized",
+    );
+    let gpu_doc = d
+        .iter()
+        .find(|doc| doc.get("GpuId") == Some(&Value::from("3")))
+        .unwrap();
+    assert_eq!(gpu_doc["InstanceId"], "test-host");
+    assert_eq!(
+        gpu_doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["EndpointName", "VariantName", "InstanceId", "GpuId"]])
+    );
+    assert_eq!(
+        gpu_doc["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "/aws/sagemaker/Endpoints"
+    );
+}
+
+#[test]
+fn without_enhanced_metrics_only_instance_gpu_series_are_published() {
+    let fake = FakeNvml::new();
+    fake.script(&devices(8));
+    let run = run_agent(
+        &fake.library_str(),
+        "dimension_name = \"AcceleratorId\"",
+        false,
+        has("GPUUtilization"),
+    );
+    let d = &run.docs;
+    assert!(
+        d.iter()
+            .all(|doc| doc.get("AcceleratorId").is_none() && doc.get("GpuId").is_none()),
+        "no per-GPU documents without enhanced metrics"
+    );
+    // 10 + 11 + ... + 17 = 108 over 8 GPUs.
+    assert_all(
+        &values(d, "GPUUtilization", "AcceleratorId", None),
+        108.0,
+        "sum",
+    );
+    assert_all(
+        &values(d, "GPUUtilizationNormalized", "AcceleratorId", None),
+        13.5,
+        "normalized",
+    );
+    for doc in d.iter().filter(|doc| doc.get("GPUUtilization").is_some()) {
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([["EndpointName", "VariantName"]])
+        );
+    }
+}
+
+#[test]
+fn the_binary_runs_on_without_a_library_and_warns_once() {
+    let run = run_agent(
+        "/nonexistent/libnvidia-ml.so.1",
+        "",
+        true,
+        has("MemoryUtilization"),
+    );
+    assert!(
+        run.docs
+            .iter()
+            .all(|d| d.get("GPUUtilization").is_none() && d.get("GPUMemoryUtilization").is_none()),
+        "no GPU metrics without NVML"
+    );
+    assert!(!values(&run.docs, "MemoryUtilization", "GpuId", None).is_empty());
+    assert_eq!(
+        run.stderr.matches("NVML unavailable").count(),
+        1,
+        "one warning: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_binary_with_zero_gpus_publishes_no_gpu_series() {
+    let fake = FakeNvml::new();
+    fake.script("");
+    let run = run_agent(&fake.library_str(), "", true, has("MemoryUtilization"));
+    assert!(run.docs.iter().all(|d| d.get("GPUUtilization").is_none()));
+    assert!(run.stderr.contains("NVML initialised"), "{}", run.stderr);
+}
+
+#[test]
+fn a_hanging_nvml_call_never_stalls_host_metrics() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}hang nvmlDeviceGetUtilizationRates 2000 1\n",
+        devices(2)
+    ));
+    let run = run_agent(&fake.library_str(), "", true, |docs| {
+        values(docs, "GPUUtilization", "GpuId", None).len() >= 2
+    });
+    let host = values(&run.docs, "MemoryUtilization", "GpuId", None);
+    let gpu = values(&run.docs, "GPUUtilization", "GpuId", None);
+    assert!(!gpu.is_empty(), "GPU data recovers after the hang");
+    assert_all(&gpu, 21.0, "instance sum after recovery");
+    assert!(
+        host.len() >= gpu.len() + 3,
+        "host samples went on during the 2 s hang: host {} gpu {}",
+        host.len(),
+        gpu.len()
+    );
+    assert!(run.stderr.contains("gpu_reads_missed"), "{}", run.stderr);
+}
+
+// ---- Against a real driver (EMA_REAL_NVML=1) ----
+
+fn real_library() -> Option<String> {
+    if std::env::var("EMA_REAL_NVML").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: set EMA_REAL_NVML=1 on a machine with an NVIDIA GPU and driver \
+             (EMA_NVML_LIBRARY overrides libnvidia-ml.so.1)"
+        );
+        return None;
+    }
+    Some(std::env::var("EMA_NVML_LIBRARY").unwrap_or_else(|_| "libnvidia-ml.so.1".into()))
+}
+
+fn check_real_reading(reading: &GpuReading) {
+    assert!(
+        !reading.devices.is_empty(),
+        "a real driver has at least one GPU"
+    );
+    for (i, d) in reading.devices.iter().enumerate() {
+        assert_eq!(d.index as usize, i);
+        assert!(
+            d.uuid.starts_with("GPU-") || d.uuid.starts_with("MIG-"),
+            "{}",
+            d.uuid
+        );
+        assert!(d.memory_total_bytes > 0);
+        assert!(d.memory_used_bytes <= d.memory_total_bytes);
+        if let Some(u) = d.utilization_percent {
+            assert!((0.0..=100.0).contains(&u), "{u}");
+        }
+    }
+    for p in &reading.processes {
+        assert!(p.pid > 0);
+        assert!((p.gpu_index as usize) < reading.devices.len());
+        if let Some(sm) = p.sm_utilization_percent {
+            assert!((0.0..=100.0).contains(&sm), "{sm}");
+        }
+    }
+}
+
+#[test]
+fn real_driver_readings_are_plausible() {
+    let Some(library) = real_library() else {
+        return;
+    };
+    let mut c = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS));
+    let first = c.read(system_now_ms());
+    check_real_reading(&first);
+    std::thread::sleep(Duration::from_millis(INTERVAL_MS));
+    let second = c.read(system_now_ms());
+    check_real_reading(&second);
+    assert_eq!(first.devices.len(), second.devices.len());
+    eprintln!("real driver: {second:#?}");
+}
+
+#[test]
+fn real_driver_binary_publishes_every_gpu() {
+    let Some(library) = real_library() else {
+        return;
+    };
+    let count = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS))
+        .read(system_now_ms())
+        .devices
+        .len();
+    let run = run_agent(&library, "", true, has("GPUUtilization"));
+    for i in 0..count {
+        let per_gpu = values(
+            &run.docs,
+            "GPUMemoryUtilization",
+            "GpuId",
+            Some(&i.to_string()),
+        );
+        assert!(!per_gpu.is_empty(), "GPU {i}");
+        assert!(per_gpu.iter().all(|v| (0.0..=100.0).contains(v)));
+    }
+    let normalized = values(&run.docs, "GPUMemoryUtilizationNormalized", "GpuId", None);
+    assert!(!normalized.is_empty());
+    assert!(normalized.iter().all(|v| (0.0..=100.0).contains(v)));
+}
