@@ -345,7 +345,10 @@ fn run_agent(
     )
     .unwrap();
     let stderr_path = dir.path().join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_endpoint-metrics-agent"))
+    // EMA_AGENT_BIN: the binary when this test binary runs elsewhere than where it was built.
+    let agent = std::env::var("EMA_AGENT_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_endpoint-metrics-agent").into());
+    let mut child = Command::new(agent)
         .args(["run", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
@@ -633,4 +636,57 @@ fn real_driver_binary_publishes_every_gpu() {
     let normalized = values(&run.docs, "GPUMemoryUtilizationNormalized", "GpuId", None);
     assert!(!normalized.is_empty());
     assert!(normalized.iter().all(|v| (0.0..=100.0).contains(v)));
+}
+
+#[test]
+fn real_driver_lists_a_cuda_process_with_memory_and_sm_utilization() {
+    let Some(library) = real_library() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let load = dir.path().join("cuda_load");
+    fake_nvml::compile("tests/fixtures/cuda_load/cuda_load.c", &load, &[], &[]);
+    let mut child = Command::new(&load)
+        .arg("30")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    {
+        use std::io::BufRead as _;
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut ready)
+            .unwrap();
+    }
+    assert!(ready.starts_with("ready"), "cuda_load: {ready:?}");
+    let pid = child.id();
+    let mut c = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS));
+    let mut found = None;
+    for _ in 0..40 {
+        let reading = c.read(system_now_ms());
+        check_real_reading(&reading);
+        eprintln!("processes: {:?}", reading.processes);
+        // The driver reports host PIDs: in a PID namespace of its own this test sees another.
+        let ours = process(&reading, 0, pid).cloned().or_else(|| {
+            reading
+                .processes
+                .iter()
+                .find(|p| p.used_memory_bytes.is_some_and(|m| m >= 256 << 20))
+                .cloned()
+        });
+        if let Some(p) = ours {
+            if p.sm_utilization_percent.is_some_and(|sm| sm > 0.0) {
+                found = Some(p);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(INTERVAL_MS));
+    }
+    // SAFETY: kill(2) on the PID of the child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let p = found.expect("the CUDA process with memory and SM utilization");
+    eprintln!("CUDA load (our PID {pid}) as NVML reports it: {p:?}");
+    assert!(p.used_memory_bytes.is_some_and(|m| m >= 256 << 20));
 }

@@ -9,11 +9,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-/// The C source of the fake library.
-pub const SOURCE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/fake_nvml/fake_nvml.c"
-);
+/// The C source of the fake library, relative to the package root.
+pub const SOURCE: &str = "tests/fixtures/fake_nvml/fake_nvml.c";
+
+/// A fixture's path: under the package root this was built in, or else under the current
+/// folder (a test binary copied to another machine and run from a checkout there).
+pub fn fixture(relative: &str) -> PathBuf {
+    let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if built_in.exists() {
+        built_in
+    } else {
+        PathBuf::from(relative)
+    }
+}
+
+/// Compiles one C file with the system compiler ($CC, default cc).
+pub fn compile(source: &str, out: &Path, args: &[&str], defines: &[&str]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-O1", "-Wall", "-Werror"])
+        .args(args)
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg("-o")
+        .arg(out)
+        .arg(fixture(source))
+        .status()
+        .unwrap_or_else(|e| panic!("running the C compiler `{cc}` (set CC): {e}"));
+    assert!(status.success(), "compiling {source} failed");
+}
 
 /// One test's copy of the fake library and its script.
 pub struct FakeNvml {
@@ -36,23 +59,12 @@ fn built(defines: &[&str]) -> PathBuf {
     }
     let dir = tempfile::tempdir().expect("temp dir for the fake NVML build");
     let out = dir.path().join("libnvidia-ml.so.1");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&cc)
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O1",
-            "-Wall",
-            "-Werror",
-            "-fvisibility=hidden",
-        ])
-        .args(defines.iter().map(|d| format!("-D{d}")))
-        .arg("-o")
-        .arg(&out)
-        .arg(SOURCE)
-        .status()
-        .unwrap_or_else(|e| panic!("running the C compiler `{cc}` (set CC): {e}"));
-    assert!(status.success(), "building the fake NVML library failed");
+    compile(
+        SOURCE,
+        &out,
+        &["-shared", "-fPIC", "-fvisibility=hidden"],
+        defines,
+    );
     built.insert(key, (dir, out.clone()));
     out
 }
