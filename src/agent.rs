@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use crate::aggregate::{Aggregator, RecordError};
 use crate::catalog::{storage_resolution, Identity, Sample};
 use crate::clock::{system_now_ms, window_start_ms, Ticker};
+use crate::collectors::containers::ContainerMetrics;
+use crate::collectors::gpu::GpuReading;
 use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
@@ -167,6 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
+    let mut containers = ContainerMetrics::start(&config)?;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
@@ -184,6 +187,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
         samples.clear();
         read_host(&mut host, tick.wall_ms, collect_timeout, &mut samples).await;
+        // The GPU collector's reading of this tick goes here once it is wired in.
+        let gpu: Option<&GpuReading> = None;
+        if let Some(containers) = containers.as_mut() {
+            containers
+                .read(tick.wall_ms, collect_timeout, gpu, &mut samples)
+                .await;
+        }
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
             publish(&tx, batch);
         }

@@ -20,10 +20,14 @@ pub enum Counter {
     EmfValuesSkipped,
     SinkWriteErrors,
     SinkReconnects,
+    DockerUnavailable,
+    DockerInspectErrors,
+    ContainersWithoutComponent,
+    GpuProcessesUnattributed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 18] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -38,6 +42,10 @@ impl Counter {
         Counter::EmfValuesSkipped,
         Counter::SinkWriteErrors,
         Counter::SinkReconnects,
+        Counter::DockerUnavailable,
+        Counter::DockerInspectErrors,
+        Counter::ContainersWithoutComponent,
+        Counter::GpuProcessesUnattributed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +64,10 @@ impl Counter {
             Counter::EmfValuesSkipped => "emf_values_skipped",
             Counter::SinkWriteErrors => "sink_write_errors",
             Counter::SinkReconnects => "sink_reconnects",
+            Counter::DockerUnavailable => "docker_unavailable",
+            Counter::DockerInspectErrors => "docker_inspect_errors",
+            Counter::ContainersWithoutComponent => "containers_without_component",
+            Counter::GpuProcessesUnattributed => "gpu_processes_unattributed",
         }
     }
 }
