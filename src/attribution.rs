@@ -20,7 +20,7 @@ use crate::discovery::Inventory;
 /// Length of a full container ID (hex of a SHA-256).
 pub const CONTAINER_ID_HEX_CHARS: usize = 64;
 
-/// Length of the short ID Docker shows and `ContainerId` carries (`docker ps`, `stringid.TruncateID`).
+/// Length of the short ID that `ContainerId` carries (Docker's `stringid.TruncateID`).
 pub const SHORT_ID_CHARS: usize = 12;
 
 /// Prefixes systemd-driven runtimes put before the ID in a scope unit name.

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::attribution::{cgroup_paths, container_id_from_cgroup};
+use crate::attribution::{cgroup_paths, container_id_from_cgroup, CgroupPaths};
 use crate::catalog::{Metric, Sample, Scope};
 use crate::discovery::{ContainerInfo, Inventory};
 
@@ -430,64 +430,52 @@ fn locate(
     };
     // The PID's cgroup is used only if it still names this container (PIDs are reused).
     let proc_text = proc_text.filter(|t| container_id_from_cgroup(t) == Some(info.id.as_str()));
-    let paths = proc_text.as_deref().map(cgroup_paths).unwrap_or_default();
+    let mut paths = proc_text.as_deref().map(cgroup_paths).unwrap_or_default();
+    // Seen from another cgroup namespace the paths are relative (`/../..`) to the reader's own
+    // root and cannot be joined to the cgroup root: the layout guesses below apply instead.
+    let outside = |p: Option<&str>| p.is_some_and(|p| p.split('/').any(|c| c == ".."));
+    if outside(paths.unified) || outside(paths.memory) || outside(paths.cpuacct.map(|c| c.1)) {
+        paths = CgroupPaths::default();
+    }
+    let relative = |p: &str| p.trim_start_matches('/').to_string();
+    // The Docker layouts: cgroupfs driver, then systemd driver.
     let guesses = [
-        format!("/docker/{}", info.id),
-        format!("/system.slice/docker-{}.scope", info.id),
+        format!("docker/{}", info.id),
+        format!("system.slice/docker-{}.scope", info.id),
     ];
     let mut tried = Vec::new();
-    let relative = |p: &str| p.trim_start_matches('/').to_string();
     match version {
         CgroupVersion::V2 => {
-            let candidates = paths
-                .unified
-                .map(relative)
-                .into_iter()
-                .chain(guesses.iter().map(|g| relative(g)));
+            let candidates = paths.unified.map(relative).into_iter().chain(guesses);
             for rel in candidates {
                 let dir = cgroup_root.join(&rel);
                 if dir.join("memory.current").exists() {
-                    return Ok(CgroupFiles {
-                        cpu: OpenFile::open(dir.join("cpu.stat"))?,
-                        cpu_counter: CpuCounter::CpuStatUsec,
-                        memory_usage: OpenFile::open(dir.join("memory.current"))?,
-                        memory_stat: OpenFile::open(dir.join("memory.stat"))?,
-                        inactive_key: "inactive_file",
-                    });
+                    return open_v2(&dir);
                 }
                 tried.push(dir.display().to_string());
             }
         }
         CgroupVersion::V1 => {
-            let cpu_mounts: Vec<&str> = match paths.cpuacct {
-                Some((controllers, _)) => vec![controllers, "cpuacct", "cpu,cpuacct"],
-                None => vec!["cpuacct", "cpu,cpuacct"],
-            };
-            let candidates = paths
-                .memory
-                .map(|m| {
-                    (
-                        relative(m),
-                        paths.cpuacct.map_or_else(|| relative(m), |c| relative(c.1)),
-                    )
-                })
+            // (memory path, cpuacct path)
+            let from_pid = paths.memory.map(|m| {
+                let cpu = paths.cpuacct.map_or(m, |c| c.1);
+                (relative(m), relative(cpu))
+            });
+            let candidates = from_pid
                 .into_iter()
-                .chain(guesses.iter().map(|g| (relative(g), relative(g))));
+                .chain(guesses.into_iter().map(|g| (g.clone(), g)));
             for (memory_rel, cpu_rel) in candidates {
                 let memory_dir = cgroup_root.join("memory").join(&memory_rel);
-                let cpu_dir = cpu_mounts
-                    .iter()
+                // The mount's name is the controller list: `cpuacct`, or `cpu,cpuacct` when
+                // mounted together.
+                let mounts = paths.cpuacct.map(|c| c.0).into_iter();
+                let cpu_dir = mounts
+                    .chain(["cpuacct", "cpu,cpuacct"])
                     .map(|m| cgroup_root.join(m).join(&cpu_rel))
                     .find(|d| d.join("cpuacct.usage").exists());
                 match cpu_dir {
                     Some(cpu_dir) if memory_dir.join("memory.usage_in_bytes").exists() => {
-                        return Ok(CgroupFiles {
-                            cpu: OpenFile::open(cpu_dir.join("cpuacct.usage"))?,
-                            cpu_counter: CpuCounter::CpuacctNanos,
-                            memory_usage: OpenFile::open(memory_dir.join("memory.usage_in_bytes"))?,
-                            memory_stat: OpenFile::open(memory_dir.join("memory.stat"))?,
-                            inactive_key: "total_inactive_file",
-                        });
+                        return open_v1(&cpu_dir, &memory_dir);
                     }
                     _ => tried.push(memory_dir.display().to_string()),
                 }
@@ -497,6 +485,26 @@ fn locate(
     Err(CgroupError::NotFound {
         short_id: info.short_id.clone(),
         tried: tried.join(", "),
+    })
+}
+
+fn open_v2(dir: &Path) -> Result<CgroupFiles, CgroupError> {
+    Ok(CgroupFiles {
+        cpu: OpenFile::open(dir.join("cpu.stat"))?,
+        cpu_counter: CpuCounter::CpuStatUsec,
+        memory_usage: OpenFile::open(dir.join("memory.current"))?,
+        memory_stat: OpenFile::open(dir.join("memory.stat"))?,
+        inactive_key: "inactive_file",
+    })
+}
+
+fn open_v1(cpu_dir: &Path, memory_dir: &Path) -> Result<CgroupFiles, CgroupError> {
+    Ok(CgroupFiles {
+        cpu: OpenFile::open(cpu_dir.join("cpuacct.usage"))?,
+        cpu_counter: CpuCounter::CpuacctNanos,
+        memory_usage: OpenFile::open(memory_dir.join("memory.usage_in_bytes"))?,
+        memory_stat: OpenFile::open(memory_dir.join("memory.stat"))?,
+        inactive_key: "total_inactive_file",
     })
 }
 
@@ -740,6 +748,23 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(matches!(errors[0], CgroupError::Parse { .. }));
         assert!(usage(&r, C).memory_utilization_normalized.is_some());
+    }
+
+    #[test]
+    fn paths_seen_from_another_cgroup_namespace_fall_back_to_the_docker_layouts() {
+        let dir = tree("v2");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("proc/6000")).unwrap();
+        std::fs::write(
+            root.join("proc/6000/cgroup"),
+            format!("0::/../../system.slice/docker-{C}.scope\n"),
+        )
+        .unwrap();
+        let (mut c, _tx) = collector(root, vec![info(C, "ic-c", 6000)]);
+        let mut errors = Vec::new();
+        let r = c.read_at(0, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(usage(&r, C).memory_used_bytes, Some(100 * MIB));
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl Discovery {
         let mut events = std::pin::pin!(events);
         self.reconcile(&docker).await?;
         if *warned {
-            tracing::info!(socket = %self.config.socket, "docker discovery: engine reachable again");
+            tracing::info!(socket = %self.config.socket, "docker engine reachable again");
         }
         *warned = false;
         backoff.reset();
@@ -360,7 +360,7 @@ impl Discovery {
                         Counter::ContainersWithoutComponent,
                         1,
                         &format!(
-                            "container {} has neither label {} nor env {}: not a model copy, ignored",
+                            "container {} has neither label {} nor env {}: ignored",
                             short_id(id),
                             self.config.component_label,
                             self.config.component_env
