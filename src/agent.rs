@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use crate::aggregate::{Aggregator, RecordError};
 use crate::catalog::{storage_resolution, Identity, Sample};
 use crate::clock::{system_now_ms, window_start_ms, Ticker};
-use crate::collectors::gpu::{self, GpuReading};
+use crate::collectors::containers::ContainerMetrics;
+use crate::collectors::gpu;
 use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
@@ -170,6 +171,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
     let mut gpu = gpu::spawn(&config.gpu, m.sample_interval_ms)
         .context("starting the GPU collector thread")?;
+    let mut containers = ContainerMetrics::start(&config)?;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
@@ -191,9 +193,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             gpu::read(gpu.as_mut(), tick.wall_ms, collect_timeout),
         );
         // This tick's GPU reading: its processes (host PID, GPU) feed container attribution.
-        // Empty when the tick has no GPU data, so nothing stale is ever attributed.
-        let latest_gpu: GpuReading = gpu_reading.unwrap_or_default();
-        latest_gpu.samples(&mut samples);
+        // None when the tick has no GPU data, so nothing stale is ever attributed.
+        if let Some(reading) = &gpu_reading {
+            reading.samples(&mut samples);
+        }
+        if let Some(containers) = containers.as_mut() {
+            containers
+                .read(tick.wall_ms, collect_timeout, gpu_reading.as_ref(), &mut samples)
+                .await;
+        }
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
             publish(&tx, batch);
         }

@@ -45,6 +45,9 @@ pub enum Metric {
     CpuReservation,
     GpuReservation,
     MemoryReservation,
+    /// GPU use by processes in no known model copy (see `attribution`).
+    GpuUtilizationUnattributed,
+    GpuMemoryUtilizationUnattributed,
 }
 
 impl Metric {
@@ -62,6 +65,8 @@ impl Metric {
             Metric::CpuReservation => "CPUReservation",
             Metric::GpuReservation => "GPUReservation",
             Metric::MemoryReservation => "MemoryReservation",
+            Metric::GpuUtilizationUnattributed => "GPUUtilizationUnattributed",
+            Metric::GpuMemoryUtilizationUnattributed => "GPUMemoryUtilizationUnattributed",
         }
     }
 
@@ -78,7 +83,9 @@ impl Metric {
             | Metric::GpuMemoryUtilizationNormalized
             | Metric::CpuReservation
             | Metric::GpuReservation
-            | Metric::MemoryReservation => Unit::Percent,
+            | Metric::MemoryReservation
+            | Metric::GpuUtilizationUnattributed
+            | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
         }
     }
 }

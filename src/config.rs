@@ -49,6 +49,9 @@ pub struct Config {
     /// GPU metrics through NVML.
     #[serde(default)]
     pub gpu: GpuConfig,
+    /// Model copies (containers of inference components) found through the Docker engine.
+    #[serde(default)]
+    pub docker: DockerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +177,45 @@ pub struct GpuConfig {
     /// The per-GPU dimension's name: "GpuId" (launch post) or "AcceleratorId" (official guide).
     #[serde(default = "default_gpu_dimension_name")]
     pub dimension_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Discover model copies and publish their metrics. Without an engine the agent warns once
+    /// and runs on.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The engine's Unix socket (a path, or `unix://` followed by one).
+    #[serde(default = "default_docker_socket")]
+    pub socket: String,
+    /// The container label whose value names the inference component.
+    #[serde(default = "default_component_label")]
+    pub component_label: String,
+    /// Fallback: the environment variable whose value names the inference component.
+    #[serde(default = "default_component_env")]
+    pub component_env: String,
+}
+
+fn default_docker_socket() -> String {
+    "/var/run/docker.sock".into()
+}
+fn default_component_label() -> String {
+    "sagemaker.inference-component".into()
+}
+fn default_component_env() -> String {
+    "INFERENCE_COMPONENT_NAME".into()
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            enabled: true,
+            socket: default_docker_socket(),
+            component_label: default_component_label(),
+            component_env: default_component_env(),
+        }
+    }
 }
 
 fn default_variant() -> String {
@@ -462,6 +504,7 @@ impl Config {
                 "must name a library, e.g. \"libnvidia-ml.so.1\"".into(),
             ));
         }
+        self.docker.validate()?;
         Ok(())
     }
 
@@ -502,6 +545,31 @@ impl Config {
             self.log.format,
             self.log.level.as_str(),
         )
+    }
+}
+
+impl DockerConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if !path.starts_with('/') {
+            return Err((
+                "docker.socket",
+                format!("\"{}\" is not an absolute path; allowed: \"/var/run/docker.sock\" or \"unix:///path\"", self.socket),
+            ));
+        }
+        if self.component_label.trim().is_empty() {
+            return Err((
+                "docker.component_label",
+                "must not be empty, e.g. \"sagemaker.inference-component\"".into(),
+            ));
+        }
+        if self.component_env.is_empty() || self.component_env.contains('=') {
+            return Err((
+                "docker.component_env",
+                "must be a variable name without '=', e.g. \"INFERENCE_COMPONENT_NAME\"".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -547,6 +615,10 @@ mod tests {
         assert_eq!(c.metrics.endpoints_namespace, "/aws/sagemaker/Endpoints");
         assert_eq!(c.emf_destination(), EmfDestination::Stdout);
         assert_eq!(c.gpu.dimension_name, "GpuId");
+        assert!(c.docker.enabled);
+        assert_eq!(c.docker.socket, "/var/run/docker.sock");
+        assert_eq!(c.docker.component_label, "sagemaker.inference-component");
+        assert_eq!(c.docker.component_env, "INFERENCE_COMPONENT_NAME");
     }
 
     #[test]
@@ -575,6 +647,9 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[metrics]\nendpoints_namespace = \"AWS/SageMaker\"\n", "metrics.endpoints_namespace"),
             ("[endpoint]\nname = \"e\"\n[output]\nemf_destination = \"tcp://nohost\"\n", "output.emf_destination"),
             ("[endpoint]\nname = \"e\"\n[output]\nformat = \"prometheus\"\n", "output.format"),
+            ("[endpoint]\nname = \"e\"\n[docker]\nsocket = \"docker.sock\"\n", "docker.socket"),
+            ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_label = \"\"\n", "docker.component_label"),
+            ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_env = \"A=B\"\n", "docker.component_env"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

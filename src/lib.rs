@@ -6,10 +6,12 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod attribution;
 pub mod catalog;
 pub mod clock;
 pub mod collectors;
 pub mod config;
+pub mod discovery;
 pub mod encode;
 pub mod identity;
 pub mod logging;

@@ -30,10 +30,14 @@ pub enum Counter {
     GpuReadsMissed,
     /// A process list with an impossible layout, rejected rather than misread.
     GpuProcessListsRejected,
+    DockerUnavailable,
+    DockerInspectErrors,
+    ContainersWithoutComponent,
+    GpuProcessesUnattributed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 23] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -53,6 +57,10 @@ impl Counter {
         Counter::GpuErrors,
         Counter::GpuReadsMissed,
         Counter::GpuProcessListsRejected,
+        Counter::DockerUnavailable,
+        Counter::DockerInspectErrors,
+        Counter::ContainersWithoutComponent,
+        Counter::GpuProcessesUnattributed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +84,10 @@ impl Counter {
             Counter::GpuErrors => "gpu_errors",
             Counter::GpuReadsMissed => "gpu_reads_missed",
             Counter::GpuProcessListsRejected => "gpu_process_lists_rejected",
+            Counter::DockerUnavailable => "docker_unavailable",
+            Counter::DockerInspectErrors => "docker_inspect_errors",
+            Counter::ContainersWithoutComponent => "containers_without_component",
+            Counter::GpuProcessesUnattributed => "gpu_processes_unattributed",
         }
     }
 }

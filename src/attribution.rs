@@ -1,0 +1,590 @@
+//! Pure attribution: `/proc/<pid>/cgroup` text -> container ID, and GPU processes -> container ->
+//! inference component.
+//!
+//! NVML reports host PIDs. A PID's cgroup names its container in every runtime the agent knows:
+//! the ID is a 64-hex path component, bare (`/docker/<id>`, containerd's `/default/<id>`,
+//! Kubernetes cgroupfs `/kubepods/burstable/pod<uid>/<id>`) or inside a systemd scope
+//! (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`).
+//!
+//! GPU use by a process that maps to no known model copy is not dropped: per GPU, what the
+//! device reports beyond the model copies' share is published as an unattributed series, so the
+//! per-container shares plus the unattributed share add up to the per-GPU total.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::catalog::{Metric, Sample, Scope};
+use crate::collectors::gpu::GpuReading;
+use crate::discovery::Inventory;
+
+/// Length of a full container ID (hex of a SHA-256).
+pub const CONTAINER_ID_HEX_CHARS: usize = 64;
+
+/// Length of the short ID that `ContainerId` carries (Docker's `stringid.TruncateID`).
+pub const SHORT_ID_CHARS: usize = 12;
+
+/// Prefixes systemd-driven runtimes put before the ID in a scope unit name.
+const SCOPE_PREFIXES: [&str; 4] = ["docker-", "cri-containerd-", "crio-", "libpod-"];
+
+/// The 12-character short form of a container ID.
+pub fn short_id(id: &str) -> &str {
+    id.get(..SHORT_ID_CHARS).unwrap_or(id)
+}
+
+/// The cgroup paths of one process, from its `/proc/<pid>/cgroup`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPaths<'a> {
+    /// The cgroup v2 (unified) path: the `0::` line.
+    pub unified: Option<&'a str>,
+    /// The v1 memory controller's path.
+    pub memory: Option<&'a str>,
+    /// The v1 line carrying `cpuacct`: its controller list (the mount's directory name, e.g.
+    /// `cpu,cpuacct`) and path.
+    pub cpuacct: Option<(&'a str, &'a str)>,
+}
+
+/// Splits `/proc/<pid>/cgroup` text into the paths the agent uses. Malformed lines are skipped.
+pub fn cgroup_paths(text: &str) -> CgroupPaths<'_> {
+    let mut paths = CgroupPaths::default();
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if hierarchy == "0" && controllers.is_empty() {
+            paths.unified = Some(path);
+            continue;
+        }
+        for controller in controllers.split(',') {
+            match controller {
+                "memory" => paths.memory = Some(path),
+                "cpuacct" => paths.cpuacct = Some((controllers, path)),
+                _ => {}
+            }
+        }
+    }
+    paths
+}
+
+/// The container a process belongs to, from its `/proc/<pid>/cgroup` text: the v2 line first,
+/// then the v1 memory controller (a hybrid host's `0::` line may be `/`), then any line.
+pub fn container_id_from_cgroup(text: &str) -> Option<&str> {
+    let paths = cgroup_paths(text);
+    paths
+        .unified
+        .and_then(container_id_from_path)
+        .or_else(|| paths.memory.and_then(container_id_from_path))
+        .or_else(|| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .find_map(container_id_from_path)
+        })
+}
+
+/// The innermost container ID in a cgroup path (nested runtimes: the last one is the process's).
+pub fn container_id_from_path(path: &str) -> Option<&str> {
+    path.rsplit('/').find_map(container_id_from_component)
+}
+
+fn container_id_from_component(component: &str) -> Option<&str> {
+    let unit = component.strip_suffix(".scope").unwrap_or(component);
+    // conmon (podman's monitor) lives in `libpod-conmon-<id>.scope`: not the container itself.
+    if unit.contains("conmon") {
+        return None;
+    }
+    let id = SCOPE_PREFIXES
+        .iter()
+        .find_map(|p| unit.strip_prefix(p))
+        .unwrap_or(unit);
+    is_container_id(id).then_some(id)
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == CONTAINER_ID_HEX_CHARS && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What the GPU attribution of one reading found, besides the samples.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuAttributionReport {
+    /// GPU processes whose PID maps to no model copy (host processes, other containers).
+    pub unattributed_processes: u64,
+}
+
+/// Per-container GPU use, and the unattributed remainder, from one GPU reading.
+///
+/// `pid_containers` maps host PIDs to full container IDs (see [`container_id_from_cgroup`]); a
+/// PID missing from it belongs to no container. Per container, `GPUUtilizationNormalized` is the
+/// sum of its processes' SM utilization over the GPUs allocated to it, divided by their number;
+/// `GPUMemoryUtilizationNormalized` is its processes' memory over the allocated GPUs' memory. A
+/// container using GPUs with no allocation known is measured against the GPUs it uses. Per GPU
+/// (enhanced), each container's share of that GPU is a `ContainerGpu` series, and
+/// `GPU*Unattributed` on the `Gpu` scope is the device figure minus the containers' shares
+/// (never below zero), so shares + unattributed = the per-GPU `GPUUtilization` /
+/// `GPUMemoryUtilization`. The instance-scope unattributed series are the per-GPU ones averaged
+/// over the instance's GPUs, like the other normalized instance series.
+pub fn attribute_gpu(
+    reading: &GpuReading,
+    inventory: &Inventory,
+    pid_containers: &HashMap<u32, String>,
+    out: &mut Vec<Sample>,
+) -> GpuAttributionReport {
+    let mut report = GpuAttributionReport::default();
+    // (container id, gpu index) -> (sm percent, memory bytes)
+    let mut use_by: BTreeMap<(&str, u32), (f64, u64)> = BTreeMap::new();
+    for process in &reading.processes {
+        let container = pid_containers
+            .get(&process.pid)
+            .filter(|id| inventory.containers.contains_key(id.as_str()));
+        let Some(id) = container else {
+            report.unattributed_processes += 1;
+            continue;
+        };
+        let entry = use_by.entry((id.as_str(), process.gpu_index)).or_default();
+        entry.0 += process.sm_utilization_percent.unwrap_or(0.0);
+        entry.1 += process.used_memory_bytes.unwrap_or(0);
+    }
+    let total_of = |index: u32| {
+        reading
+            .devices
+            .iter()
+            .find(|d| d.index == index)
+            .map(|d| d.memory_total_bytes)
+    };
+    // gpu index -> (attributed sm percent, attributed memory bytes)
+    let mut attributed: BTreeMap<u32, (f64, u64)> = BTreeMap::new();
+    for (id, info) in &inventory.containers {
+        let used: Vec<u32> = use_by
+            .keys()
+            .filter(|(cid, _)| *cid == id.as_str())
+            .map(|(_, i)| *i)
+            .collect();
+        let allocated = info.gpus.resolve(&reading.devices);
+        let gpus = if allocated.is_empty() {
+            used.clone()
+        } else {
+            allocated
+        };
+        if gpus.is_empty() {
+            continue;
+        }
+        // Use of a GPU outside the allocation still counts for the container (it is its use).
+        let mut series = gpus.clone();
+        series.extend(used.iter().filter(|i| !gpus.contains(i)));
+        let (mut sm_sum, mut mem_sum, mut mem_total) = (0.0, 0u64, 0u64);
+        for &index in &gpus {
+            mem_total += total_of(index).unwrap_or(0);
+        }
+        for &index in &series {
+            let (sm, mem) = use_by
+                .get(&(id.as_str(), index))
+                .copied()
+                .unwrap_or_default();
+            let sm = sm.min(100.0);
+            sm_sum += sm;
+            mem_sum += mem;
+            let slot = attributed.entry(index).or_default();
+            slot.0 += sm;
+            slot.1 += mem;
+            let scope = Scope::ContainerGpu {
+                component: info.component.clone(),
+                container_id: info.short_id.clone(),
+                gpu_index: index,
+            };
+            out.push(Sample::new(
+                scope.clone(),
+                Metric::GpuUtilizationNormalized,
+                sm,
+            ));
+            if let Some(total) = total_of(index).filter(|t| *t > 0) {
+                out.push(Sample::new(
+                    scope,
+                    Metric::GpuMemoryUtilizationNormalized,
+                    percent(mem, total),
+                ));
+            }
+        }
+        let scope = container_scope(&info.component, &info.short_id);
+        out.push(Sample::new(
+            scope.clone(),
+            Metric::GpuUtilizationNormalized,
+            sm_sum / gpus.len() as f64,
+        ));
+        if mem_total > 0 {
+            out.push(Sample::new(
+                scope,
+                Metric::GpuMemoryUtilizationNormalized,
+                percent(mem_sum, mem_total),
+            ));
+        }
+    }
+    unattributed_samples(reading, &attributed, out);
+    report
+}
+
+fn unattributed_samples(
+    reading: &GpuReading,
+    attributed: &BTreeMap<u32, (f64, u64)>,
+    out: &mut Vec<Sample>,
+) {
+    if reading.devices.is_empty() {
+        return;
+    }
+    let (mut util_sum, mut util_devices, mut mem_sum) = (0.0, 0u32, 0.0);
+    for device in &reading.devices {
+        let (sm, mem) = attributed.get(&device.index).copied().unwrap_or_default();
+        let scope = Scope::Gpu {
+            index: device.index,
+        };
+        if let Some(util) = device.utilization_percent {
+            let rest = (util - sm).max(0.0);
+            util_sum += rest;
+            util_devices += 1;
+            out.push(Sample::new(
+                scope.clone(),
+                Metric::GpuUtilizationUnattributed,
+                rest,
+            ));
+        }
+        let rest = if device.memory_total_bytes > 0 {
+            percent(
+                device.memory_used_bytes.saturating_sub(mem),
+                device.memory_total_bytes,
+            )
+        } else {
+            0.0
+        };
+        mem_sum += rest;
+        out.push(Sample::new(
+            scope,
+            Metric::GpuMemoryUtilizationUnattributed,
+            rest,
+        ));
+    }
+    if util_devices > 0 {
+        out.push(Sample::new(
+            Scope::Instance,
+            Metric::GpuUtilizationUnattributed,
+            util_sum / util_devices as f64,
+        ));
+    }
+    out.push(Sample::new(
+        Scope::Instance,
+        Metric::GpuMemoryUtilizationUnattributed,
+        mem_sum / reading.devices.len() as f64,
+    ));
+}
+
+/// `GPUReservation`: the share of the instance's GPUs allocated to model copies (each GPU counted
+/// once, however many copies share it). None without GPUs.
+pub fn gpu_reservation(reading: &GpuReading, inventory: &Inventory) -> Option<f64> {
+    if reading.devices.is_empty() {
+        return None;
+    }
+    let mut reserved: Vec<u32> = inventory
+        .containers
+        .values()
+        .flat_map(|c| c.gpus.resolve(&reading.devices))
+        .collect();
+    reserved.sort_unstable();
+    reserved.dedup();
+    Some(percent(reserved.len() as u64, reading.devices.len() as u64))
+}
+
+fn container_scope(component: &Arc<str>, short_id: &Arc<str>) -> Scope {
+    Scope::Container {
+        component: component.clone(),
+        container_id: short_id.clone(),
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    part as f64 * 100.0 / whole as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::gpu::{GpuDevice, GpuProcess};
+    use crate::discovery::{ContainerInfo, GpuAllocation};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cgroup/proc");
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{name}/cgroup")).unwrap()
+    }
+
+    #[test]
+    fn every_runtime_layout_names_its_container() {
+        let cases = [
+            (
+                "docker-cgroupfs-v1",
+                "b335296f4e067f587ea22d5e8d0533a18ab9898701b6b4ffd2e3a2fdb7e5f6e8",
+            ),
+            (
+                "docker-systemd-v2",
+                "4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8",
+            ),
+            (
+                "containerd-v2",
+                "9a8b7c6d5e4f30211223344556677889900aabbccddeeff00112233445566778",
+            ),
+            (
+                "crio-v2",
+                "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00",
+            ),
+            (
+                "podman-v2",
+                "deadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeef",
+            ),
+            (
+                "kubepods-cgroupfs-v1",
+                "1234567890abcdef1234567890abcdef1234567890abcdef1234567890abcdef",
+            ),
+            (
+                "kubepods-systemd-v2",
+                "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd",
+            ),
+            (
+                "hybrid-root-unified",
+                "0123456789012345678901234567890123456789012345678901234567890123",
+            ),
+        ];
+        for (name, id) in cases {
+            assert_eq!(container_id_from_cgroup(&fixture(name)), Some(id), "{name}");
+        }
+    }
+
+    #[test]
+    fn host_processes_and_monitors_are_in_no_container() {
+        assert_eq!(container_id_from_cgroup(&fixture("host-v1")), None);
+        assert_eq!(container_id_from_cgroup(&fixture("host-v2")), None);
+        assert_eq!(container_id_from_cgroup(&fixture("podman-conmon-v2")), None);
+        assert_eq!(container_id_from_cgroup(""), None);
+        assert_eq!(container_id_from_cgroup("garbage\n::\n0::"), None);
+        // 63 and 65 hex characters are not IDs.
+        assert_eq!(
+            container_id_from_path(&format!("/docker/{}", "a".repeat(63))),
+            None
+        );
+        assert_eq!(
+            container_id_from_path(&format!("/docker/{}", "a".repeat(65))),
+            None
+        );
+    }
+
+    #[test]
+    fn v1_paths_name_the_cpuacct_mount() {
+        let text = fixture("kubepods-cgroupfs-v1");
+        let p = cgroup_paths(&text);
+        assert_eq!(p.cpuacct.map(|c| c.0), Some("cpu,cpuacct"));
+        assert!(p.memory.unwrap().starts_with("/kubepods/"));
+    }
+
+    fn device(index: u32, util: Option<f64>, used: u64, total: u64) -> GpuDevice {
+        GpuDevice {
+            index,
+            uuid: format!("GPU-{index}"),
+            utilization_percent: util,
+            memory_used_bytes: used,
+            memory_total_bytes: total,
+        }
+    }
+
+    fn process(pid: u32, gpu: u32, mem: u64, sm: f64) -> GpuProcess {
+        GpuProcess {
+            pid,
+            gpu_index: gpu,
+            used_memory_bytes: Some(mem),
+            sm_utilization_percent: Some(sm),
+        }
+    }
+
+    fn container(id: &str, component: &str, gpus: GpuAllocation) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            short_id: short_id(id).into(),
+            component: component.into(),
+            pid: 1,
+            cpu_limit_cores: None,
+            memory_reservation_bytes: None,
+            memory_limit_bytes: None,
+            gpus,
+        }
+    }
+
+    fn find(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
+        samples
+            .iter()
+            .find(|s| &s.key.scope == scope && s.key.metric == metric)
+            .map(|s| s.value)
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn gpu_use_is_attributed_and_the_rest_reconciles_per_gpu() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let mut inventory = Inventory::default();
+        inventory.containers.insert(
+            a.clone(),
+            container(
+                &a,
+                "model-a",
+                GpuAllocation::Devices(vec!["0".into(), "GPU-1".into()]),
+            ),
+        );
+        inventory
+            .containers
+            .insert(b.clone(), container(&b, "model-b", GpuAllocation::Count(1)));
+        let reading = GpuReading {
+            devices: vec![
+                device(0, Some(90.0), 12 * GIB, 16 * GIB),
+                device(1, Some(40.0), 4 * GIB, 16 * GIB),
+            ],
+            processes: vec![
+                process(100, 0, 4 * GIB, 50.0),
+                process(101, 1, 2 * GIB, 30.0),
+                process(200, 0, 4 * GIB, 20.0),
+                process(300, 0, 2 * GIB, 10.0), // a host process
+            ],
+        };
+        let pids = HashMap::from([(100, a.clone()), (101, a.clone()), (200, b.clone())]);
+        let mut out = Vec::new();
+        let report = attribute_gpu(&reading, &inventory, &pids, &mut out);
+        assert_eq!(report.unattributed_processes, 1);
+
+        let sa = container_scope(&"model-a".into(), &"aaaaaaaaaaaa".into());
+        assert_eq!(
+            find(&out, &sa, Metric::GpuUtilizationNormalized),
+            Some(40.0)
+        );
+        assert_eq!(
+            find(&out, &sa, Metric::GpuMemoryUtilizationNormalized),
+            Some(6.0 * 100.0 / 32.0)
+        );
+        let sb = container_scope(&"model-b".into(), &"bbbbbbbbbbbb".into());
+        assert_eq!(
+            find(&out, &sb, Metric::GpuUtilizationNormalized),
+            Some(20.0)
+        );
+        assert_eq!(
+            find(&out, &sb, Metric::GpuMemoryUtilizationNormalized),
+            Some(25.0)
+        );
+
+        // GPU 0: device 12 GiB used = a 4 + b 4 + unattributed 4 (host process 2 + overhead 2).
+        let a0 = Scope::ContainerGpu {
+            component: "model-a".into(),
+            container_id: "aaaaaaaaaaaa".into(),
+            gpu_index: 0,
+        };
+        let b0 = Scope::ContainerGpu {
+            component: "model-b".into(),
+            container_id: "bbbbbbbbbbbb".into(),
+            gpu_index: 0,
+        };
+        let g0 = Scope::Gpu { index: 0 };
+        let mem = |s: &Scope, m| find(&out, s, m).unwrap();
+        let shares = mem(&a0, Metric::GpuMemoryUtilizationNormalized)
+            + mem(&b0, Metric::GpuMemoryUtilizationNormalized)
+            + mem(&g0, Metric::GpuMemoryUtilizationUnattributed);
+        assert_eq!(
+            shares,
+            12.0 * 100.0 / 16.0,
+            "reconciles with GPU 0's memory use"
+        );
+        let util = mem(&a0, Metric::GpuUtilizationNormalized)
+            + mem(&b0, Metric::GpuUtilizationNormalized)
+            + mem(&g0, Metric::GpuUtilizationUnattributed);
+        assert_eq!(util, 90.0, "reconciles with GPU 0's utilization");
+        assert_eq!(
+            find(
+                &out,
+                &Scope::Gpu { index: 1 },
+                Metric::GpuMemoryUtilizationUnattributed
+            ),
+            Some(12.5)
+        );
+        assert_eq!(
+            find(
+                &out,
+                &Scope::Instance,
+                Metric::GpuMemoryUtilizationUnattributed
+            ),
+            Some((25.0 + 12.5) / 2.0)
+        );
+        assert_eq!(gpu_reservation(&reading, &inventory), Some(100.0));
+    }
+
+    #[test]
+    fn a_container_without_an_allocation_is_measured_against_the_gpus_it_uses() {
+        let c = "c".repeat(64);
+        let mut inventory = Inventory::default();
+        inventory
+            .containers
+            .insert(c.clone(), container(&c, "model-c", GpuAllocation::None));
+        let reading = GpuReading {
+            devices: vec![device(0, None, GIB, 8 * GIB), device(1, None, 0, 8 * GIB)],
+            processes: vec![process(7, 1, 2 * GIB, 70.0)],
+        };
+        let mut out = Vec::new();
+        attribute_gpu(
+            &reading,
+            &inventory,
+            &HashMap::from([(7, c.clone())]),
+            &mut out,
+        );
+        let s = container_scope(&"model-c".into(), &"cccccccccccc".into());
+        assert_eq!(find(&out, &s, Metric::GpuUtilizationNormalized), Some(70.0));
+        assert_eq!(
+            find(&out, &s, Metric::GpuMemoryUtilizationNormalized),
+            Some(25.0)
+        );
+        // No device utilization known: no utilization remainder, memory remainder still.
+        assert_eq!(
+            find(
+                &out,
+                &Scope::Gpu { index: 0 },
+                Metric::GpuUtilizationUnattributed
+            ),
+            None
+        );
+        assert_eq!(
+            find(
+                &out,
+                &Scope::Gpu { index: 0 },
+                Metric::GpuMemoryUtilizationUnattributed
+            ),
+            Some(12.5)
+        );
+        assert_eq!(gpu_reservation(&reading, &inventory), Some(0.0));
+        assert_eq!(gpu_reservation(&GpuReading::default(), &inventory), None);
+    }
+
+    #[test]
+    fn processes_of_unknown_containers_are_unattributed() {
+        let inventory = Inventory::default();
+        let reading = GpuReading {
+            devices: vec![device(0, Some(10.0), GIB, 8 * GIB)],
+            processes: vec![process(9, 0, GIB, 10.0)],
+        };
+        let mut out = Vec::new();
+        let pids = HashMap::from([(9, "f".repeat(64))]);
+        let report = attribute_gpu(&reading, &inventory, &pids, &mut out);
+        assert_eq!(report.unattributed_processes, 1);
+        assert_eq!(
+            find(
+                &out,
+                &Scope::Gpu { index: 0 },
+                Metric::GpuUtilizationUnattributed
+            ),
+            Some(10.0)
+        );
+        assert!(out
+            .iter()
+            .all(|s| !matches!(s.key.scope, Scope::Container { .. })));
+    }
+}

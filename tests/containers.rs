@@ -1,0 +1,463 @@
+//! Container metrics against the real Docker engine: labelled busybox containers burn CPU or hold
+//! memory, the built agent runs with a temporary configuration, and its EMF output must name
+//! them with values that agree with their cgroup files, pick up a container started later, and
+//! forget a removed one.
+//!
+//! Needs a Docker engine (`DOCKER_HOST` or /var/run/docker.sock). The tiny image is built by
+//! `scripts/setup/docker-image.sh` when missing. Without an engine these tests fail, unless
+//! `EMA_SKIP_DOCKER_TESTS=1` says to skip them.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
+const COMPONENTS_NS: &str = "/aws/sagemaker/InferenceComponents";
+const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
+/// Safety net for waits on the agent's output (not an assertion about speed: several publish
+/// windows of 10 s on a loaded machine).
+const WAIT_LIMIT: Duration = Duration::from_secs(90);
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn image() -> String {
+    std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// True when the engine is usable (the image built if missing); false only when skipping is
+/// asked for. Otherwise an unreachable engine fails the test.
+fn docker_ready() -> bool {
+    static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
+    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
+        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine: {e}");
+            return false;
+        }
+        panic!("no Docker engine ({e}); start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
+    }
+    let mut built = IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built && docker(&["image", "inspect", &image()]).is_err() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
+        let status = Command::new("sh").arg(script).status().unwrap();
+        assert!(status.success(), "scripts/setup/docker-image.sh failed");
+    }
+    *built = true;
+    true
+}
+
+/// Containers this test started; removed however the test ends.
+#[derive(Default)]
+struct Containers(Vec<String>);
+
+impl Containers {
+    fn run(&mut self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d", "--label", "ema-test=1"];
+        all.extend_from_slice(args);
+        let id = docker(&all).unwrap();
+        assert_eq!(id.len(), 64, "{id}");
+        self.0.push(id.clone());
+        id
+    }
+
+    fn remove(&mut self, id: &str) {
+        docker(&["rm", "-f", id]).unwrap();
+        self.0.retain(|c| c != id);
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(self.0.iter().map(String::as_str));
+            let _ = docker(&args);
+        }
+    }
+}
+
+/// The built agent running with a temporary configuration; killed however the test ends.
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(socket: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("emf.jsonl");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
+                 [output]\nemf_destination = \"file:{}\"\n\
+                 [gpu]\nenabled = false\n\
+                 [docker]\nsocket = \"{socket}\"\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Agent { child, dir }
+    }
+
+    fn documents(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("emf.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.ends_with('}'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    fn stderr(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(self.dir.path().join("stderr.log"))
+            .and_then(|mut f| f.read_to_string(&mut s))
+            .unwrap();
+        s
+    }
+
+    /// Polls the output until `found` returns something.
+    fn wait_for<T>(&self, what: &str, mut found: impl FnMut(&[Value]) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            if let Some(t) = found(&self.documents()) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn stop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn namespace(doc: &Value) -> &str {
+    doc["_aws"]["CloudWatchMetrics"][0]["Namespace"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn timestamp_ms(doc: &Value) -> u64 {
+    doc["_aws"]["Timestamp"].as_u64().unwrap_or(0)
+}
+
+fn values(doc: &Value, metric: &str) -> Vec<f64> {
+    doc[metric]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// The per-container documents of one container.
+fn of_container<'a>(docs: &'a [Value], id: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| namespace(d) == COMPONENTS_NS && d["ContainerId"] == id[..12])
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The container's cgroup directories for CPU and memory, from its first process's cgroup
+/// (v2: one directory; v1: the cpuacct and memory controllers').
+fn cgroup_dirs(id: &str) -> (PathBuf, PathBuf) {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", id]).unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let root = Path::new("/sys/fs/cgroup");
+    let path_of = |pred: &dyn Fn(&str) -> bool| {
+        text.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            pred(controllers).then(|| {
+                (
+                    controllers.to_string(),
+                    path.trim_start_matches('/').to_string(),
+                )
+            })
+        })
+    };
+    if root.join("cgroup.controllers").exists() {
+        let (_, p) = path_of(&|c| c.is_empty()).unwrap();
+        (root.join(&p), root.join(&p))
+    } else {
+        let (cpu_mount, cpu) = path_of(&|c| c.split(',').any(|x| x == "cpuacct")).unwrap();
+        let (_, mem) = path_of(&|c| c.split(',').any(|x| x == "memory")).unwrap();
+        (
+            root.join(cpu_mount).join(cpu),
+            root.join("memory").join(mem),
+        )
+    }
+}
+
+fn cpu_usage_ns(dir: &Path) -> u64 {
+    if let Ok(t) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+        return t.trim().parse().unwrap();
+    }
+    let t = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+    stat(&t, "usage_usec") * 1000
+}
+
+fn memory_used_bytes(dir: &Path) -> u64 {
+    let (usage, key) = match std::fs::read_to_string(dir.join("memory.usage_in_bytes")) {
+        Ok(t) => (t, "total_inactive_file"),
+        Err(_) => (
+            std::fs::read_to_string(dir.join("memory.current")).unwrap(),
+            "inactive_file",
+        ),
+    };
+    let usage: u64 = usage.trim().parse().unwrap();
+    let inactive = stat(
+        &std::fs::read_to_string(dir.join("memory.stat")).unwrap(),
+        key,
+    );
+    usage.saturating_sub(inactive)
+}
+
+fn stat(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn labelled_containers_are_measured_named_and_forgotten() {
+    if !docker_ready() {
+        return;
+    }
+    let tag = format!("ema-it-{}-{}", std::process::id(), now_ms());
+    let image = image();
+    let mut containers = Containers::default();
+    let burner = containers.run(&[
+        "--label",
+        &format!("sagemaker.inference-component={tag}-cpu"),
+        "--cpus=0.5",
+        &image,
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    // Named through the environment fallback; 64 MiB of shared memory held, against a 128 MiB
+    // reservation (shmem is charged to the cgroup and is not inactive file).
+    let holder = containers.run(&[
+        "-e",
+        &format!("INFERENCE_COMPONENT_NAME={tag}-mem"),
+        "-m",
+        "256m",
+        "--memory-reservation",
+        "128m",
+        "--shm-size",
+        "128m",
+        &image,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/fill bs=1048576 count=64 && sleep 3600",
+    ]);
+    let unlabelled = containers.run(&[&image, "sleep", "3600"]);
+    let (burner_cpu_dir, _) = cgroup_dirs(&burner);
+    let (_, holder_mem_dir) = cgroup_dirs(&holder);
+
+    let mut agent = Agent::start("/var/run/docker.sock");
+    let (t0, usage0) = (Instant::now(), cpu_usage_ns(&burner_cpu_dir));
+
+    // A full window of the burner (10 samples at 1 s, the first of a container has no CPU delta).
+    let cpu_doc = agent.wait_for("a full window of the CPU burner", |docs| {
+        of_container(docs, &burner)
+            .into_iter()
+            .find(|d| values(d, "CPUUtilizationNormalized").len() >= 9)
+            .cloned()
+    });
+    let (elapsed, usage1) = (t0.elapsed(), cpu_usage_ns(&burner_cpu_dir));
+    assert_eq!(cpu_doc["InferenceComponentName"], format!("{tag}-cpu"));
+    assert_eq!(cpu_doc["ContainerId"], burner[..12]);
+    assert_eq!(cpu_doc["InstanceId"], "test-host");
+    assert_eq!(
+        cpu_doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([
+            ["InferenceComponentName"],
+            [
+                "EndpointName",
+                "VariantName",
+                "InstanceId",
+                "InferenceComponentName",
+                "ContainerId"
+            ]
+        ])
+    );
+    // Against its 0.5-CPU limit: near 100 when the host has room, and in agreement with what
+    // its cgroup counter says over the same stretch of time.
+    let all_cpu: Vec<f64> = of_container(&agent.documents(), &burner)
+        .iter()
+        .flat_map(|d| values(d, "CPUUtilizationNormalized"))
+        .collect();
+    for v in &all_cpu {
+        assert!((0.0..=115.0).contains(v), "{v} out of range: {all_cpu:?}");
+    }
+    let from_cgroup = (usage1 - usage0) as f64 / elapsed.as_nanos() as f64 * 100.0 / 0.5;
+    assert!(from_cgroup > 30.0, "the burner hardly ran: {from_cgroup}");
+    assert!(
+        (mean(&all_cpu) - from_cgroup).abs() < 20.0,
+        "agent {} vs cgroup {from_cgroup}: {all_cpu:?}",
+        mean(&all_cpu)
+    );
+
+    // The holder: named by its environment, memory against its reservation as cgroup says.
+    let mem_doc = agent.wait_for("the memory holder", |docs| {
+        of_container(docs, &holder)
+            .into_iter()
+            .rev()
+            .find(|d| !values(d, "MemoryUtilizationNormalized").is_empty())
+            .cloned()
+    });
+    assert_eq!(mem_doc["InferenceComponentName"], format!("{tag}-mem"));
+    let reported = *values(&mem_doc, "MemoryUtilizationNormalized")
+        .last()
+        .unwrap();
+    let expected = memory_used_bytes(&holder_mem_dir) as f64 * 100.0 / (128.0 * MIB);
+    assert!(expected > 45.0, "the holder holds {expected}% of 128 MiB");
+    assert!(
+        (reported - expected).abs() < 5.0,
+        "agent {reported} vs cgroup {expected}"
+    );
+
+    // The instance reserves at least the burner's 0.5 CPU and the holder's 128 MiB.
+    let reservation = agent.wait_for("reservations", |docs| {
+        docs.iter()
+            .find(|d| namespace(d) == ENDPOINTS_NS && !values(d, "CPUReservation").is_empty())
+            .cloned()
+    });
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    assert!(*values(&reservation, "CPUReservation").last().unwrap() >= 50.0 / cpus - 1e-9);
+    assert!(*values(&reservation, "MemoryReservation").last().unwrap() > 0.0);
+
+    // A container started while the agent runs is reported.
+    let late = containers.run(&[
+        "--label",
+        &format!("sagemaker.inference-component={tag}-late"),
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    let late_doc = agent.wait_for("the container started later", |docs| {
+        of_container(docs, &late).first().cloned().cloned()
+    });
+    assert_eq!(late_doc["InferenceComponentName"], format!("{tag}-late"));
+
+    // A removed container is forgotten: no window starting 2 s after its removal has it, while
+    // the holder goes on being reported.
+    containers.remove(&burner);
+    let removed_ms = now_ms();
+    agent.wait_for("a window after the removal", |docs| {
+        let after: Vec<&Value> = of_container(docs, &holder)
+            .into_iter()
+            .filter(|d| timestamp_ms(d) >= removed_ms + 2000)
+            .collect();
+        (!after.is_empty()).then_some(())
+    });
+    let docs = agent.documents();
+    let late_burner: Vec<&Value> = of_container(&docs, &burner)
+        .into_iter()
+        .filter(|d| timestamp_ms(d) >= removed_ms + 2000)
+        .collect();
+    assert!(late_burner.is_empty(), "still reported: {late_burner:?}");
+
+    // The unlabelled container is never reported, and was counted as ignored.
+    assert!(of_container(&docs, &unlabelled).is_empty());
+    agent.stop();
+    let stderr = agent.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("containers_without_component") && l.contains(&unlabelled[..12])),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_an_engine_the_agent_warns_once_and_runs_on() {
+    let socket = format!("/tmp/ema-no-engine-{}.sock", std::process::id());
+    let mut agent = Agent::start(&socket);
+    // Host metrics go on; wait for a window closed on time (not the partial one at shutdown),
+    // long enough for several reconnection attempts.
+    agent.wait_for("a window of host metrics", |docs| {
+        docs.iter()
+            .find(|d| namespace(d) == ENDPOINTS_NS && values(d, "CPUUtilization").len() >= 5)
+            .map(|_| ())
+    });
+    agent.stop();
+    let stderr = agent.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("docker_unavailable"))
+        .count();
+    assert_eq!(warnings, 1, "{stderr}");
+    let tries = stderr
+        .lines()
+        .find(|l| l.contains("stopped counters"))
+        .and_then(|l| l.split("(\"docker_unavailable\", ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no final counters: {stderr}"));
+    assert!(
+        tries >= 2,
+        "retried with backoff, counted each time: {tries}"
+    );
+    assert!(
+        agent
+            .documents()
+            .iter()
+            .all(|d| namespace(d) != COMPONENTS_NS),
+        "no container series without an engine"
+    );
+}
