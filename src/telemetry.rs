@@ -20,10 +20,23 @@ pub enum Counter {
     EmfValuesSkipped,
     SinkWriteErrors,
     SinkReconnects,
+    PmdGroupsSkipped,
+    PmdMetricsSkipped,
+    PmdValuesSkipped,
+    PmdDatumsSkipped,
+    PublishRequestsSent,
+    PublishRetries,
+    PublishRequestsDropped,
+    SpoolWrites,
+    SpoolItemsDropped,
+    SpoolItemsExpired,
+    SpoolItemsReplayed,
+    LogEventsSkipped,
+    LogEventsRejected,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 27] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -38,6 +51,19 @@ impl Counter {
         Counter::EmfValuesSkipped,
         Counter::SinkWriteErrors,
         Counter::SinkReconnects,
+        Counter::PmdGroupsSkipped,
+        Counter::PmdMetricsSkipped,
+        Counter::PmdValuesSkipped,
+        Counter::PmdDatumsSkipped,
+        Counter::PublishRequestsSent,
+        Counter::PublishRetries,
+        Counter::PublishRequestsDropped,
+        Counter::SpoolWrites,
+        Counter::SpoolItemsDropped,
+        Counter::SpoolItemsExpired,
+        Counter::SpoolItemsReplayed,
+        Counter::LogEventsSkipped,
+        Counter::LogEventsRejected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +82,19 @@ impl Counter {
             Counter::EmfValuesSkipped => "emf_values_skipped",
             Counter::SinkWriteErrors => "sink_write_errors",
             Counter::SinkReconnects => "sink_reconnects",
+            Counter::PmdGroupsSkipped => "pmd_groups_skipped",
+            Counter::PmdMetricsSkipped => "pmd_metrics_skipped",
+            Counter::PmdValuesSkipped => "pmd_values_skipped",
+            Counter::PmdDatumsSkipped => "pmd_datums_skipped",
+            Counter::PublishRequestsSent => "publish_requests_sent",
+            Counter::PublishRetries => "publish_retries",
+            Counter::PublishRequestsDropped => "publish_requests_dropped",
+            Counter::SpoolWrites => "spool_writes",
+            Counter::SpoolItemsDropped => "spool_items_dropped",
+            Counter::SpoolItemsExpired => "spool_items_expired",
+            Counter::SpoolItemsReplayed => "spool_items_replayed",
+            Counter::LogEventsSkipped => "log_events_skipped",
+            Counter::LogEventsRejected => "log_events_rejected",
         }
     }
 }
