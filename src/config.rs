@@ -711,6 +711,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let c = parse(include_str!("../agent.toml.example")).unwrap();
+        assert_eq!(c.output.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+    }
+
+    #[test]
     fn missing_file_is_a_config_error() {
         let e = Config::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
         assert!(e.reason.contains("cannot read"));

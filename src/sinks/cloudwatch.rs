@@ -173,6 +173,37 @@ pub fn to_sdk(request: &Request) -> Vec<MetricDatum> {
 mod tests {
     use super::*;
     use crate::encode::put_metric_data::Datum;
+    use aws_sdk_cloudwatch::error::ErrorMetadata;
+    use aws_sdk_cloudwatch::operation::put_metric_data::PutMetricDataError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service_error(status: u16, code: &str) -> SdkError<PutMetricDataError, HttpResponse> {
+        let err = PutMetricDataError::generic(ErrorMetadata::builder().code(code).build());
+        let raw = HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from("error"),
+        );
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn throttling_and_5xx_are_retried_validation_is_not() {
+        let retry = |s, c| matches!(classify(&service_error(s, c)), SendError::Retryable(_));
+        assert!(retry(400, "Throttling"));
+        assert!(retry(400, "ThrottlingException"));
+        assert!(retry(429, "Anything"));
+        assert!(retry(500, "InternalServiceFault"));
+        assert!(retry(503, "ServiceUnavailable"));
+        assert!(!retry(400, "InvalidParameterValue"));
+        assert!(!retry(400, "InvalidParameterCombination"));
+        assert!(!retry(403, "AccessDenied"));
+        let timeout: SdkError<PutMetricDataError, HttpResponse> = SdkError::timeout_error("slow");
+        assert!(matches!(classify(&timeout), SendError::Retryable(_)));
+        let construction: SdkError<PutMetricDataError, HttpResponse> =
+            SdkError::construction_failure("bad input");
+        assert!(matches!(classify(&construction), SendError::Permanent(_)));
+    }
 
     #[test]
     fn requests_map_onto_sdk_data() {
