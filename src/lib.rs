@@ -13,5 +13,6 @@ pub mod config;
 pub mod encode;
 pub mod identity;
 pub mod logging;
+pub mod plan;
 pub mod sinks;
 pub mod telemetry;
