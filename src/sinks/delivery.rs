@@ -404,3 +404,113 @@ fn dropped(reason: &str) {
         "request refused by CloudWatch (permanent error)",
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::put_metric_data::Request;
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+    /// A PutMetricData target at a port nothing listens on: every call is a network error.
+    fn unreachable_target() -> Target {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{addr}"))
+            .http_client(http)
+            .credentials_provider(aws_sdk_cloudwatch::config::SharedCredentialsProvider::new(
+                aws_sdk_cloudwatch::config::Credentials::new("t", "t", None, None, "t"),
+            ))
+            .build();
+        Target::PutMetricData(MetricsTarget::new(&sdk))
+    }
+
+    fn item(window_start_ms: u64) -> Item {
+        Item {
+            window_start_ms,
+            payload: Payload::PutMetricData(Request {
+                namespace: "ns".into(),
+                data: vec![],
+            }),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            period: Duration::from_secs(10),
+            retry_max: Duration::from_secs(1),
+            drain_for: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn data_older_than_cloudwatch_accepts_is_dropped_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool
+            .push(&item(system_now_ms() - MAX_DATA_AGE_MS - 60_000))
+            .unwrap();
+        let before = telemetry::get(Counter::SpoolItemsExpired);
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(run(unreachable_target(), spool, rx, settings()));
+        // The backlog is replayed while the channel is open; shutdown does not replay it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tx);
+        task.await.unwrap();
+        assert!(telemetry::get(Counter::SpoolItemsExpired) > before);
+        assert_eq!(Spool::open(dir.path(), 1 << 20).unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn windows_that_cannot_be_sent_stay_in_the_spool_across_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(unreachable_target(), spool, rx, settings()));
+        let now = system_now_ms();
+        tx.send(Encoded::PutMetricData {
+            window_start_ms: now - 20_000,
+            requests: vec![Request {
+                namespace: "a".into(),
+                data: vec![],
+            }],
+        })
+        .await
+        .unwrap();
+        tx.send(Encoded::PutMetricData {
+            window_start_ms: now - 10_000,
+            requests: vec![
+                Request {
+                    namespace: "b".into(),
+                    data: vec![],
+                },
+                Request {
+                    namespace: "c".into(),
+                    data: vec![],
+                },
+            ],
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let mut order = Vec::new();
+        while let Some((key, item)) = spool.oldest(|_| false) {
+            match item.payload {
+                Payload::PutMetricData(r) => order.push(r.namespace),
+                Payload::PutLogEvents(_) => unreachable!(),
+            }
+            spool.remove(key);
+        }
+        assert_eq!(order, ["a", "b", "c"], "every request kept, oldest first");
+    }
+}
