@@ -16,7 +16,7 @@ python="${PYTHON:-python3.11}"
 venv="$dir/venv"
 mkdir -p "$dir"
 
-if ! command -v "$python" >/dev/null 2>&1; then
+if ! command -v "$python" >/dev/null 2>&1 || ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
     apt-get update
     apt-get install -y python3.11 python3.11-venv
 fi
@@ -31,7 +31,10 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import localstack, cb
 fi
 
 health="http://$listen/_localstack/health"
-if curl -fsS --max-time 2 "$health" >/dev/null 2>&1; then
+answers() {
+    "$venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$health" 2>/dev/null
+}
+if answers; then
     echo "LocalStack already answers at $listen"
     exit 0
 fi
