@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, EmfDestination, OutputFormat};
+use crate::config::{Config, OutputFormat};
 use crate::encode::{Encoded, Encoding};
 use delivery::{Settings, Target};
 use emf_writer::EmfWriter;
@@ -43,11 +43,12 @@ impl Sink {
     /// Opens the configured sink. Errors here stop the agent at start: a file or spool folder that
     /// cannot be opened, or no AWS Region.
     pub async fn open(config: &Config, instance_id: &str, grace: Duration) -> anyhow::Result<Sink> {
-        let destination = config.emf_destination();
         if !config.publishes_to_cloudwatch() {
-            let writer = EmfWriter::open(&destination).await.with_context(|| {
-                format!("opening EMF destination {}", config.output.emf_destination)
-            })?;
+            let writer = EmfWriter::open(&config.emf_destination())
+                .await
+                .with_context(|| {
+                    format!("opening EMF destination {}", config.output.emf_destination)
+                })?;
             return Ok(Sink::Emf(writer));
         }
         let o = &config.output;
@@ -71,10 +72,6 @@ impl Sink {
                 stream,
             ))
         };
-        debug_assert!(
-            o.format == OutputFormat::PutMetricData
-                || destination == EmfDestination::CloudWatchLogs
-        );
         Ok(Sink::CloudWatch {
             target,
             spool,
