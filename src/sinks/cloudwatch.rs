@@ -110,6 +110,8 @@ const COMPRESS_FROM_BYTES: u32 = 1024;
 impl MetricsTarget {
     pub fn new(sdk: &SdkConfig) -> Self {
         let config = aws_sdk_cloudwatch::config::Builder::from(sdk)
+            // Retries belong to `delivery` (backoff, spool), whatever the shared config says.
+            .retry_config(RetryConfig::disabled())
             .disable_request_compression(false)
             .request_min_compression_size_bytes(COMPRESS_FROM_BYTES)
             .build();

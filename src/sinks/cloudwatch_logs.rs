@@ -67,8 +67,12 @@ pub struct LogsTarget {
 
 impl LogsTarget {
     pub fn new(sdk: &SdkConfig, group: String, stream: String) -> Self {
+        let config = aws_sdk_cloudwatchlogs::config::Builder::from(sdk)
+            // Retries belong to `delivery` (backoff, spool), whatever the shared config says.
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
         LogsTarget {
-            client: aws_sdk_cloudwatchlogs::Client::new(sdk),
+            client: aws_sdk_cloudwatchlogs::Client::from_conf(config),
             group,
             stream,
         }

@@ -410,12 +410,19 @@ mod tests {
     use super::*;
     use crate::encode::put_metric_data::Request;
     use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A PutMetricData target at a port nothing listens on: every call is a network error.
     fn unreachable_target() -> Target {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
+        target_at(addr)
+    }
+
+    fn target_at(addr: std::net::SocketAddr) -> Target {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -449,6 +456,100 @@ mod tests {
             retry_max: Duration::from_secs(1),
             drain_for: Duration::from_millis(500),
         }
+    }
+
+    /// An HTTP endpoint that answers every request with `status` and counts the requests.
+    async fn answering(status: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Read the head, then as many body bytes as content-length says.
+                    loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, calls)
+    }
+
+    async fn one_window_against(status: &'static str) -> (usize, usize, u64, u64) {
+        let (addr, calls) = answering(status).await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let dropped = telemetry::get(Counter::PublishRequestsDropped);
+        let retries = telemetry::get(Counter::PublishRetries);
+        let (tx, rx) = mpsc::channel(1);
+        let mut settings = settings();
+        settings.period = Duration::from_millis(1);
+        let task = tokio::spawn(run(target_at(addr), spool, rx, settings));
+        tx.send(Encoded::PutMetricData {
+            window_start_ms: system_now_ms(),
+            requests: vec![Request {
+                namespace: "ns".into(),
+                data: vec![],
+            }],
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drop(tx);
+        task.await.unwrap();
+        let left = Spool::open(dir.path(), 1 << 20).unwrap().len();
+        (
+            calls.load(Ordering::SeqCst),
+            left,
+            telemetry::get(Counter::PublishRequestsDropped) - dropped,
+            telemetry::get(Counter::PublishRetries) - retries,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_drops_the_request_once_counted() {
+        let (calls, left, dropped, _) = one_window_against("400 Bad Request").await;
+        assert_eq!(calls, 1, "never retried");
+        assert_eq!(left, 0, "not kept");
+        assert!(dropped >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_is_retried_with_backoff_and_kept() {
+        let (calls, left, _, retries) = one_window_against("503 Service Unavailable").await;
+        // Backoff from 0.5 s doubling (capped at 1 s here) with jitter: a few calls in 2.5 s, not a
+        // tight loop, and not the SDK's own retries on top (they are off).
+        assert!((2..=8).contains(&calls), "{calls} calls");
+        assert!(
+            retries >= 2,
+            "{calls} calls, {retries} retries, {left} left"
+        );
+        assert_eq!(left, 1, "kept in the spool for the next start");
     }
 
     #[tokio::test]
