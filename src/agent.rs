@@ -16,9 +16,9 @@ use crate::collectors::gpu;
 use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
-use crate::encode::{emf, groups, EncodeContext};
+use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
 use crate::identity::resolve_instance_id;
-use crate::sinks::emf_writer::{self, Batch, EmfWriter};
+use crate::sinks::Sink;
 use crate::telemetry::{self, Counter};
 
 /// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
@@ -42,17 +42,17 @@ pub struct Pipeline {
     window_start_ms: Option<u64>,
     period_seconds: u64,
     ctx: EncodeContext,
-    max_document_bytes: usize,
+    encoding: Encoding,
 }
 
 impl Pipeline {
-    pub fn new(ctx: EncodeContext, period_seconds: u64, max_document_bytes: usize) -> Self {
+    pub fn new(ctx: EncodeContext, period_seconds: u64, encoding: Encoding) -> Self {
         Pipeline {
             aggregator: Aggregator::new(),
             window_start_ms: None,
             period_seconds,
             ctx,
-            max_document_bytes,
+            encoding,
         }
     }
 
@@ -62,7 +62,7 @@ impl Pipeline {
         &mut self,
         tick_ms: u64,
         samples: impl IntoIterator<Item = Sample>,
-    ) -> Option<Batch> {
+    ) -> Option<Encoded> {
         let window = window_start_ms(tick_ms, self.period_seconds);
         let closed = match self.window_start_ms {
             Some(current) if current != window => self.flush(),
@@ -84,19 +84,28 @@ impl Pipeline {
     }
 
     /// Closes the current window (partial or not) and encodes it. None if it holds nothing.
-    pub fn flush(&mut self) -> Option<Batch> {
+    pub fn flush(&mut self) -> Option<Encoded> {
         let start = self.window_start_ms.take()?;
         let window = self.aggregator.flush(start, self.period_seconds);
         if window.series.is_empty() {
             return None;
         }
+        let max_document_bytes = match self.encoding {
+            Encoding::Emf { max_document_bytes } => max_document_bytes,
+            Encoding::PutMetricData => {
+                return Some(Encoded::PutMetricData {
+                    window_start_ms: window.start_ms,
+                    requests: put_metric_data_counted(&window, &self.ctx),
+                })
+            }
+        };
         let mut docs = Vec::new();
         let report = emf::encode(
             &groups(&window, &self.ctx),
             window.start_ms,
             self.ctx.storage_resolution,
             self.ctx.log_group.as_deref(),
-            self.max_document_bytes,
+            max_document_bytes,
             &mut docs,
         );
         telemetry::warn(
@@ -119,7 +128,10 @@ impl Pipeline {
             report.values_skipped,
             "non-finite EMF value",
         );
-        Some(docs)
+        Some(Encoded::Emf {
+            window_start_ms: window.start_ms,
+            documents: docs,
+        })
     }
 }
 
@@ -146,14 +158,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         storage_resolution: storage_resolution(m.publish_frequency_seconds),
         log_group,
     };
-    let writer = EmfWriter::open(&config.emf_destination())
-        .await
-        .with_context(|| format!("opening EMF destination {}", config.output.emf_destination))?;
-    let mut pipeline = Pipeline::new(
-        ctx.clone(),
-        m.publish_frequency_seconds,
-        writer.max_document_bytes(),
-    );
+    let writer = Sink::open(&config, &ctx.identity.instance_id, SHUTDOWN_GRACE).await?;
+    let mut pipeline = Pipeline::new(ctx.clone(), m.publish_frequency_seconds, writer.encoding());
     tracing::info!(
         endpoint = %ctx.identity.endpoint_name,
         instance_id = %ctx.identity.instance_id,
@@ -164,8 +170,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "agent started"
     );
 
-    let (tx, rx) = mpsc::channel::<Batch>(PUBLISH_QUEUE_WINDOWS);
-    let sink = tokio::spawn(emf_writer::run(writer, rx, SHUTDOWN_GRACE));
+    let (tx, rx) = mpsc::channel::<Encoded>(PUBLISH_QUEUE_WINDOWS);
+    let sink = tokio::spawn(writer.run(rx, SHUTDOWN_GRACE));
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
@@ -216,7 +222,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .is_err()
     {
-        tracing::warn!("the EMF sink did not finish in time");
+        tracing::warn!("the sink did not finish in time");
     }
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
@@ -246,7 +252,7 @@ async fn read_host(
     }
 }
 
-fn publish(tx: &mpsc::Sender<Batch>, batch: Batch) {
+fn publish(tx: &mpsc::Sender<Encoded>, batch: Encoded) {
     match tx.try_send(batch) {
         Ok(()) => telemetry::add(Counter::WindowsPublished, 1),
         Err(_) => telemetry::warn(
@@ -261,6 +267,17 @@ fn publish(tx: &mpsc::Sender<Batch>, batch: Batch) {
 mod tests {
     use super::*;
     use crate::catalog::{Metric, Scope};
+
+    const EMF: Encoding = Encoding::Emf {
+        max_document_bytes: 256 * 1024,
+    };
+
+    fn docs(encoded: Option<Encoded>) -> Vec<String> {
+        match encoded {
+            Some(Encoded::Emf { documents, .. }) => documents,
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn ctx(enhanced: bool) -> EncodeContext {
         EncodeContext {
@@ -280,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_boundary_tick_closes_the_window_with_its_samples() {
-        let mut p = Pipeline::new(ctx(false), 10, 256 * 1024);
+        let mut p = Pipeline::new(ctx(false), 10, EMF);
         for t in 1..=10u64 {
             let batch = p.record(
                 t * 1000,
@@ -292,16 +309,14 @@ mod tests {
             );
             assert!(batch.is_none(), "window still open at {t}");
         }
-        let batch = p
-            .record(
-                11_000,
-                [Sample::new(
-                    Scope::Instance,
-                    Metric::MemoryUtilization,
-                    11.0,
-                )],
-            )
-            .unwrap();
+        let batch = docs(p.record(
+            11_000,
+            [Sample::new(
+                Scope::Instance,
+                Metric::MemoryUtilization,
+                11.0,
+            )],
+        ));
         assert_eq!(batch.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&batch[0]).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 0);
@@ -310,7 +325,7 @@ mod tests {
             v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["StorageResolution"],
             1
         );
-        let partial = p.flush().unwrap();
+        let partial = docs(p.flush());
         let v: serde_json::Value = serde_json::from_str(&partial[0]).unwrap();
         assert_eq!(v["_aws"]["Timestamp"], 10_000);
         assert_eq!(v["MemoryUtilization"][0].as_f64(), Some(11.0));
@@ -325,17 +340,17 @@ mod tests {
                 Sample::new(Scope::Gpu { index: 0 }, Metric::GpuUtilization, 50.0),
             ]
         };
-        let mut off = Pipeline::new(ctx(false), 60, 256 * 1024);
+        let mut off = Pipeline::new(ctx(false), 60, EMF);
         off.record(1000, samples());
-        let docs = off.flush().unwrap();
+        let docs = docs(off.flush());
         assert_eq!(
             docs.len(),
             1,
             "per-GPU series are not published without enhanced metrics"
         );
-        let mut on = Pipeline::new(ctx(true), 60, 256 * 1024);
+        let mut on = Pipeline::new(ctx(true), 60, EMF);
         on.record(1000, samples());
-        let docs = on.flush().unwrap();
+        let docs = super::tests::docs(on.flush());
         assert_eq!(docs.len(), 2);
         let gpu: serde_json::Value = serde_json::from_str(&docs[1]).unwrap();
         assert_eq!(gpu["GpuId"], "0");
@@ -348,7 +363,7 @@ mod tests {
 
     #[test]
     fn non_finite_samples_are_counted_not_recorded() {
-        let mut p = Pipeline::new(ctx(false), 60, 256 * 1024);
+        let mut p = Pipeline::new(ctx(false), 60, EMF);
         p.record(
             1000,
             [Sample::new(

@@ -26,6 +26,21 @@ pub const MAX_NAMESPACE_CHARS: usize = 255;
 /// CloudWatch: a dimension value is 1 to 1024 characters.
 pub const MAX_DIMENSION_VALUE_CHARS: usize = 1024;
 
+/// Default spool size: at 100 KB per window (an 8-GPU host with enhanced metrics, 60 s) about
+/// 1.8 days of outage.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The spool must hold at least a few of the largest requests (1 MB of PutMetricData, larger as
+/// JSON on disk).
+pub const MIN_SPOOL_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// CloudWatch Logs: a log group name is 1 to 512 characters, a log stream name 1 to 512.
+pub const MAX_LOG_GROUP_CHARS: usize = 512;
+pub const MAX_LOG_STREAM_CHARS: usize = 512;
+
+/// The longest retry pause allowed: past it an outage's end is noticed too late.
+pub const MAX_RETRY_MAX_SECONDS: u64 = 300;
+
 /// The default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/endpoint-metrics-agent/agent.toml";
 
@@ -109,9 +124,24 @@ pub struct OutputConfig {
     /// For EMF: "stdout", "file:/path", "tcp://host:port", "udp://host:port" or "cloudwatch_logs".
     #[serde(default = "default_emf_destination")]
     pub emf_destination: String,
-    /// `_aws.LogGroupName` of EMF documents (routes them at the CloudWatch agent's listener).
+    /// `_aws.LogGroupName` of EMF documents (routes them at the CloudWatch agent's listener), and
+    /// the log group of `emf_destination = "cloudwatch_logs"` (default there:
+    /// "/endpoint-metrics-agent/<endpoint.name>"; created when missing).
     #[serde(default)]
     pub log_group: Option<String>,
+    /// The log stream of `emf_destination = "cloudwatch_logs"`; default: the instance ID. Created
+    /// when missing.
+    #[serde(default)]
+    pub log_stream: Option<String>,
+    /// CloudWatch sinks: requests not yet taken by CloudWatch wait here, across restarts.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+    /// The spool's size limit; past it the oldest requests are dropped, counted.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// CloudWatch sinks: the longest pause between retries while CloudWatch throttles or is down.
+    #[serde(default = "default_retry_max_seconds")]
+    pub retry_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -245,6 +275,15 @@ fn default_format() -> OutputFormat {
 fn default_emf_destination() -> String {
     "stdout".into()
 }
+fn default_spool_dir() -> PathBuf {
+    "/var/lib/endpoint-metrics-agent/spool".into()
+}
+fn default_spool_max_bytes() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
+fn default_retry_max_seconds() -> u64 {
+    30
+}
 fn default_log_format() -> LogFormat {
     LogFormat::Text
 }
@@ -286,6 +325,10 @@ impl Default for OutputConfig {
             format: default_format(),
             emf_destination: default_emf_destination(),
             log_group: None,
+            log_stream: None,
+            spool_dir: default_spool_dir(),
+            spool_max_bytes: default_spool_max_bytes(),
+            retry_max_seconds: default_retry_max_seconds(),
         }
     }
 }
@@ -473,24 +516,37 @@ impl Config {
             .map_err(|r| ("metrics.endpoints_namespace", r))?;
         validate_namespace(&m.components_namespace)
             .map_err(|r| ("metrics.components_namespace", r))?;
-        let destination = EmfDestination::parse(&self.output.emf_destination)
+        EmfDestination::parse(&self.output.emf_destination)
             .map_err(|r| ("output.emf_destination", r))?;
-        if self.output.format == OutputFormat::PutMetricData {
+        let o = &self.output;
+        if let Some(group) = &o.log_group {
+            validate_log_name(group, MAX_LOG_GROUP_CHARS, true)
+                .map_err(|r| ("output.log_group", r))?;
+        }
+        if let Some(stream) = &o.log_stream {
+            validate_log_name(stream, MAX_LOG_STREAM_CHARS, false)
+                .map_err(|r| ("output.log_stream", r))?;
+        }
+        if o.spool_dir.as_os_str().is_empty() {
+            return Err(("output.spool_dir", "must name a folder".into()));
+        }
+        if o.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
             return Err((
-                "output.format",
-                "\"put_metric_data\" is not available in this build yet; allowed: \"emf\"".into(),
+                "output.spool_max_bytes",
+                format!(
+                    "{} is too small; allowed: at least {MIN_SPOOL_MAX_BYTES}",
+                    o.spool_max_bytes
+                ),
             ));
         }
-        if destination == EmfDestination::CloudWatchLogs {
+        if o.retry_max_seconds == 0 || o.retry_max_seconds > MAX_RETRY_MAX_SECONDS {
             return Err((
-                "output.emf_destination",
-                "\"cloudwatch_logs\" is not available in this build yet; allowed: \"stdout\", \"file:/path\", \"tcp://host:port\", \"udp://host:port\"".into(),
+                "output.retry_max_seconds",
+                format!(
+                    "{} is not allowed; allowed: 1 to {MAX_RETRY_MAX_SECONDS}",
+                    o.retry_max_seconds
+                ),
             ));
-        }
-        if let Some(group) = &self.output.log_group {
-            if group.is_empty() || group.len() > 512 {
-                return Err(("output.log_group", "must be 1 to 512 characters".into()));
-            }
         }
         if self.gpu.dimension_name.is_empty() || self.gpu.dimension_name.len() > 255 {
             return Err((
@@ -506,6 +562,21 @@ impl Config {
         }
         self.docker.validate()?;
         Ok(())
+    }
+
+    /// Whether the output goes straight to CloudWatch (PutMetricData or CloudWatch Logs), through
+    /// the spool.
+    pub fn publishes_to_cloudwatch(&self) -> bool {
+        self.output.format == OutputFormat::PutMetricData
+            || self.emf_destination() == EmfDestination::CloudWatchLogs
+    }
+
+    /// The log group of `emf_destination = "cloudwatch_logs"`.
+    pub fn cloudwatch_log_group(&self) -> String {
+        self.output
+            .log_group
+            .clone()
+            .unwrap_or_else(|| format!("/endpoint-metrics-agent/{}", self.endpoint.name))
     }
 
     /// The parsed EMF destination (validated at load).
@@ -593,6 +664,27 @@ pub fn validate_namespace(namespace: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A CloudWatch Logs group (`[.-_/#A-Za-z0-9]`) or stream (anything but `:` and `*`) name.
+fn validate_log_name(name: &str, max: usize, group: bool) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > max {
+        return Err(format!("must be 1 to {max} characters"));
+    }
+    let ok = if group {
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/#".contains(c))
+    } else {
+        !name.contains([':', '*'])
+    };
+    if !ok {
+        return Err(if group {
+            "allowed characters: letters, digits, '.', '_', '-', '/', '#'".into()
+        } else {
+            "must not contain ':' or '*'".into()
+        });
+    }
+    Ok(())
+}
+
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -650,12 +742,32 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[docker]\nsocket = \"docker.sock\"\n", "docker.socket"),
             ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_label = \"\"\n", "docker.component_label"),
             ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_env = \"A=B\"\n", "docker.component_env"),
+            ("[endpoint]\nname = \"e\"\n[output]\nlog_group = \"a b\"\n", "output.log_group"),
+            ("[endpoint]\nname = \"e\"\n[output]\nlog_stream = \"a:b\"\n", "output.log_stream"),
+            ("[endpoint]\nname = \"e\"\n[output]\nspool_max_bytes = 4194303\n", "output.spool_max_bytes"),
+            ("[endpoint]\nname = \"e\"\n[output]\nretry_max_seconds = 0\n", "output.retry_max_seconds"),
+            ("[endpoint]\nname = \"e\"\n[output]\nretry_max_seconds = 301\n", "output.retry_max_seconds"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");
             assert!(!e.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn cloudwatch_outputs_are_accepted_with_defaults() {
+        let c =
+            parse("[endpoint]\nname = \"e\"\n[output]\nformat = \"put_metric_data\"\n").unwrap();
+        assert!(c.publishes_to_cloudwatch());
+        assert_eq!(c.output.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        assert_eq!(c.output.retry_max_seconds, 30);
+        let c = parse("[endpoint]\nname = \"e\"\n[output]\nemf_destination = \"cloudwatch_logs\"\nspool_max_bytes = 4194304\n").unwrap();
+        assert!(c.publishes_to_cloudwatch());
+        assert_eq!(c.cloudwatch_log_group(), "/endpoint-metrics-agent/e");
+        assert!(!parse("[endpoint]\nname = \"e\"\n")
+            .unwrap()
+            .publishes_to_cloudwatch());
     }
 
     #[test]
@@ -675,6 +787,12 @@ mod tests {
         assert!(EmfDestination::parse("udp://localhost:0").is_err());
         assert!(EmfDestination::parse("file:").is_err());
         assert!(EmfDestination::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let c = parse(include_str!("../agent.toml.example")).unwrap();
+        assert_eq!(c.output.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
     }
 
     #[test]

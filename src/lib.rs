@@ -15,5 +15,6 @@ pub mod discovery;
 pub mod encode;
 pub mod identity;
 pub mod logging;
+pub mod plan;
 pub mod sinks;
 pub mod telemetry;

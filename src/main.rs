@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
+use endpoint_metrics_agent::plan::{plan, HostShape};
 use endpoint_metrics_agent::{agent, logging};
 
 #[derive(Parser)]
@@ -27,6 +28,22 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// List the metric series this host will publish, the requests per month and the estimated
+    /// CloudWatch cost per month.
+    Plan {
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Number of GPUs (default: what the agent finds on this host).
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Number of model-copy containers (default: what the agent finds on this host).
+        #[arg(long)]
+        containers: Option<u32>,
+        /// Number of inference components the containers belong to (default: one per container).
+        #[arg(long)]
+        components: Option<u32>,
+    },
     /// Validate a configuration file and print a summary of the effective settings.
     CheckConfig {
         /// The configuration file.
@@ -42,6 +59,37 @@ fn main() -> ExitCode {
             Ok(c) => {
                 // check-config never runs the pipeline, so stdout is free for the summary.
                 println!("{} is valid\n{}", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        },
+        Command::Plan {
+            config,
+            gpus,
+            containers,
+            components,
+        } => match Config::load(&config) {
+            Ok(c) => {
+                // What discovery finds now; GPU and container discovery plug in here.
+                let found = HostShape {
+                    gpus: 0,
+                    containers: 0,
+                    components: 0,
+                };
+                let containers = containers.unwrap_or(found.containers);
+                let shape = HostShape {
+                    gpus: gpus.unwrap_or(found.gpus),
+                    containers,
+                    components: components.unwrap_or(containers),
+                };
+                // A report for a person, asked for explicitly: stdout.
+                #[allow(clippy::print_stdout)]
+                {
+                    print!("{}", plan(&c, &shape));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -34,10 +34,23 @@ pub enum Counter {
     DockerInspectErrors,
     ContainersWithoutComponent,
     GpuProcessesUnattributed,
+    PmdGroupsSkipped,
+    PmdMetricsSkipped,
+    PmdValuesSkipped,
+    PmdDatumsSkipped,
+    PublishRequestsSent,
+    PublishRetries,
+    PublishRequestsDropped,
+    SpoolWrites,
+    SpoolItemsDropped,
+    SpoolItemsExpired,
+    SpoolItemsReplayed,
+    LogEventsSkipped,
+    LogEventsRejected,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 36] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -61,6 +74,19 @@ impl Counter {
         Counter::DockerInspectErrors,
         Counter::ContainersWithoutComponent,
         Counter::GpuProcessesUnattributed,
+        Counter::PmdGroupsSkipped,
+        Counter::PmdMetricsSkipped,
+        Counter::PmdValuesSkipped,
+        Counter::PmdDatumsSkipped,
+        Counter::PublishRequestsSent,
+        Counter::PublishRetries,
+        Counter::PublishRequestsDropped,
+        Counter::SpoolWrites,
+        Counter::SpoolItemsDropped,
+        Counter::SpoolItemsExpired,
+        Counter::SpoolItemsReplayed,
+        Counter::LogEventsSkipped,
+        Counter::LogEventsRejected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +114,19 @@ impl Counter {
             Counter::DockerInspectErrors => "docker_inspect_errors",
             Counter::ContainersWithoutComponent => "containers_without_component",
             Counter::GpuProcessesUnattributed => "gpu_processes_unattributed",
+            Counter::PmdGroupsSkipped => "pmd_groups_skipped",
+            Counter::PmdMetricsSkipped => "pmd_metrics_skipped",
+            Counter::PmdValuesSkipped => "pmd_values_skipped",
+            Counter::PmdDatumsSkipped => "pmd_datums_skipped",
+            Counter::PublishRequestsSent => "publish_requests_sent",
+            Counter::PublishRetries => "publish_retries",
+            Counter::PublishRequestsDropped => "publish_requests_dropped",
+            Counter::SpoolWrites => "spool_writes",
+            Counter::SpoolItemsDropped => "spool_items_dropped",
+            Counter::SpoolItemsExpired => "spool_items_expired",
+            Counter::SpoolItemsReplayed => "spool_items_replayed",
+            Counter::LogEventsSkipped => "log_events_skipped",
+            Counter::LogEventsRejected => "log_events_rejected",
         }
     }
 }

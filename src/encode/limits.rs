@@ -25,3 +25,50 @@ pub const EMF_MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// The CloudWatch agent's UDP listener receives one document per datagram; an IPv4 UDP payload
 /// is at most 65,507 bytes, so UDP documents are capped there.
 pub const UDP_MAX_DOCUMENT_BYTES: usize = 65_507;
+
+/// PutMetricData: at most 1000 metric data in one request (CloudWatch API reference,
+/// PutMetricData "MetricData": "Array Members: Maximum number of 1000 items").
+pub const PMD_MAX_DATUMS_PER_REQUEST: usize = 1000;
+
+/// PutMetricData: a request payload is at most 1 MB (API reference: "Each PutMetricData request is
+/// limited to 1 MB"). Decimal megabyte, the smaller reading; the encoder measures with an
+/// estimate that is never below the CBOR size (see `put_metric_data::datum_bytes`).
+pub const PMD_MAX_REQUEST_BYTES: usize = 1_000_000;
+
+/// PutMetricData: at most 30 dimensions per datum (API reference, MetricDatum "Dimensions").
+pub const PMD_MAX_DIMENSIONS_PER_DATUM: usize = 30;
+
+/// PutMetricData: `Values` and `Counts` hold at most 150 entries each, of equal length
+/// (API reference, MetricDatum "Values").
+pub const PMD_MAX_VALUES_PER_DATUM: usize = 150;
+
+/// PutMetricData: values must be within -2^360..=2^360 (API reference, MetricDatum "Value").
+/// `2f64.powi(360)`, written out because `powi` is not `const`; a test checks the two agree.
+pub const PMD_MAX_ABS_VALUE: f64 = 2.348_542_582_773_833_2e108;
+
+/// PutMetricData: magnitudes below 2^-360 are rejected as "too small" (API reference, MetricDatum
+/// "Value"); the encoder sends them as 0, which they are for every metric the agent has.
+pub const PMD_MIN_ABS_VALUE: f64 = 4.257_959_840_008_151e-109;
+
+/// PutMetricData: timestamps may be at most two weeks old (API reference, MetricDatum
+/// "Timestamp"); CloudWatch Logs rejects events older than 14 days too. Kept one hour inside the
+/// limit so a batch that waits for a retry does not cross it in flight.
+pub const MAX_DATA_AGE_MS: u64 = 14 * 24 * 3600 * 1000 - 3600 * 1000;
+
+/// How many Values/Counts datums one series may take in one window before the encoder sends it as
+/// a StatisticSet instead (600 distinct values): keeps a 300 s window sampled every 100 ms from
+/// taking 20 datums per series. The agent's choice, not a CloudWatch limit.
+pub const PMD_MAX_DISTRIBUTION_DATUMS_PER_SERIES: usize = 4;
+
+/// CloudWatch Logs PutLogEvents: at most 10,000 events per batch (API reference, PutLogEvents).
+pub const LOGS_MAX_EVENTS_PER_BATCH: usize = 10_000;
+
+/// CloudWatch Logs PutLogEvents: at most 1,048,576 bytes per batch, counted as the UTF-8 message
+/// bytes plus 26 bytes per event (API reference, PutLogEvents).
+pub const LOGS_MAX_BATCH_BYTES: usize = 1_048_576;
+
+/// CloudWatch Logs PutLogEvents: bytes counted per event on top of its message.
+pub const LOGS_EVENT_OVERHEAD_BYTES: usize = 26;
+
+/// CloudWatch Logs PutLogEvents: the events of one batch span at most 24 hours.
+pub const LOGS_MAX_BATCH_SPAN_MS: u64 = 24 * 3600 * 1000;

@@ -2,6 +2,7 @@
 
 pub mod emf;
 pub mod limits;
+pub mod put_metric_data;
 
 use crate::aggregate::{Stats, Window};
 use crate::catalog::{Identity, Namespace, Scope};
@@ -17,6 +18,64 @@ pub struct EncodeContext {
     pub storage_resolution: u32,
     /// `_aws.LogGroupName`, for the CloudWatch agent's listener.
     pub log_group: Option<String>,
+}
+
+/// A closed window in the configured wire form: what the pipeline hands the sink.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Encoded {
+    /// EMF documents (one per line / log event), for the EMF writer or CloudWatch Logs.
+    Emf {
+        window_start_ms: u64,
+        documents: Vec<String>,
+    },
+    /// PutMetricData requests, each within every request limit.
+    PutMetricData {
+        window_start_ms: u64,
+        requests: Vec<put_metric_data::Request>,
+    },
+}
+
+/// Which wire form the sink takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Emf { max_document_bytes: usize },
+    PutMetricData,
+}
+
+/// Encodes a window as PutMetricData requests, counting (and logging) what the limits left out.
+pub fn put_metric_data_counted(
+    window: &Window,
+    ctx: &EncodeContext,
+) -> Vec<put_metric_data::Request> {
+    use crate::telemetry::{warn, Counter};
+    let mut requests = Vec::new();
+    let report = put_metric_data::encode(
+        &groups(window, ctx),
+        window.start_ms,
+        ctx.storage_resolution,
+        &mut requests,
+    );
+    warn(
+        Counter::PmdGroupsSkipped,
+        report.groups_skipped,
+        "PutMetricData dimensions outside the limits",
+    );
+    warn(
+        Counter::PmdMetricsSkipped,
+        report.metrics_skipped,
+        "PutMetricData metric name outside the limits",
+    );
+    warn(
+        Counter::PmdValuesSkipped,
+        report.values_skipped,
+        "PutMetricData value outside +-2^360",
+    );
+    warn(
+        Counter::PmdDatumsSkipped,
+        report.datums_skipped,
+        "PutMetricData statistic set outside +-2^360",
+    );
+    requests
 }
 
 /// One namespace and one set of dimension values, with the metrics published under them.

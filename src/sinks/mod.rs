@@ -1,4 +1,137 @@
-//! Sinks: where encoded windows go. Passive: the agent's pipeline hands them batches.
+//! Sinks: where encoded windows go. Passive: the agent's pipeline hands them closed windows.
+//!
+//! The set is closed, so it is an `enum`: the EMF writer (stdout, file, the CloudWatch agent's
+//! listener) or CloudWatch itself (PutMetricData, or EMF through CloudWatch Logs) behind the
+//! spool.
 
 pub mod backoff;
+pub mod cloudwatch;
+pub mod cloudwatch_logs;
+pub mod delivery;
 pub mod emf_writer;
+pub mod spool;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, OutputFormat};
+use crate::encode::{Encoded, Encoding};
+use delivery::{Settings, Target};
+use emf_writer::EmfWriter;
+use spool::Spool;
+
+/// EMF documents waiting between the pipeline and the EMF writer's own queue.
+const EMF_HANDOFF_WINDOWS: usize = 4;
+
+/// The CloudWatch sinks stop sending this long before the agent's grace period ends, so the
+/// requests still in memory are on disk in time (they already are: this is margin).
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub enum Sink {
+    Emf(EmfWriter),
+    CloudWatch {
+        target: Target,
+        spool: Spool,
+        settings: Settings,
+    },
+}
+
+impl Sink {
+    /// Opens the configured sink. Errors here stop the agent at start: a file or spool folder that
+    /// cannot be opened, or no AWS Region.
+    pub async fn open(config: &Config, instance_id: &str, grace: Duration) -> anyhow::Result<Sink> {
+        if !config.publishes_to_cloudwatch() {
+            let writer = EmfWriter::open(&config.emf_destination())
+                .await
+                .with_context(|| {
+                    format!("opening EMF destination {}", config.output.emf_destination)
+                })?;
+            return Ok(Sink::Emf(writer));
+        }
+        let o = &config.output;
+        let spool = Spool::open(&o.spool_dir, o.spool_max_bytes).with_context(|| {
+            format!(
+                "opening the spool (output.spool_dir = {})",
+                o.spool_dir.display()
+            )
+        })?;
+        let sdk = cloudwatch::load_sdk_config().await?;
+        let target = if o.format == OutputFormat::PutMetricData {
+            Target::PutMetricData(cloudwatch::MetricsTarget::new(&sdk))
+        } else {
+            let stream = o
+                .log_stream
+                .clone()
+                .unwrap_or_else(|| instance_id.to_string());
+            Target::CloudWatchLogs(cloudwatch_logs::LogsTarget::new(
+                &sdk,
+                config.cloudwatch_log_group(),
+                stream,
+            ))
+        };
+        Ok(Sink::CloudWatch {
+            target,
+            spool,
+            settings: Settings {
+                period: Duration::from_secs(config.metrics.publish_frequency_seconds),
+                retry_max: Duration::from_secs(o.retry_max_seconds),
+                drain_for: grace.saturating_sub(DRAIN_MARGIN),
+            },
+        })
+    }
+
+    /// What the pipeline must produce for this sink.
+    pub fn encoding(&self) -> Encoding {
+        match self {
+            Sink::Emf(w) => Encoding::Emf {
+                max_document_bytes: w.max_document_bytes(),
+            },
+            Sink::CloudWatch {
+                target: Target::PutMetricData(_),
+                ..
+            } => Encoding::PutMetricData,
+            Sink::CloudWatch {
+                target: Target::CloudWatchLogs(_),
+                ..
+            } => Encoding::Emf {
+                max_document_bytes: crate::encode::limits::EMF_MAX_DOCUMENT_BYTES,
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Emf(w) => w.describe(),
+            Sink::CloudWatch { target, .. } => target.describe(),
+        }
+    }
+
+    /// Publishes windows from `rx` until it closes, then drains within `grace`.
+    pub async fn run(self, mut rx: mpsc::Receiver<Encoded>, grace: Duration) {
+        match self {
+            Sink::CloudWatch {
+                target,
+                spool,
+                settings,
+            } => delivery::run(target, spool, rx, settings).await,
+            Sink::Emf(writer) => {
+                let (tx, inner) = mpsc::channel(EMF_HANDOFF_WINDOWS);
+                let task = tokio::spawn(emf_writer::run(writer, inner, grace));
+                while let Some(encoded) = rx.recv().await {
+                    if let Encoded::Emf { documents, .. } = encoded {
+                        if tx.send(documents).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                drop(tx);
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "the EMF writer task failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! `plan`: what a configuration will publish from a host of a given shape, and what CloudWatch
+//! will charge for it per month.
+//!
+//! Pure: it builds the window the agent would close (every series the collectors emit, each with
+//! a full window of distinct samples, the largest case), runs the real encoders over it, and
+//! counts series, requests and bytes. Prices are the us-east-1 list prices from
+//! `../shared/docs/metrics-spec.md`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::aggregate::{Aggregator, Window};
+use crate::catalog::{storage_resolution, Identity, Metric, Sample, Scope};
+use crate::config::{Config, EmfDestination, OutputFormat};
+use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
+use crate::encode::{emf, groups, put_metric_data, EncodeContext};
+use crate::sinks::cloudwatch_logs;
+use crate::sinks::spool::LogEvent;
+
+/// Custom metrics, per metric-month, by tier (spec: "$0.30 per metric-month for the first 10,000
+/// (then $0.10, $0.05, $0.02)"); tier bounds from the CloudWatch pricing page: the next 240,000,
+/// the next 750,000, then everything over 1,000,000.
+pub const METRIC_PRICE_TIERS: [(u64, f64); 4] = [
+    (10_000, 0.30),
+    (250_000, 0.10),
+    (1_000_000, 0.05),
+    (u64::MAX, 0.02),
+];
+/// API requests (PutMetricData): $0.01 per 1,000 (spec).
+pub const PRICE_PER_1000_REQUESTS: f64 = 0.01;
+/// Log ingestion: about $0.50 per GB (spec). PutLogEvents calls are not billed per call.
+pub const PRICE_PER_GB_INGESTED: f64 = 0.50;
+/// A month for billing: 30 days.
+pub const SECONDS_PER_MONTH: u64 = 30 * 24 * 3600;
+/// An `InstanceId` of the usual length, when the configuration says "auto".
+const PLACEHOLDER_INSTANCE_ID: &str = "i-0123456789abcdef0";
+
+/// What the host has: the inputs discovery provides (or `plan --gpus/--containers` overrides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostShape {
+    pub gpus: u32,
+    /// Model copies (containers of inference components).
+    pub containers: u32,
+    /// Inference components; the containers are spread over them.
+    pub components: u32,
+}
+
+/// Which series the collectors emit for a scope. Invocation metrics (the proxy) are not
+/// included yet.
+fn metrics_of(scope: &Scope) -> &'static [Metric] {
+    use Metric::*;
+    match scope {
+        Scope::Instance => &[
+            CpuUtilization,
+            CpuUtilizationNormalized,
+            MemoryUtilization,
+            DiskUtilization,
+        ],
+        Scope::Gpu { .. } => &[GpuUtilization, GpuMemoryUtilization],
+        Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
+        Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
+    }
+}
+
+const INSTANCE_GPU_METRICS: &[Metric] = &[
+    Metric::GpuUtilization,
+    Metric::GpuMemoryUtilization,
+    Metric::GpuUtilizationNormalized,
+    Metric::GpuMemoryUtilizationNormalized,
+];
+const INSTANCE_RESERVATION_METRICS: &[Metric] = &[
+    Metric::CpuReservation,
+    Metric::GpuReservation,
+    Metric::MemoryReservation,
+];
+const CONTAINER_GPU_METRICS: &[Metric] = &[
+    Metric::GpuUtilizationNormalized,
+    Metric::GpuMemoryUtilizationNormalized,
+];
+
+/// One billed metric: namespace, name and dimension values.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Series {
+    pub namespace: String,
+    pub metric: String,
+    pub dimensions: Vec<(String, String)>,
+}
+
+/// The estimate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub shape: HostShape,
+    pub output: String,
+    pub publish_frequency_seconds: u64,
+    pub series: Vec<Series>,
+    pub windows_per_month: u64,
+    /// PutMetricData requests, or PutLogEvents calls, per window (0 when the agent does not call
+    /// CloudWatch itself).
+    pub requests_per_window: u64,
+    /// EMF bytes per window as CloudWatch Logs counts them (0 for PutMetricData).
+    pub log_bytes_per_window: u64,
+    pub metric_cost: f64,
+    pub request_cost: f64,
+    pub ingestion_cost: f64,
+}
+
+impl Plan {
+    pub fn requests_per_month(&self) -> u64 {
+        self.requests_per_window * self.windows_per_month
+    }
+
+    pub fn total_cost(&self) -> f64 {
+        self.metric_cost + self.request_cost + self.ingestion_cost
+    }
+}
+
+/// The window the agent would close on a host of this shape: every series with a full window of
+/// distinct values.
+pub fn full_window(config: &Config, shape: &HostShape) -> Window {
+    let m = &config.metrics;
+    let samples = (m.publish_frequency_seconds * 1000 / m.sample_interval_ms).max(1);
+    let mut scopes: Vec<(Scope, Vec<Metric>)> =
+        vec![(Scope::Instance, metrics_of(&Scope::Instance).to_vec())];
+    if shape.gpus > 0 {
+        scopes.push((Scope::Instance, INSTANCE_GPU_METRICS.to_vec()));
+        for index in 0..shape.gpus {
+            let s = Scope::Gpu { index };
+            scopes.push((s.clone(), metrics_of(&s).to_vec()));
+        }
+    }
+    if shape.containers > 0 {
+        scopes.push((Scope::Instance, INSTANCE_RESERVATION_METRICS.to_vec()));
+    }
+    let components = shape.components.clamp(1, shape.containers.max(1));
+    let per_container = shape
+        .gpus
+        .checked_div(shape.containers)
+        .map_or(0, |n| n.max(u32::from(shape.gpus > 0)));
+    for c in 0..shape.containers {
+        let component: Arc<str> = format!("component-{}", c % components).into();
+        let container_id: Arc<str> = format!("{:012x}", 0xa0000 + c).into();
+        let s = Scope::Container {
+            component: component.clone(),
+            container_id: container_id.clone(),
+        };
+        let mut metrics = metrics_of(&s).to_vec();
+        if per_container > 0 {
+            metrics.extend_from_slice(CONTAINER_GPU_METRICS);
+        }
+        scopes.push((s, metrics));
+        for g in 0..per_container {
+            let s = Scope::ContainerGpu {
+                component: component.clone(),
+                container_id: container_id.clone(),
+                gpu_index: (c * per_container + g) % shape.gpus,
+            };
+            scopes.push((s.clone(), metrics_of(&s).to_vec()));
+        }
+    }
+    let mut aggregator = Aggregator::new();
+    for (scope, metrics) in scopes {
+        for metric in metrics {
+            for i in 0..samples {
+                // Distinct values with many digits: the largest encoding.
+                let value = 12.345_678_901_234 + i as f64 * 0.001_234_567;
+                let _ = aggregator.record(Sample::new(scope.clone(), metric, value));
+            }
+        }
+    }
+    aggregator.flush(0, m.publish_frequency_seconds)
+}
+
+fn context(config: &Config) -> EncodeContext {
+    let m = &config.metrics;
+    let instance_id = match config.endpoint.instance_id.as_str() {
+        "auto" => PLACEHOLDER_INSTANCE_ID.to_string(),
+        id => id.to_string(),
+    };
+    EncodeContext {
+        identity: Identity {
+            endpoint_name: config.endpoint.name.clone(),
+            variant_name: config.endpoint.variant.clone(),
+            instance_id,
+        },
+        enhanced: m.enhanced,
+        endpoints_namespace: m.endpoints_namespace.clone(),
+        components_namespace: m.components_namespace.clone(),
+        gpu_dimension_name: config.gpu.dimension_name.clone(),
+        storage_resolution: storage_resolution(m.publish_frequency_seconds),
+        log_group: match config.emf_destination() {
+            EmfDestination::Tcp(_) | EmfDestination::Udp(_) => config.output.log_group.clone(),
+            _ => None,
+        },
+    }
+}
+
+/// The monthly cost of `n` custom metrics under the tiered price.
+pub fn metric_cost(n: u64) -> f64 {
+    let mut cost = 0.0;
+    let mut below = 0u64;
+    for (upto, price) in METRIC_PRICE_TIERS {
+        let in_tier = n.min(upto).saturating_sub(below);
+        cost += in_tier as f64 * price;
+        below = upto;
+        if n <= upto {
+            break;
+        }
+    }
+    cost
+}
+
+/// What `config` publishes from a host of `shape`, and its monthly cost.
+pub fn plan(config: &Config, shape: &HostShape) -> Plan {
+    let ctx = context(config);
+    let window = full_window(config, shape);
+    let groups = groups(&window, &ctx);
+    let mut series = BTreeSet::new();
+    for g in &groups {
+        for set in &g.dimension_sets {
+            let dimensions: Vec<(String, String)> = set
+                .iter()
+                .filter_map(|n| g.dimensions.iter().find(|(d, _)| d == n))
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect();
+            for metric in &g.metrics {
+                series.insert(Series {
+                    namespace: g.namespace.to_string(),
+                    metric: metric.name.to_string(),
+                    dimensions: dimensions.clone(),
+                });
+            }
+        }
+    }
+    let period = config.metrics.publish_frequency_seconds;
+    let windows_per_month = SECONDS_PER_MONTH / period;
+    let (output, requests_per_window, log_bytes_per_window) = match config.output.format {
+        OutputFormat::PutMetricData => {
+            let mut requests = Vec::new();
+            put_metric_data::encode(&groups, 0, ctx.storage_resolution, &mut requests);
+            ("put_metric_data".to_string(), requests.len() as u64, 0)
+        }
+        OutputFormat::Emf => {
+            let mut docs = Vec::new();
+            emf::encode(
+                &groups,
+                0,
+                ctx.storage_resolution,
+                ctx.log_group.as_deref(),
+                EMF_MAX_DOCUMENT_BYTES,
+                &mut docs,
+            );
+            let bytes: usize = docs
+                .iter()
+                .map(|d| d.len() + LOGS_EVENT_OVERHEAD_BYTES)
+                .sum();
+            let destination = config.emf_destination();
+            let calls = if destination == EmfDestination::CloudWatchLogs {
+                let events = docs
+                    .into_iter()
+                    .map(|message| LogEvent {
+                        timestamp_ms: 0,
+                        message,
+                    })
+                    .collect();
+                cloudwatch_logs::batches(events).0.len() as u64
+            } else {
+                0
+            };
+            (
+                format!("emf to {}", config.output.emf_destination),
+                calls,
+                bytes as u64,
+            )
+        }
+    };
+    let requests_per_month = requests_per_window * windows_per_month;
+    let request_cost = if config.output.format == OutputFormat::PutMetricData {
+        requests_per_month as f64 / 1000.0 * PRICE_PER_1000_REQUESTS
+    } else {
+        0.0
+    };
+    let ingestion_cost =
+        (log_bytes_per_window * windows_per_month) as f64 / 1e9 * PRICE_PER_GB_INGESTED;
+    Plan {
+        shape: *shape,
+        output,
+        publish_frequency_seconds: period,
+        metric_cost: metric_cost(series.len() as u64),
+        series: series.into_iter().collect(),
+        windows_per_month,
+        requests_per_window,
+        log_bytes_per_window,
+        request_cost,
+        ingestion_cost,
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shape;
+        writeln!(
+            f,
+            "host: {} GPUs, {} containers in {} components; output {}; every {} s",
+            s.gpus, s.containers, s.components, self.output, self.publish_frequency_seconds
+        )?;
+        writeln!(f, "\nmetric series ({}):", self.series.len())?;
+        // One line per namespace x metric x dimension names, with how many value combinations.
+        let mut lines: Vec<(String, String, String, usize)> = Vec::new();
+        for series in &self.series {
+            let names = series
+                .dimensions
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            match lines
+                .iter_mut()
+                .find(|l| l.0 == series.namespace && l.1 == series.metric && l.2 == names)
+            {
+                Some(l) => l.3 += 1,
+                None => lines.push((series.namespace.clone(), series.metric.clone(), names, 1)),
+            }
+        }
+        for (namespace, metric, dims, n) in lines {
+            writeln!(f, "  {namespace}  {metric}  {{{dims}}}  x{n}")?;
+        }
+        writeln!(f)?;
+        writeln!(f, "windows per month:        {}", self.windows_per_month)?;
+        if self.requests_per_window > 0 {
+            writeln!(f, "requests per window:      {}", self.requests_per_window)?;
+            writeln!(f, "requests per month:       {}", self.requests_per_month())?;
+        }
+        if self.log_bytes_per_window > 0 {
+            writeln!(f, "EMF bytes per window:     {}", self.log_bytes_per_window)?;
+            writeln!(
+                f,
+                "EMF GB per month:         {:.3}",
+                (self.log_bytes_per_window * self.windows_per_month) as f64 / 1e9
+            )?;
+        }
+        writeln!(
+            f,
+            "\nestimated CloudWatch cost per month (us-east-1 list prices):"
+        )?;
+        writeln!(
+            f,
+            "  custom metrics (tiered from $0.30) ${:>9.2}  ({} series)",
+            self.metric_cost,
+            self.series.len()
+        )?;
+        writeln!(
+            f,
+            "  API requests ($0.01 per 1,000)     ${:>9.2}",
+            self.request_cost
+        )?;
+        writeln!(
+            f,
+            "  log ingestion ($0.50 per GB)       ${:>9.2}",
+            self.ingestion_cost
+        )?;
+        writeln!(
+            f,
+            "  total                              ${:>9.2}",
+            self.total_cost()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(
+            &format!(
+                "[endpoint]\nname = \"my-endpoint\"\ninstance_id = \"i-0123456789abcdef0\"\n{extra}"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    const EIGHT_GPUS: HostShape = HostShape {
+        gpus: 8,
+        containers: 4,
+        components: 2,
+    };
+
+    #[test]
+    fn tiers_add_up() {
+        assert_eq!(metric_cost(0), 0.0);
+        assert!((metric_cost(100) - 30.0).abs() < 1e-9);
+        assert!((metric_cost(10_001) - 3000.10).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bare_host_without_enhanced_metrics_publishes_four_series() {
+        let p = plan(
+            &config(""),
+            &HostShape {
+                gpus: 0,
+                containers: 0,
+                components: 0,
+            },
+        );
+        assert_eq!(p.series.len(), 4);
+        assert!(p.series.iter().all(|s| s.dimensions.len() == 2));
+        assert!((p.metric_cost - 1.20).abs() < 1e-9);
+        assert_eq!(
+            p.requests_per_window, 0,
+            "EMF to stdout: the agent calls nothing"
+        );
+        assert!(p.log_bytes_per_window > 0);
+    }
+
+    #[test]
+    fn eight_gpus_four_containers_enhanced_put_metric_data_at_10_s() {
+        let c = config(
+            "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+        );
+        let p = plan(&c, &EIGHT_GPUS);
+        // Instance: (4 host + 4 GPU + 3 reservation) x 2 sets = 22; per GPU: 2 x 8 = 16;
+        // containers: 2 components x 4 metrics ({InferenceComponentName}) + 4 containers x 4
+        // metrics (enhanced set) = 24; per container GPU: 4 x 2 GPUs x 2 = 16.
+        assert_eq!(p.series.len(), 22 + 16 + 24 + 16, "{p}");
+        assert_eq!(p.windows_per_month, 259_200);
+        assert_eq!(p.requests_per_window, 2, "one per namespace: {p}");
+        assert!((p.request_cost - 5.184).abs() < 1e-9);
+        assert!((p.metric_cost - 78.0 * 0.30).abs() < 1e-9);
+        let text = p.to_string();
+        assert!(
+            text.contains("GPUUtilization  {EndpointName,VariantName,InstanceId,GpuId}  x8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn emf_through_cloudwatch_logs_costs_ingestion_not_requests() {
+        let c =
+            config("[metrics]\nenhanced = true\n[output]\nemf_destination = \"cloudwatch_logs\"\n");
+        let p = plan(&c, &EIGHT_GPUS);
+        assert_eq!(p.request_cost, 0.0);
+        assert!(p.requests_per_window >= 1);
+        assert!(p.ingestion_cost > 0.0);
+    }
+}

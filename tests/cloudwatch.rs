@@ -1,0 +1,469 @@
+//! The built agent against LocalStack (CloudWatch and CloudWatch Logs), started by
+//! `scripts/setup/localstack.sh`. LocalStack at `AWS_ENDPOINT_URL` (default
+//! http://127.0.0.1:4566); these tests fail when it is unreachable unless
+//! `EMA_SKIP_LOCALSTACK_TESTS=1`.
+//!
+//! The agent reads a fixture `/proc` whose memory is always 25 % used, so every
+//! MemoryUtilization sample is 25.0 and a window's Sum must be 25 x its SampleCount; a window
+//! published twice shows as a SampleCount over 10 (10 s windows sampled every second), a lost
+//! one as a missing or short bucket. Each test has its own namespace or log group: LocalStack has
+//! no reset.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+const MEMORY_PERCENT: f64 = 25.0;
+const PERIOD_S: u64 = 10;
+const SAMPLES_PER_WINDOW: f64 = 10.0;
+
+fn endpoint_url() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+fn localstack_addr() -> SocketAddr {
+    let url = endpoint_url();
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .replace("localhost", "127.0.0.1");
+    hostport
+        .parse()
+        .expect("AWS_ENDPOINT_URL is http://ip:port")
+}
+
+/// True when the test should run; panics when LocalStack is missing and skipping was not asked.
+async fn localstack_up() -> bool {
+    if TcpStream::connect(localstack_addr()).await.is_ok() {
+        return true;
+    }
+    if std::env::var("EMA_SKIP_LOCALSTACK_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: LocalStack unreachable and EMA_SKIP_LOCALSTACK_TESTS=1");
+        return false;
+    }
+    panic!(
+        "LocalStack is not reachable at {}: run scripts/setup/localstack.sh \
+         (or set EMA_SKIP_LOCALSTACK_TESTS=1 to skip these tests)",
+        endpoint_url()
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), now_ms())
+}
+
+/// A temp folder with the fixture /proc and a config with `output` lines added.
+fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = dir.path().join("proc");
+    fs::create_dir(&proc).unwrap();
+    fs::write(
+        proc.join("stat"),
+        "cpu  100 0 50 900 50 0 0 0 0 0\ncpu0 1\ncpu1 1\n",
+    )
+    .unwrap();
+    fs::write(
+        proc.join("meminfo"),
+        "MemTotal: 1000 kB\nMemAvailable: 750 kB\n",
+    )
+    .unwrap();
+    let config = dir.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+             [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\n\
+             [output]\nspool_dir = \"{}\"\nretry_max_seconds = 2\n{output}\n\
+             [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n",
+            dir.path().join("spool").display(),
+            proc.display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, endpoint: &str, log: PathBuf) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_endpoint-metrics-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    /// SIGTERM, wait, and the `samples_taken` counter from the agent's last line.
+    fn stop(mut self) -> u64 {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let log = fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "agent failed: {status}\n{log}");
+        counter(&log, "samples_taken")
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn counter(log: &str, name: &str) -> u64 {
+    let needle = format!("(\"{name}\", ");
+    let at = log
+        .rfind(&needle)
+        .unwrap_or_else(|| panic!("no {name} in:\n{log}"));
+    log[at + needle.len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn spool_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join("spool"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn cloudwatch() -> aws_sdk_cloudwatch::Client {
+    let config = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint_url())
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_cloudwatch::Client::from_conf(config)
+}
+
+async fn logs() -> aws_sdk_cloudwatchlogs::Client {
+    let config = aws_sdk_cloudwatchlogs::Config::builder()
+        .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+        .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint_url())
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_cloudwatchlogs::Client::from_conf(config)
+}
+
+/// (bucket start ms, SampleCount, Sum, Maximum) of MemoryUtilization per 10 s window since
+/// `from_ms`. LocalStack starts buckets at StartTime, so StartTime is window-aligned.
+async fn windows(namespace: &str, from_ms: u64) -> Vec<(u64, f64, f64, f64)> {
+    let start = from_ms / 1000 / PERIOD_S * PERIOD_S - PERIOD_S;
+    let end = now_ms() / 1000 + PERIOD_S;
+    let out = cloudwatch()
+        .await
+        .get_metric_statistics()
+        .namespace(namespace)
+        .metric_name("MemoryUtilization")
+        .dimensions(
+            Dimension::builder()
+                .name("EndpointName")
+                .value("ep")
+                .build(),
+        )
+        .dimensions(
+            Dimension::builder()
+                .name("VariantName")
+                .value("AllTraffic")
+                .build(),
+        )
+        .start_time(DateTime::from_secs(start as i64))
+        .end_time(DateTime::from_secs(end as i64))
+        .period(PERIOD_S as i32)
+        .statistics(Statistic::SampleCount)
+        .statistics(Statistic::Sum)
+        .statistics(Statistic::Maximum)
+        .send()
+        .await
+        .expect("GetMetricStatistics");
+    let mut points: Vec<_> = out
+        .datapoints()
+        .iter()
+        .map(|d| {
+            (
+                d.timestamp().unwrap().to_millis().unwrap() as u64,
+                d.sample_count().unwrap(),
+                d.sum().unwrap(),
+                d.maximum().unwrap(),
+            )
+        })
+        .collect();
+    points.sort_by_key(|p| p.0);
+    points
+}
+
+fn assert_consistent(points: &[(u64, f64, f64, f64)]) {
+    for &(t, count, sum, max) in points {
+        assert!(
+            count <= SAMPLES_PER_WINDOW,
+            "window {t} has {count} samples: published more than once? {points:?}"
+        );
+        assert_eq!(sum, MEMORY_PERCENT * count, "window {t}: {points:?}");
+        assert_eq!(max, MEMORY_PERCENT);
+    }
+}
+
+fn total(points: &[(u64, f64, f64, f64)], from_ms: u64) -> f64 {
+    points.iter().filter(|p| p.0 >= from_ms).map(|p| p.1).sum()
+}
+
+async fn sleep_s(s: u64) {
+    tokio::time::sleep(Duration::from_secs(s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_metric_data_round_trips_every_sample() {
+    if !localstack_up().await {
+        return;
+    }
+    let namespace = format!("/ema-test/{}", unique("pmd"));
+    let (dir, config) = setup("format = \"put_metric_data\"", &namespace);
+    let started = now_ms();
+    let agent = Agent::start(&config, &endpoint_url(), dir.path().join("agent.log"));
+    sleep_s(24).await;
+    let samples = agent.stop();
+    let points = windows(&namespace, started).await;
+    assert_consistent(&points);
+    assert!(points.len() >= 3, "{points:?}");
+    assert_eq!(
+        total(&points, 0),
+        samples as f64,
+        "every sample taken arrives exactly once, the partial window at SIGTERM included: {points:?}"
+    );
+    assert!(points[1..points.len() - 1]
+        .iter()
+        .all(|p| p.1 == SAMPLES_PER_WINDOW));
+    assert_eq!(spool_files(dir.path()), 0, "nothing left in the spool");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emf_through_cloudwatch_logs_creates_the_group_and_round_trips() {
+    if !localstack_up().await {
+        return;
+    }
+    let group = format!("/ema-test/{}", unique("logs"));
+    let (dir, config) = setup(
+        &format!("emf_destination = \"cloudwatch_logs\"\nlog_group = \"{group}\""),
+        "/ema-test/emf",
+    );
+    let agent = Agent::start(&config, &endpoint_url(), dir.path().join("agent.log"));
+    sleep_s(22).await;
+    let samples = agent.stop();
+    let out = logs()
+        .await
+        .get_log_events()
+        .log_group_name(&group)
+        .log_stream_name("test-host")
+        .start_from_head(true)
+        .send()
+        .await
+        .expect("the agent created the group and the stream");
+    let events = out.events();
+    assert!(events.len() >= 2, "{events:?}");
+    let mut values = 0u64;
+    let mut last_ts = 0;
+    for e in events {
+        let ts = e.timestamp().unwrap() as u64;
+        assert_eq!(ts % (PERIOD_S * 1000), 0, "event time is the window start");
+        assert!(ts > last_ts, "one event per window, in order");
+        last_ts = ts;
+        let doc: serde_json::Value = serde_json::from_str(e.message().unwrap()).unwrap();
+        assert_eq!(doc["_aws"]["Timestamp"].as_u64(), Some(ts));
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "/ema-test/emf");
+        assert_eq!(
+            directive["Dimensions"],
+            serde_json::json!([["EndpointName", "VariantName"]])
+        );
+        assert_eq!(doc["EndpointName"], "ep");
+        let mem = doc["MemoryUtilization"].as_array().unwrap();
+        assert!(mem.iter().all(|v| v.as_f64() == Some(MEMORY_PERCENT)));
+        values += mem.len() as u64;
+    }
+    assert_eq!(values, samples, "every sample arrives exactly once");
+}
+
+/// A TCP forwarder to LocalStack that can be cut and restored on the same port: the outage.
+struct Proxy {
+    addr: SocketAddr,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn new() -> Proxy {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let mut p = Proxy { addr, stop: None };
+        p.up();
+        p
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn up(&mut self) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        let listener = socket.listen(128).unwrap();
+        let (tx, mut rx) = watch::channel(false);
+        self.stop = Some(tx);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let mut stop = rx.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = TcpStream::connect(localstack_addr()).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = stop.changed() => {}
+                            }
+                        });
+                    }
+                    _ = rx.changed() => break,
+                }
+            }
+        });
+    }
+
+    /// Refuses new connections and cuts open ones.
+    async fn down(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+        // Let the tasks drop the listener and the connections.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            TcpStream::connect(self.addr).await.is_err(),
+            "proxy is down"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_kill_and_restart_lose_and_duplicate_nothing() {
+    if !localstack_up().await {
+        return;
+    }
+    let namespace = format!("/ema-test/{}", unique("outage"));
+    let (dir, config) = setup("format = \"put_metric_data\"", &namespace);
+    let mut proxy = Proxy::new().await;
+    let run1_start = now_ms();
+
+    // Run 1: one window through, then CloudWatch goes away, windows spool, then SIGKILL.
+    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run1.log"));
+    sleep_s(12).await;
+    proxy.down().await;
+    let outage_start = now_ms();
+    sleep_s(14).await;
+    assert!(
+        spool_files(dir.path()) >= 1,
+        "windows closed during the outage wait in the spool"
+    );
+    let killed_at = now_ms();
+    agent.kill9();
+
+    // Run 2: starts with a non-empty spool while CloudWatch is still away; SIGTERM spools the
+    // partial window too.
+    let run2_start = now_ms();
+    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run2.log"));
+    sleep_s(12).await;
+    let spooled_before_stop = spool_files(dir.path());
+    let samples2 = agent.stop();
+    assert!(spool_files(dir.path()) > spooled_before_stop || samples2 == 0);
+
+    // Run 3: CloudWatch is back; the backlog drains oldest first next to the current windows.
+    proxy.up();
+    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run3.log"));
+    sleep_s(16).await;
+    let samples3 = agent.stop();
+    assert_eq!(spool_files(dir.path()), 0, "the whole backlog was sent");
+    let run3_log = fs::read_to_string(dir.path().join("run3.log")).unwrap();
+    assert!(
+        counter(&run3_log, "spool_items_replayed") >= 2,
+        "{run3_log}"
+    );
+
+    let points = windows(&namespace, run1_start).await;
+    assert_consistent(&points);
+    // Run 1: every window that closed before the kill (a window closes one sample after its
+    // end) arrived whole, those of the outage included.
+    let period_ms = PERIOD_S * 1000;
+    let first_full = run1_start.div_ceil(period_ms) * period_ms;
+    let mut expected = first_full;
+    while expected + period_ms + 2000 <= killed_at {
+        let found = points.iter().find(|p| p.0 == expected);
+        assert_eq!(
+            found.map(|p| p.1),
+            Some(SAMPLES_PER_WINDOW),
+            "window {expected} of run 1 (outage from {outage_start}): {points:?}"
+        );
+        expected += period_ms;
+    }
+    // Runs 2 and 3 stopped cleanly: their samples all arrived, exactly once.
+    let run2_first_window = run2_start / period_ms * period_ms;
+    assert_eq!(
+        total(&points, run2_first_window),
+        (samples2 + samples3) as f64,
+        "{points:?}"
+    );
+}
