@@ -3,7 +3,8 @@
 //! them with values that agree with their cgroup files, pick up a container started later, and
 //! forget a removed one.
 //!
-//! Needs a Docker engine (`DOCKER_HOST` or /var/run/docker.sock). The tiny image is built by
+//! Needs a Docker engine at `EMA_DOCKER_SOCKET` (default /var/run/docker.sock; the `docker` CLI
+//! the tests drive follows `DOCKER_HOST`). The tiny image is built by
 //! `scripts/setup/docker-image.sh` when missing. Without an engine these tests fail, unless
 //! `EMA_SKIP_DOCKER_TESTS=1` says to skip them.
 
@@ -24,6 +25,11 @@ const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
 /// windows of 10 s on a loaded machine).
 const WAIT_LIMIT: Duration = Duration::from_secs(90);
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The engine's socket, for the agent and the relay (the `docker` CLI follows `DOCKER_HOST`).
+fn engine_socket() -> String {
+    std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into())
+}
 
 fn image() -> String {
     std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
@@ -310,7 +316,7 @@ fn labelled_containers_are_measured_named_and_forgotten() {
     let (burner_cpu_dir, _) = cgroup_dirs(&burner);
     let (_, holder_mem_dir) = cgroup_dirs(&holder);
 
-    let mut agent = Agent::start("/var/run/docker.sock");
+    let mut agent = Agent::start(&engine_socket());
     let (t0, usage0) = (Instant::now(), cpu_usage_ns(&burner_cpu_dir));
 
     // A full window of the burner (10 samples at 1 s, the first of a container has no CPU delta).
@@ -486,7 +492,7 @@ impl EngineRelay {
                 match listener.accept() {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
-                        let engine = UnixStream::connect("/var/run/docker.sock").unwrap();
+                        let engine = UnixStream::connect(engine_socket()).unwrap();
                         clients2.lock().unwrap().push(client.try_clone().unwrap());
                         relay(client, engine);
                     }
