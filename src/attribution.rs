@@ -520,6 +520,86 @@ mod tests {
     }
 
     #[test]
+    fn per_gpu_container_and_unattributed_series_are_published_with_their_dimensions() {
+        use crate::agent::Pipeline;
+        use crate::catalog::Identity;
+        use crate::encode::EncodeContext;
+        let a = "a".repeat(64);
+        let mut inventory = Inventory::default();
+        inventory
+            .containers
+            .insert(a.clone(), container(&a, "model-a", GpuAllocation::All));
+        let reading = GpuReading {
+            devices: vec![device(0, Some(60.0), 4 * GIB, 16 * GIB)],
+            processes: vec![process(100, 0, 2 * GIB, 50.0)],
+        };
+        let mut samples = Vec::new();
+        attribute_gpu(
+            &reading,
+            &inventory,
+            &HashMap::from([(100, a)]),
+            &mut samples,
+        );
+        let docs = |enhanced| {
+            let ctx = EncodeContext {
+                identity: Identity {
+                    endpoint_name: "e".into(),
+                    variant_name: "v".into(),
+                    instance_id: "i-1".into(),
+                },
+                enhanced,
+                endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
+                components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+                gpu_dimension_name: "GpuId".into(),
+                storage_resolution: 1,
+                log_group: None,
+            };
+            let mut p = Pipeline::new(ctx, 60, 256 * 1024);
+            p.record(1000, samples.clone());
+            p.flush()
+                .unwrap()
+                .iter()
+                .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let dims = |d: &serde_json::Value| d["_aws"]["CloudWatchMetrics"][0]["Dimensions"].clone();
+        let on = docs(true);
+        let per_gpu = on
+            .iter()
+            .find(|d| d["ContainerId"] == "aaaaaaaaaaaa" && d["GpuId"] == "0")
+            .expect("a per-container per-GPU document");
+        assert_eq!(
+            dims(per_gpu),
+            serde_json::json!([[
+                "EndpointName",
+                "VariantName",
+                "InstanceId",
+                "InferenceComponentName",
+                "ContainerId",
+                "GpuId"
+            ]])
+        );
+        assert_eq!(per_gpu["GPUMemoryUtilizationNormalized"][0], 12.5);
+        let gpu = on
+            .iter()
+            .find(|d| d.get("ContainerId").is_none() && d["GpuId"] == "0")
+            .expect("a per-GPU document");
+        assert_eq!(gpu["GPUMemoryUtilizationUnattributed"][0], 12.5);
+        assert_eq!(gpu["GPUUtilizationUnattributed"][0], 10.0);
+        let off = docs(false);
+        assert!(off.iter().all(|d| d.get("GpuId").is_none()));
+        let container = off
+            .iter()
+            .find(|d| d["InferenceComponentName"] == "model-a")
+            .expect("the per-component document");
+        assert_eq!(
+            dims(container),
+            serde_json::json!([["InferenceComponentName"]])
+        );
+        assert_eq!(container["GPUUtilizationNormalized"][0], 50.0);
+    }
+
+    #[test]
     fn a_container_without_an_allocation_is_measured_against_the_gpus_it_uses() {
         let c = "c".repeat(64);
         let mut inventory = Inventory::default();

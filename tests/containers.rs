@@ -3,14 +3,17 @@
 //! them with values that agree with their cgroup files, pick up a container started later, and
 //! forget a removed one.
 //!
-//! Needs a Docker engine (`DOCKER_HOST` or /var/run/docker.sock). The tiny image is built by
+//! Needs a Docker engine at `EMA_DOCKER_SOCKET` (default /var/run/docker.sock; the `docker` CLI
+//! the tests drive follows `DOCKER_HOST`). The tiny image is built by
 //! `scripts/setup/docker-image.sh` when missing. Without an engine these tests fail, unless
 //! `EMA_SKIP_DOCKER_TESTS=1` says to skip them.
 
 use std::io::Read as _;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -22,6 +25,11 @@ const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
 /// windows of 10 s on a loaded machine).
 const WAIT_LIMIT: Duration = Duration::from_secs(90);
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The engine's socket, for the agent and the relay (the `docker` CLI follows `DOCKER_HOST`).
+fn engine_socket() -> String {
+    std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into())
+}
 
 fn image() -> String {
     std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
@@ -308,7 +316,7 @@ fn labelled_containers_are_measured_named_and_forgotten() {
     let (burner_cpu_dir, _) = cgroup_dirs(&burner);
     let (_, holder_mem_dir) = cgroup_dirs(&holder);
 
-    let mut agent = Agent::start("/var/run/docker.sock");
+    let mut agent = Agent::start(&engine_socket());
     let (t0, usage0) = (Instant::now(), cpu_usage_ns(&burner_cpu_dir));
 
     // A full window of the burner (10 samples at 1 s, the first of a container has no CPU delta).
@@ -459,5 +467,139 @@ fn without_an_engine_the_agent_warns_once_and_runs_on() {
             .iter()
             .all(|d| namespace(d) != COMPONENTS_NS),
         "no container series without an engine"
+    );
+}
+
+/// A Unix-socket relay to the real engine that the test can take away and bring back, so the
+/// agent sees the engine vanish mid-stream and return at the same path.
+struct EngineRelay {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    clients: Arc<Mutex<Vec<UnixStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineRelay {
+    fn start(path: &Path) -> EngineRelay {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let (stop2, clients2) = (stop.clone(), clients.clone());
+        let acceptor = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let engine = UnixStream::connect(engine_socket()).unwrap();
+                        clients2.lock().unwrap().push(client.try_clone().unwrap());
+                        relay(client, engine);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("relay accept: {e}"),
+                }
+            }
+        });
+        EngineRelay {
+            path: path.to_path_buf(),
+            stop,
+            clients,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Closes every relayed connection (the agent's event stream ends) and the socket.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for c in self.clients.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineRelay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn relay(client: UnixStream, engine: UnixStream) {
+    let pipe = |mut from: UnixStream, mut to: UnixStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    };
+    pipe(client.try_clone().unwrap(), engine.try_clone().unwrap());
+    pipe(engine, client);
+}
+
+#[test]
+fn discovery_resubscribes_when_the_engine_goes_away_and_comes_back() {
+    if !docker_ready() {
+        return;
+    }
+    let tag = format!("ema-rs-{}-{}", std::process::id(), now_ms());
+    let image = image();
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("engine.sock");
+    let mut containers = Containers::default();
+    let label = |name: &str| format!("sagemaker.inference-component={tag}-{name}");
+    let sleeper =
+        |c: &mut Containers, name: &str| c.run(&["--label", &label(name), &image, "sleep", "3600"]);
+
+    // No engine at start: a model copy started meanwhile is found once the engine appears.
+    let mut agent = Agent::start(socket.to_str().unwrap());
+    let early = sleeper(&mut containers, "early");
+    let mut relay = EngineRelay::start(&socket);
+    agent.wait_for(
+        "the container started before the engine was reachable",
+        |docs| (!of_container(docs, &early).is_empty()).then_some(()),
+    );
+
+    // The engine goes away mid-stream; a copy started while it is away is found on return.
+    relay.stop();
+    let during = sleeper(&mut containers, "during");
+    let _relay = EngineRelay::start(&socket);
+    agent.wait_for("the container started while the engine was away", |docs| {
+        (!of_container(docs, &during).is_empty()).then_some(())
+    });
+
+    // The new subscription delivers events: a later start and a removal.
+    let after = sleeper(&mut containers, "after");
+    agent.wait_for("the container started after re-subscribing", |docs| {
+        (!of_container(docs, &after).is_empty()).then_some(())
+    });
+    containers.remove(&early);
+    let removed_ms = now_ms();
+    agent.wait_for("a window after the removal", |docs| {
+        of_container(docs, &after)
+            .iter()
+            .any(|d| timestamp_ms(d) >= removed_ms + 2000)
+            .then_some(())
+    });
+    let docs = agent.documents();
+    assert!(of_container(&docs, &early)
+        .iter()
+        .all(|d| timestamp_ms(d) < removed_ms + 2000));
+
+    agent.stop();
+    let stderr = agent.stderr();
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("docker_unavailable"))
+        .count();
+    assert_eq!(warnings, 2, "one warning per outage: {stderr}");
+    assert_eq!(
+        stderr.matches("docker engine reachable again").count(),
+        2,
+        "{stderr}"
     );
 }
