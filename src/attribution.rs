@@ -554,10 +554,16 @@ mod tests {
                 storage_resolution: 1,
                 log_group: None,
             };
-            let mut p = Pipeline::new(ctx, 60, 256 * 1024);
+            let mut p = Pipeline::new(
+                ctx,
+                60,
+                crate::encode::Encoding::Emf { max_document_bytes: 256 * 1024 },
+            );
             p.record(1000, samples.clone());
-            p.flush()
-                .unwrap()
+            let Some(crate::encode::Encoded::Emf { documents, .. }) = p.flush() else {
+                panic!("an EMF window");
+            };
+            documents
                 .iter()
                 .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
                 .collect::<Vec<_>>()
