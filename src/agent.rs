@@ -3,10 +3,12 @@
 //! and sinks are passive.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::aggregate::{Aggregator, RecordError};
 use crate::catalog::{storage_resolution, Identity, Sample};
@@ -16,8 +18,10 @@ use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, EncodeContext};
 use crate::identity::resolve_instance_id;
+use crate::service::{Event, Service};
 use crate::sinks::emf_writer::{self, Batch, EmfWriter};
 use crate::telemetry::{self, Counter};
+use crate::{logging, reload};
 
 /// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
 pub const PUBLISH_QUEUE_WINDOWS: usize = 64;
@@ -81,6 +85,12 @@ impl Pipeline {
         closed
     }
 
+    /// Changes how windows are encoded from now on, the current one included (reload).
+    pub fn set_context(&mut self, ctx: EncodeContext, max_document_bytes: usize) {
+        self.ctx = ctx;
+        self.max_document_bytes = max_document_bytes;
+    }
+
     /// Closes the current window (partial or not) and encodes it. None if it holds nothing.
     pub fn flush(&mut self) -> Option<Batch> {
         let start = self.window_start_ms.take()?;
@@ -122,28 +132,20 @@ impl Pipeline {
 }
 
 /// Runs the agent until `shutdown` completes, then publishes the partial window and drains.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// SIGHUP reads `config_path` again (see `reload`).
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut config = config;
     let identity = Identity {
         endpoint_name: config.endpoint.name.clone(),
         variant_name: config.endpoint.variant.clone(),
         instance_id: resolve_instance_id(&config.endpoint.instance_id).await,
     };
-    let m = &config.metrics;
-    let log_group = match config.emf_destination() {
-        crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
-            config.output.log_group.clone()
-        }
-        _ => None,
-    };
-    let ctx = EncodeContext {
-        identity,
-        enhanced: m.enhanced,
-        endpoints_namespace: m.endpoints_namespace.clone(),
-        components_namespace: m.components_namespace.clone(),
-        gpu_dimension_name: config.gpu.dimension_name.clone(),
-        storage_resolution: storage_resolution(m.publish_frequency_seconds),
-        log_group,
-    };
+    let m = config.metrics.clone();
+    let ctx = encode_context(&config, identity.clone());
     let writer = EmfWriter::open(&config.emf_destination())
         .await
         .with_context(|| format!("opening EMF destination {}", config.output.emf_destination))?;
@@ -162,20 +164,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "agent started"
     );
 
-    let (tx, rx) = mpsc::channel::<Batch>(PUBLISH_QUEUE_WINDOWS);
-    let sink = tokio::spawn(emf_writer::run(writer, rx, SHUTDOWN_GRACE));
+    let mut output = Output::start(writer);
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
+    let mut service = Service::start(&config).await;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
     let mut samples: Vec<Sample> = Vec::with_capacity(64);
+    service.ready();
     tokio::pin!(shutdown);
     loop {
         let tick = tokio::select! {
             tick = ticker.tick() => tick,
             _ = &mut shutdown => break,
+            event = service.event() => {
+                match event {
+                    Event::Hangup => reload(&config_path, &mut config, &identity, &mut pipeline, &mut output, &service).await,
+                    Event::WatchdogDue => service.feed_watchdog(),
+                    Event::None => {}
+                }
+                continue;
+            }
         };
         telemetry::warn(
             Counter::SamplesMissed,
@@ -184,24 +195,130 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
         samples.clear();
         read_host(&mut host, tick.wall_ms, collect_timeout, &mut samples).await;
+        service.on_tick(&config, tick.wall_ms, output.queued(), &mut samples);
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
-            publish(&tx, batch);
+            publish(&output.tx, batch);
         }
     }
 
+    service.stopping();
     tracing::info!("shutting down: publishing the partial window");
     if let Some(batch) = pipeline.flush() {
-        publish(&tx, batch);
+        publish(&output.tx, batch);
     }
-    drop(tx);
-    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), sink)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the EMF sink did not finish in time");
-    }
+    output.finish().await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
+}
+
+fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
+    let m = &config.metrics;
+    let log_group = match config.emf_destination() {
+        crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
+            config.output.log_group.clone()
+        }
+        _ => None,
+    };
+    EncodeContext {
+        identity,
+        enhanced: m.enhanced,
+        endpoints_namespace: m.endpoints_namespace.clone(),
+        components_namespace: m.components_namespace.clone(),
+        self_metrics_namespace: config.self_metrics.namespace.clone(),
+        gpu_dimension_name: config.gpu.dimension_name.clone(),
+        storage_resolution: storage_resolution(m.publish_frequency_seconds),
+        log_group,
+    }
+}
+
+/// The sink task and the channel to it.
+struct Output {
+    tx: mpsc::Sender<Batch>,
+    sink: JoinHandle<()>,
+}
+
+impl Output {
+    fn start(writer: EmfWriter) -> Self {
+        let (tx, rx) = mpsc::channel::<Batch>(PUBLISH_QUEUE_WINDOWS);
+        let sink = tokio::spawn(emf_writer::run(writer, rx, SHUTDOWN_GRACE));
+        Output { tx, sink }
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Closes the channel and waits (within the grace period) for the sink to drain.
+    async fn finish(self) {
+        drop(self.tx);
+        if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), self.sink)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the EMF sink did not finish in time");
+        }
+    }
+}
+
+/// SIGHUP: reads the file again and applies what can change at run time. The current window
+/// and its samples stay in the pipeline; only how it is encoded and where it goes change.
+async fn reload(
+    path: &Path,
+    config: &mut Config,
+    identity: &Identity,
+    pipeline: &mut Pipeline,
+    output: &mut Output,
+    service: &Service,
+) {
+    service.notifier.reloading();
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            telemetry::warn(
+                Counter::ConfigReloadsRejected,
+                1,
+                &format!("reload rejected, the running configuration stays in force: {e}"),
+            );
+            service
+                .notifier
+                .reloaded("reload rejected; running on the previous configuration");
+            return;
+        }
+    };
+    let mut plan = reload::plan(config, &new);
+    let mut max_document_bytes = pipeline.max_document_bytes;
+    if plan.output_changed() {
+        match EmfWriter::open(&plan.effective.emf_destination()).await {
+            Ok(writer) => {
+                max_document_bytes = writer.max_document_bytes();
+                tracing::info!(destination = %writer.describe(), "EMF destination changed");
+                // The old sink drains what it holds in the background.
+                let old = std::mem::replace(output, Output::start(writer));
+                tokio::spawn(old.finish());
+            }
+            Err(e) => {
+                tracing::error!(destination = %plan.effective.output.emf_destination, error = %e, "cannot open the new EMF destination; keeping the old one");
+                plan.effective.output = config.output.clone();
+                plan.applied.retain(|k| !k.starts_with("output."));
+            }
+        }
+    }
+    if plan.applied.contains(&"log.level") {
+        if let Err(reason) = logging::set_level(plan.effective.log.level) {
+            tracing::warn!(reason, "log.level not applied");
+        }
+    }
+    pipeline.set_context(
+        encode_context(&plan.effective, identity.clone()),
+        max_document_bytes,
+    );
+    *config = plan.effective;
+    telemetry::add(Counter::ConfigReloads, 1);
+    tracing::info!(file = %path.display(), applied = ?plan.applied, "configuration reloaded; the current window is kept");
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(keys = ?plan.needs_restart, "changed keys need restart to take effect; their old values stay in force");
+    }
+    service.notifier.reloaded("sampling");
 }
 
 async fn read_host(
@@ -213,6 +330,7 @@ async fn read_host(
     match host.read(tick_ms, timeout).await {
         Outcome::Reading((reading, errors)) => {
             telemetry::add(Counter::SamplesTaken, 1);
+            telemetry::set(crate::telemetry::Gauge::LastSampleMs, tick_ms);
             for error in &errors {
                 telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
             }
@@ -254,6 +372,7 @@ mod tests {
             enhanced,
             endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
             components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+            self_metrics_namespace: "EndpointMetricsAgent".into(),
             gpu_dimension_name: "GpuId".into(),
             storage_resolution: 1,
             log_group: None,

@@ -45,6 +45,16 @@ pub enum Metric {
     CpuReservation,
     GpuReservation,
     MemoryReservation,
+    /// The agent's own figures (`Scope::Agent`), one value per window.
+    AgentCpuTime,
+    AgentResidentMemory,
+    AgentSamplesTaken,
+    AgentSamplesMissed,
+    AgentPublishLatency,
+    AgentErrors,
+    AgentQueuedWindows,
+    AgentSpooledWindows,
+    AgentDroppedPoints,
 }
 
 impl Metric {
@@ -62,6 +72,15 @@ impl Metric {
             Metric::CpuReservation => "CPUReservation",
             Metric::GpuReservation => "GPUReservation",
             Metric::MemoryReservation => "MemoryReservation",
+            Metric::AgentCpuTime => "CPUTime",
+            Metric::AgentResidentMemory => "ResidentMemory",
+            Metric::AgentSamplesTaken => "SamplesTaken",
+            Metric::AgentSamplesMissed => "SamplesMissed",
+            Metric::AgentPublishLatency => "PublishLatency",
+            Metric::AgentErrors => "Errors",
+            Metric::AgentQueuedWindows => "QueuedWindows",
+            Metric::AgentSpooledWindows => "SpooledWindows",
+            Metric::AgentDroppedPoints => "DroppedPoints",
         }
     }
 
@@ -79,6 +98,15 @@ impl Metric {
             | Metric::CpuReservation
             | Metric::GpuReservation
             | Metric::MemoryReservation => Unit::Percent,
+            Metric::AgentCpuTime => Unit::Seconds,
+            Metric::AgentResidentMemory => Unit::Bytes,
+            Metric::AgentPublishLatency => Unit::Microseconds,
+            Metric::AgentSamplesTaken
+            | Metric::AgentSamplesMissed
+            | Metric::AgentErrors
+            | Metric::AgentQueuedWindows
+            | Metric::AgentSpooledWindows
+            | Metric::AgentDroppedPoints => Unit::Count,
         }
     }
 }
@@ -101,6 +129,8 @@ pub enum Scope {
         container_id: Arc<str>,
         gpu_index: u32,
     },
+    /// The agent itself (`[self_metrics] namespace`).
+    Agent,
 }
 
 /// Which namespace a scope publishes into; the names themselves are configuration.
@@ -108,6 +138,8 @@ pub enum Scope {
 pub enum Namespace {
     Endpoints,
     InferenceComponents,
+    /// The agent's own metrics, in the namespace `[self_metrics]` names.
+    Agent,
 }
 
 pub const DEFAULT_ENDPOINTS_NAMESPACE: &str = "/aws/sagemaker/Endpoints";
@@ -144,6 +176,7 @@ const ENDPOINT: &[Dim] = &[EndpointName, VariantName];
 const ENDPOINT_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId];
 const ENDPOINT_GPU: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu];
 const COMPONENT: &[Dim] = &[InferenceComponentName];
+const AGENT: &[Dim] = &[EndpointName, InstanceId];
 const COMPONENT_CONTAINER: &[Dim] = &[
     EndpointName,
     VariantName,
@@ -165,6 +198,7 @@ impl Scope {
         match self {
             Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
             Scope::Container { .. } | Scope::ContainerGpu { .. } => Namespace::InferenceComponents,
+            Scope::Agent => Namespace::Agent,
         }
     }
 
@@ -180,6 +214,8 @@ impl Scope {
             (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
             (Scope::ContainerGpu { .. }, false) => &[],
             (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU],
+            // One agent per instance: the instance is always named, enhanced or not.
+            (Scope::Agent, _) => &[AGENT],
         }
     }
 
@@ -301,6 +337,19 @@ mod tests {
         );
         assert_eq!(scope.dimension_value(EndpointName), None);
         assert_eq!(Dim::Gpu.name("AcceleratorId"), "AcceleratorId");
+    }
+
+    #[test]
+    fn agent_scope_is_per_instance_in_its_own_namespace() {
+        assert_eq!(Scope::Agent.namespace(), Namespace::Agent);
+        for enhanced in [false, true] {
+            assert_eq!(
+                Scope::Agent.dimension_sets(enhanced),
+                &[&[EndpointName, InstanceId][..]]
+            );
+        }
+        assert_eq!(Metric::AgentCpuTime.unit(), Unit::Seconds);
+        assert_eq!(Metric::AgentPublishLatency.name(), "PublishLatency");
     }
 
     #[test]

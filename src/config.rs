@@ -49,6 +49,34 @@ pub struct Config {
     /// GPU metrics through NVML.
     #[serde(default)]
     pub gpu: GpuConfig,
+    /// The admin HTTP endpoint: `/healthz` and `/metrics` (Prometheus text).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The agent's own figures published next to the host's, in their own namespace.
+    #[serde(default)]
+    pub self_metrics: SelfMetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/healthz` and `/metrics`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port to listen on, e.g. "127.0.0.1:9464" (the host only) or "0.0.0.0:9464".
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelfMetricsConfig {
+    /// Publish the agent's own figures once per window.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Their namespace; must not start with "AWS/".
+    #[serde(default = "default_self_metrics_namespace")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -223,6 +251,37 @@ fn default_nvml_library() -> String {
 }
 fn default_gpu_dimension_name() -> String {
     "GpuId".into()
+}
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+fn default_self_metrics_namespace() -> String {
+    DEFAULT_SELF_METRICS_NAMESPACE.into()
+}
+
+/// The admin endpoint's default address: the host only, on 9464, the port OpenTelemetry's
+/// Prometheus exporters use by default, so scrapers set up for an on-host collector find it.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+/// The default namespace of the agent's own metrics.
+pub const DEFAULT_SELF_METRICS_NAMESPACE: &str = "EndpointMetricsAgent";
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Default for SelfMetricsConfig {
+    fn default() -> Self {
+        SelfMetricsConfig {
+            enabled: false,
+            namespace: default_self_metrics_namespace(),
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -452,6 +511,17 @@ impl Config {
                 "must be 1 to 255 characters, e.g. \"GpuId\" or \"AcceleratorId\"".into(),
             ));
         }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "admin.listen",
+                format!(
+                    "\"{}\" is not an address and port; allowed: e.g. \"{DEFAULT_ADMIN_LISTEN}\" or \"0.0.0.0:9464\"",
+                    self.admin.listen
+                ),
+            ));
+        }
+        validate_namespace(&self.self_metrics.namespace)
+            .map_err(|r| ("self_metrics.namespace", r))?;
         if self.gpu.nvml_library.is_empty() {
             return Err((
                 "gpu.nvml_library",
@@ -475,7 +545,9 @@ impl Config {
              namespaces: {} | {}\n\
              output: {:?} to {}\n\
              gpu: {} ({}, dimension {})\n\
-             log: {:?} at {}",
+             log: {:?} at {}\n\
+             admin: {}\n\
+             self metrics: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -497,6 +569,16 @@ impl Config {
             self.gpu.dimension_name,
             self.log.format,
             self.log.level.as_str(),
+            if self.admin.enabled {
+                format!("http://{}/healthz and /metrics", self.admin.listen)
+            } else {
+                "disabled".into()
+            },
+            if self.self_metrics.enabled {
+                format!("to namespace {}", self.self_metrics.namespace)
+            } else {
+                "disabled".into()
+            },
         )
     }
 }
@@ -543,6 +625,10 @@ mod tests {
         assert_eq!(c.metrics.endpoints_namespace, "/aws/sagemaker/Endpoints");
         assert_eq!(c.emf_destination(), EmfDestination::Stdout);
         assert_eq!(c.gpu.dimension_name, "GpuId");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:9464");
+        assert!(!c.self_metrics.enabled);
+        assert_eq!(c.self_metrics.namespace, "EndpointMetricsAgent");
     }
 
     #[test]
@@ -571,6 +657,8 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[metrics]\nendpoints_namespace = \"AWS/SageMaker\"\n", "metrics.endpoints_namespace"),
             ("[endpoint]\nname = \"e\"\n[output]\nemf_destination = \"tcp://nohost\"\n", "output.emf_destination"),
             ("[endpoint]\nname = \"e\"\n[output]\nformat = \"prometheus\"\n", "output.format"),
+            ("[endpoint]\nname = \"e\"\n[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+            ("[endpoint]\nname = \"e\"\n[self_metrics]\nnamespace = \"AWS/Agent\"\n", "self_metrics.namespace"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -4,6 +4,7 @@
 //! -> `encode` -> `sinks`, wired in `agent`.
 #![deny(clippy::print_stdout)]
 
+pub mod admin;
 pub mod agent;
 pub mod aggregate;
 pub mod catalog;
@@ -13,5 +14,9 @@ pub mod config;
 pub mod encode;
 pub mod identity;
 pub mod logging;
+pub mod reload;
+pub mod sd_notify;
+pub mod self_metrics;
+pub mod service;
 pub mod sinks;
 pub mod telemetry;

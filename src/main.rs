@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
-use endpoint_metrics_agent::{agent, logging};
+use endpoint_metrics_agent::{admin, agent, logging};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,13 @@ enum Command {
     /// Run the agent: sample, aggregate per window, publish.
     Run {
         /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Ask the running agent's admin endpoint for /healthz (Docker's HEALTHCHECK): exit 0 when
+    /// healthy, 1 when not or unreachable, 78 when the configuration is invalid.
+    Healthcheck {
+        /// The configuration file (its `[admin] listen` is asked).
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -50,8 +57,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG as u8)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Healthcheck { config } => healthcheck(&config),
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -69,13 +77,41 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(agent::run(config, shutdown_signal())) {
+            match runtime.block_on(agent::run(config, path, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "agent failed");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn healthcheck(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if !config.admin.enabled {
+        eprintln!("error: [admin] enabled = false in {}", path.display());
+        return ExitCode::FAILURE;
+    }
+    match admin::get(&config.admin.listen, "/healthz") {
+        Ok((status, body)) => {
+            eprint!("{status} {body}");
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.admin.listen);
+            ExitCode::FAILURE
         }
     }
 }
