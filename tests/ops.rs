@@ -211,6 +211,15 @@ fn get(port: u16, path: &str) -> (u16, String) {
     )
 }
 
+/// utime + stime of a process, from /proc, in seconds.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").unwrap().1
 }
@@ -380,11 +389,18 @@ fn health_and_metrics_are_served_over_http_while_the_agent_runs() {
     assert!(health["last_sample_ms"].as_u64().unwrap() <= now_ms());
     assert!(health["last_publish_ms"].as_u64().unwrap() <= now_ms());
 
+    let cpu_before = cpu_seconds_of(agent.child.id());
     let (status, response) = get(port, "/metrics");
+    let cpu_after = cpu_seconds_of(agent.child.id());
     assert_eq!(status, 200);
     assert!(response.contains("Content-Type: text/plain; version=0.0.4"));
     let text = body(&response);
-    assert!(prometheus_value(text, "process_cpu_seconds_total") > 0.0);
+    // The agent's own figure lies between what /proc said just before and just after.
+    let cpu = prometheus_value(text, "process_cpu_seconds_total");
+    assert!(
+        cpu_before - 1e-9 <= cpu && cpu <= cpu_after + 1e-9,
+        "{cpu_before} <= {cpu} <= {cpu_after}"
+    );
     assert!(prometheus_value(text, "process_resident_memory_bytes") > 1_000_000.0);
     assert!(prometheus_value(text, "endpoint_metrics_agent_samples_taken_total") >= 1.0);
     assert!(prometheus_value(text, "endpoint_metrics_agent_emf_documents_written_total") >= 1.0);
