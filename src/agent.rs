@@ -308,6 +308,7 @@ async fn reload(
             tracing::warn!(reason, "log.level not applied");
         }
     }
+    tracing::debug!(settings = %plan.effective.summary(), "effective configuration after reload");
     pipeline.set_context(
         encode_context(&plan.effective, identity.clone()),
         max_document_bytes,

@@ -526,6 +526,8 @@ fn reload_with_a_valid_file_changes_the_next_window_and_keeps_the_current_one() 
     );
     assert!(reloaded.contains("self_metrics.namespace"), "{reloaded}");
     assert!(reloaded.contains("log.level"), "{reloaded}");
+    // The new level is in force: the reload's own debug line is there.
+    agent.wait_for_log("effective configuration after reload");
     let restart = agent.wait_for_log("need restart");
     assert!(
         restart.contains("metrics.publish_frequency_seconds"),
