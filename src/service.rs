@@ -157,3 +157,30 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn self_samples_come_on_the_last_tick_of_a_window_only_when_enabled() {
+        let text = "[endpoint]\nname = \"e\"\ninstance_id = \"i\"\n[metrics]\npublish_frequency_seconds = 10\n\
+                    [admin]\nenabled = false\n[self_metrics]\nenabled = true\n";
+        let mut config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let mut service = Service::start(&config).await;
+        let mut out = Vec::new();
+        service.on_tick(&config, 1_700_000_009_000, 3, &mut out);
+        assert!(out.is_empty(), "not the window's last tick");
+        assert_eq!(telemetry::gauge(Gauge::QueuedWindows), 3);
+        service.on_tick(&config, 1_700_000_010_000, 0, &mut out);
+        assert_eq!(out.len(), 9);
+        assert!(out
+            .iter()
+            .all(|s| s.key.scope == crate::catalog::Scope::Agent));
+        config.self_metrics.enabled = false;
+        out.clear();
+        service.on_tick(&config, 1_700_000_020_000, 0, &mut out);
+        assert!(out.is_empty(), "disabled");
+    }
+}
