@@ -368,6 +368,34 @@ pub fn get(listen: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// The `healthcheck` subcommand: asks the agent configured in `path` for `/healthz` and says on
+/// stderr what it answered. Err carries the exit status: 78 for an invalid configuration, 1 for
+/// unhealthy or unreachable.
+pub fn healthcheck(path: &std::path::Path) -> Result<(), u8> {
+    let config = crate::config::Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        crate::config::EXIT_CONFIG as u8
+    })?;
+    if !config.admin.enabled {
+        eprintln!("error: [admin] enabled = false in {}", path.display());
+        return Err(1);
+    }
+    match get(&config.admin.listen, "/healthz") {
+        Ok((status, body)) => {
+            eprint!("{status} {body}");
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.admin.listen);
+            Err(1)
+        }
+    }
+}
+
 /// `get` reads at most this much of an answer: /metrics is about 8 KiB.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 

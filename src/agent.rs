@@ -3,12 +3,11 @@
 //! and sinks are passive.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::aggregate::{Aggregator, RecordError};
 use crate::catalog::{storage_resolution, Identity, Sample};
@@ -18,10 +17,10 @@ use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, EncodeContext};
 use crate::identity::resolve_instance_id;
+use crate::reload;
 use crate::service::{Event, Service};
 use crate::sinks::emf_writer::{self, Batch, EmfWriter};
 use crate::telemetry::{self, Counter};
-use crate::{logging, reload};
 
 /// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
 pub const PUBLISH_QUEUE_WINDOWS: usize = 64;
@@ -83,6 +82,10 @@ impl Pipeline {
             "non-finite sample values not recorded",
         );
         closed
+    }
+
+    pub fn max_document_bytes(&self) -> usize {
+        self.max_document_bytes
     }
 
     /// Changes how windows are encoded from now on, the current one included (reload).
@@ -164,7 +167,7 @@ pub async fn run(
         "agent started"
     );
 
-    let mut output = Output::start(writer);
+    let mut output = emf_writer::Output::start(writer, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE);
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
@@ -181,7 +184,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             event = service.event() => {
                 match event {
-                    Event::Hangup => reload(&config_path, &mut config, &identity, &mut pipeline, &mut output, &service).await,
+                    Event::Hangup => reload::apply(&config_path, &mut config, &identity, &mut pipeline, &mut output, &service.notifier).await,
                     Event::WatchdogDue => service.feed_watchdog(),
                     Event::None => {}
                 }
@@ -206,12 +209,12 @@ pub async fn run(
     if let Some(batch) = pipeline.flush() {
         publish(&output.tx, batch);
     }
-    output.finish().await;
+    output.finish(SHUTDOWN_GRACE).await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
 }
 
-fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
+pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
     let m = &config.metrics;
     let log_group = match config.emf_destination() {
         crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
@@ -229,97 +232,6 @@ fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
         storage_resolution: storage_resolution(m.publish_frequency_seconds),
         log_group,
     }
-}
-
-/// The sink task and the channel to it.
-struct Output {
-    tx: mpsc::Sender<Batch>,
-    sink: JoinHandle<()>,
-}
-
-impl Output {
-    fn start(writer: EmfWriter) -> Self {
-        let (tx, rx) = mpsc::channel::<Batch>(PUBLISH_QUEUE_WINDOWS);
-        let sink = tokio::spawn(emf_writer::run(writer, rx, SHUTDOWN_GRACE));
-        Output { tx, sink }
-    }
-
-    fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-
-    /// Closes the channel and waits (within the grace period) for the sink to drain.
-    async fn finish(self) {
-        drop(self.tx);
-        if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), self.sink)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the EMF sink did not finish in time");
-        }
-    }
-}
-
-/// SIGHUP: reads the file again and applies what can change at run time. The current window
-/// and its samples stay in the pipeline; only how it is encoded and where it goes change.
-async fn reload(
-    path: &Path,
-    config: &mut Config,
-    identity: &Identity,
-    pipeline: &mut Pipeline,
-    output: &mut Output,
-    service: &Service,
-) {
-    service.notifier.reloading();
-    let new = match Config::load(path) {
-        Ok(new) => new,
-        Err(e) => {
-            telemetry::warn(
-                Counter::ConfigReloadsRejected,
-                1,
-                &format!("reload rejected, the running configuration stays in force: {e}"),
-            );
-            service
-                .notifier
-                .reloaded("reload rejected; running on the previous configuration");
-            return;
-        }
-    };
-    let mut plan = reload::plan(config, &new);
-    let mut max_document_bytes = pipeline.max_document_bytes;
-    if plan.output_changed() {
-        match EmfWriter::open(&plan.effective.emf_destination()).await {
-            Ok(writer) => {
-                max_document_bytes = writer.max_document_bytes();
-                tracing::info!(destination = %writer.describe(), "EMF destination changed");
-                // The old sink drains what it holds in the background.
-                let old = std::mem::replace(output, Output::start(writer));
-                tokio::spawn(old.finish());
-            }
-            Err(e) => {
-                tracing::error!(destination = %plan.effective.output.emf_destination, error = %e, "cannot open the new EMF destination; keeping the old one");
-                plan.effective.output = config.output.clone();
-                plan.applied.retain(|k| !k.starts_with("output."));
-            }
-        }
-    }
-    if plan.applied.contains(&"log.level") {
-        if let Err(reason) = logging::set_level(plan.effective.log.level) {
-            tracing::warn!(reason, "log.level not applied");
-        }
-    }
-    tracing::debug!(settings = %plan.effective.summary(), "effective configuration after reload");
-    pipeline.set_context(
-        encode_context(&plan.effective, identity.clone()),
-        max_document_bytes,
-    );
-    *config = plan.effective;
-    telemetry::add(Counter::ConfigReloads, 1);
-    tracing::info!(file = %path.display(), applied = ?plan.applied, "configuration reloaded; the current window is kept");
-    if !plan.needs_restart.is_empty() {
-        tracing::warn!(keys = ?plan.needs_restart, "changed keys need restart to take effect; their old values stay in force");
-    }
-    service.notifier.reloaded("sampling");
 }
 
 async fn read_host(

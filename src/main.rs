@@ -57,7 +57,10 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG as u8)
             }
         },
-        Command::Healthcheck { config } => healthcheck(&config),
+        Command::Healthcheck { config } => match admin::healthcheck(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => ExitCode::from(code),
+        },
         Command::Run { config: path } => {
             let config = match Config::load(&path) {
                 Ok(c) => c,
@@ -84,34 +87,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-    }
-}
-
-fn healthcheck(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
-    if !config.admin.enabled {
-        eprintln!("error: [admin] enabled = false in {}", path.display());
-        return ExitCode::FAILURE;
-    }
-    match admin::get(&config.admin.listen, "/healthz") {
-        Ok((status, body)) => {
-            eprint!("{status} {body}");
-            if status == 200 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {}: {e}", config.admin.listen);
-            ExitCode::FAILURE
         }
     }
 }

@@ -5,7 +5,15 @@
 //! [`plan`] is pure: it says which keys take effect now and which need a restart, and builds the
 //! configuration that is in force afterwards (the old one with the live keys of the new one).
 
+use std::path::Path;
+
+use crate::agent::{encode_context, Pipeline, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE};
+use crate::catalog::Identity;
 use crate::config::Config;
+use crate::logging;
+use crate::sd_notify::Notifier;
+use crate::sinks::emf_writer::{EmfWriter, Output};
+use crate::telemetry::{self, Counter};
 
 /// Keys applied at run time. Everything else (including sections this list does not know)
 /// waits for a restart.
@@ -107,6 +115,69 @@ fn copy_restart_keys(into: &mut Config, new: &Config) {
     into.gpu.enabled = new.gpu.enabled;
     into.gpu.nvml_library = new.gpu.nvml_library.clone();
     into.admin = new.admin.clone();
+}
+
+/// SIGHUP: reads the file again and applies what can change at run time. The current window
+/// and its samples stay in the pipeline; only how it is encoded and where it goes change.
+pub async fn apply(
+    path: &Path,
+    config: &mut Config,
+    identity: &Identity,
+    pipeline: &mut Pipeline,
+    output: &mut Output,
+    notifier: &Notifier,
+) {
+    notifier.reloading();
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            telemetry::warn(
+                Counter::ConfigReloadsRejected,
+                1,
+                &format!("reload rejected, the running configuration stays in force: {e}"),
+            );
+            notifier.reloaded("reload rejected; running on the previous configuration");
+            return;
+        }
+    };
+    let mut plan = plan(config, &new);
+    let mut max_document_bytes = pipeline.max_document_bytes();
+    if plan.output_changed() {
+        match EmfWriter::open(&plan.effective.emf_destination()).await {
+            Ok(writer) => {
+                max_document_bytes = writer.max_document_bytes();
+                tracing::info!(destination = %writer.describe(), "EMF destination changed");
+                // The old sink drains what it holds in the background.
+                let old = std::mem::replace(
+                    output,
+                    Output::start(writer, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE),
+                );
+                tokio::spawn(old.finish(SHUTDOWN_GRACE));
+            }
+            Err(e) => {
+                tracing::error!(destination = %plan.effective.output.emf_destination, error = %e, "cannot open the new EMF destination; keeping the old one");
+                plan.effective.output = config.output.clone();
+                plan.applied.retain(|k| !k.starts_with("output."));
+            }
+        }
+    }
+    if plan.applied.contains(&"log.level") {
+        if let Err(reason) = logging::set_level(plan.effective.log.level) {
+            tracing::warn!(reason, "log.level not applied");
+        }
+    }
+    tracing::debug!(settings = %plan.effective.summary(), "effective configuration after reload");
+    pipeline.set_context(
+        encode_context(&plan.effective, identity.clone()),
+        max_document_bytes,
+    );
+    *config = plan.effective;
+    telemetry::add(Counter::ConfigReloads, 1);
+    tracing::info!(file = %path.display(), applied = ?plan.applied, "configuration reloaded; the current window is kept");
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(keys = ?plan.needs_restart, "changed keys need restart to take effect; their old values stay in force");
+    }
+    notifier.reloaded("sampling");
 }
 
 #[cfg(test)]

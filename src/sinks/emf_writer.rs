@@ -176,6 +176,38 @@ fn joined(batch: &[String]) -> Vec<u8> {
     buf
 }
 
+/// The sink task and the channel to it.
+pub struct Output {
+    pub tx: mpsc::Sender<Batch>,
+    sink: tokio::task::JoinHandle<()>,
+}
+
+impl Output {
+    /// Starts the sink task behind a channel of `queue_windows` windows; `grace` bounds the
+    /// drain at the end.
+    pub fn start(writer: EmfWriter, queue_windows: usize, grace: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<Batch>(queue_windows);
+        let sink = tokio::spawn(run(writer, rx, grace));
+        Output { tx, sink }
+    }
+
+    /// Windows waiting in the channel.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Closes the channel and waits (within the grace period) for the sink to drain.
+    pub async fn finish(self, grace: Duration) {
+        drop(self.tx);
+        if tokio::time::timeout(grace + Duration::from_millis(500), self.sink)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the EMF sink did not finish in time");
+        }
+    }
+}
+
 /// Writes batches from `rx` until it closes, then writes what is still pending, for at most
 /// `drain_deadline` after the close if the destination is failing.
 pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Batch>, drain_for: Duration) {
