@@ -27,6 +27,7 @@ fn context() -> EncodeContext {
         enhanced: true,
         endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
         components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+        self_metrics_namespace: "EndpointMetricsAgent".into(),
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 60,
         log_group: None,

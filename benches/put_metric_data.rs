@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
         enhanced: true,
         endpoints_namespace: config.metrics.endpoints_namespace.clone(),
         components_namespace: config.metrics.components_namespace.clone(),
+        self_metrics_namespace: "EndpointMetricsAgent".into(),
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: storage_resolution(60),
         log_group: None,

@@ -3,6 +3,7 @@
 //! and sinks are passive.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,7 +19,9 @@ use crate::collectors::worker::{Collect, Outcome, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
 use crate::identity::resolve_instance_id;
-use crate::sinks::Sink;
+use crate::reload;
+use crate::service::{Event, Service};
+use crate::sinks::{Output, Sink};
 use crate::telemetry::{self, Counter};
 
 /// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
@@ -83,6 +86,16 @@ impl Pipeline {
         closed
     }
 
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Changes how windows are encoded from now on, the current one included (reload).
+    pub fn set_context(&mut self, ctx: EncodeContext, encoding: Encoding) {
+        self.ctx = ctx;
+        self.encoding = encoding;
+    }
+
     /// Closes the current window (partial or not) and encodes it. None if it holds nothing.
     pub fn flush(&mut self) -> Option<Encoded> {
         let start = self.window_start_ms.take()?;
@@ -136,28 +149,20 @@ impl Pipeline {
 }
 
 /// Runs the agent until `shutdown` completes, then publishes the partial window and drains.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// SIGHUP reads `config_path` again (see `reload`).
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut config = config;
     let identity = Identity {
         endpoint_name: config.endpoint.name.clone(),
         variant_name: config.endpoint.variant.clone(),
         instance_id: resolve_instance_id(&config.endpoint.instance_id).await,
     };
-    let m = &config.metrics;
-    let log_group = match config.emf_destination() {
-        crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
-            config.output.log_group.clone()
-        }
-        _ => None,
-    };
-    let ctx = EncodeContext {
-        identity,
-        enhanced: m.enhanced,
-        endpoints_namespace: m.endpoints_namespace.clone(),
-        components_namespace: m.components_namespace.clone(),
-        gpu_dimension_name: config.gpu.dimension_name.clone(),
-        storage_resolution: storage_resolution(m.publish_frequency_seconds),
-        log_group,
-    };
+    let m = config.metrics.clone();
+    let ctx = encode_context(&config, identity.clone());
     let writer = Sink::open(&config, &ctx.identity.instance_id, SHUTDOWN_GRACE).await?;
     let mut pipeline = Pipeline::new(ctx.clone(), m.publish_frequency_seconds, writer.encoding());
     tracing::info!(
@@ -170,23 +175,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "agent started"
     );
 
-    let (tx, rx) = mpsc::channel::<Encoded>(PUBLISH_QUEUE_WINDOWS);
-    let sink = tokio::spawn(writer.run(rx, SHUTDOWN_GRACE));
+    let mut output = Output::start(writer, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE);
     let host = HostCollector::new(&config.host.proc_root, &m.disk_path)
         .context("opening host statistics")?;
     let mut host = Worker::spawn("host", host).context("starting the host collector thread")?;
     let mut gpu = gpu::spawn(&config.gpu, m.sample_interval_ms)
         .context("starting the GPU collector thread")?;
     let mut containers = ContainerMetrics::start(&config)?;
+    let mut service = Service::start(&config).await;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
     let mut samples: Vec<Sample> = Vec::with_capacity(64);
+    service.ready();
     tokio::pin!(shutdown);
     loop {
         let tick = tokio::select! {
             tick = ticker.tick() => tick,
             _ = &mut shutdown => break,
+            event = service.event() => {
+                match event {
+                    Event::Hangup => reload::apply(&config_path, &mut config, &identity, &mut pipeline, &mut output, &service.notifier).await,
+                    Event::WatchdogDue => service.feed_watchdog(),
+                    Event::None => {}
+                }
+                continue;
+            }
         };
         telemetry::warn(
             Counter::SamplesMissed,
@@ -205,27 +219,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         if let Some(containers) = containers.as_mut() {
             containers
-                .read(tick.wall_ms, collect_timeout, gpu_reading.as_ref(), &mut samples)
+                .read(
+                    tick.wall_ms,
+                    collect_timeout,
+                    gpu_reading.as_ref(),
+                    &mut samples,
+                )
                 .await;
         }
+        service.on_tick(&config, tick.wall_ms, output.queued(), &mut samples);
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
-            publish(&tx, batch);
+            publish(&output.tx, batch);
         }
     }
 
+    service.stopping();
     tracing::info!("shutting down: publishing the partial window");
     if let Some(batch) = pipeline.flush() {
-        publish(&tx, batch);
+        publish(&output.tx, batch);
     }
-    drop(tx);
-    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_millis(500), sink)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the sink did not finish in time");
-    }
+    output.finish(SHUTDOWN_GRACE).await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
+}
+
+pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
+    let m = &config.metrics;
+    let log_group = match config.emf_destination() {
+        crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
+            config.output.log_group.clone()
+        }
+        _ => None,
+    };
+    EncodeContext {
+        identity,
+        enhanced: m.enhanced,
+        endpoints_namespace: m.endpoints_namespace.clone(),
+        components_namespace: m.components_namespace.clone(),
+        self_metrics_namespace: config.self_metrics.namespace.clone(),
+        gpu_dimension_name: config.gpu.dimension_name.clone(),
+        storage_resolution: storage_resolution(m.publish_frequency_seconds),
+        log_group,
+    }
 }
 
 async fn read_host(
@@ -237,6 +272,7 @@ async fn read_host(
     match host.read(tick_ms, timeout).await {
         Outcome::Reading((reading, errors)) => {
             telemetry::add(Counter::SamplesTaken, 1);
+            telemetry::set(crate::telemetry::Gauge::LastSampleMs, tick_ms);
             for error in &errors {
                 telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
             }
@@ -289,6 +325,7 @@ mod tests {
             enhanced,
             endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
             components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+            self_metrics_namespace: "EndpointMetricsAgent".into(),
             gpu_dimension_name: "GpuId".into(),
             storage_resolution: 1,
             log_group: None,

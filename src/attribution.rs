@@ -550,6 +550,7 @@ mod tests {
                 enhanced,
                 endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
                 components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+                self_metrics_namespace: "EndpointMetricsAgent".into(),
                 gpu_dimension_name: "GpuId".into(),
                 storage_resolution: 1,
                 log_group: None,
@@ -557,7 +558,9 @@ mod tests {
             let mut p = Pipeline::new(
                 ctx,
                 60,
-                crate::encode::Encoding::Emf { max_document_bytes: 256 * 1024 },
+                crate::encode::Encoding::Emf {
+                    max_document_bytes: 256 * 1024,
+                },
             );
             p.record(1000, samples.clone());
             let Some(crate::encode::Encoded::Emf { documents, .. }) = p.flush() else {

@@ -48,6 +48,16 @@ pub enum Metric {
     /// GPU use by processes in no known model copy (see `attribution`).
     GpuUtilizationUnattributed,
     GpuMemoryUtilizationUnattributed,
+    /// The agent's own figures (`Scope::Agent`), one value per window.
+    AgentCpuTime,
+    AgentResidentMemory,
+    AgentSamplesTaken,
+    AgentSamplesMissed,
+    AgentPublishLatency,
+    AgentErrors,
+    AgentQueuedWindows,
+    AgentSpooledWindows,
+    AgentDroppedPoints,
 }
 
 impl Metric {
@@ -67,6 +77,15 @@ impl Metric {
             Metric::MemoryReservation => "MemoryReservation",
             Metric::GpuUtilizationUnattributed => "GPUUtilizationUnattributed",
             Metric::GpuMemoryUtilizationUnattributed => "GPUMemoryUtilizationUnattributed",
+            Metric::AgentCpuTime => "CPUTime",
+            Metric::AgentResidentMemory => "ResidentMemory",
+            Metric::AgentSamplesTaken => "SamplesTaken",
+            Metric::AgentSamplesMissed => "SamplesMissed",
+            Metric::AgentPublishLatency => "PublishLatency",
+            Metric::AgentErrors => "Errors",
+            Metric::AgentQueuedWindows => "QueuedWindows",
+            Metric::AgentSpooledWindows => "SpooledWindows",
+            Metric::AgentDroppedPoints => "DroppedPoints",
         }
     }
 
@@ -86,6 +105,15 @@ impl Metric {
             | Metric::MemoryReservation
             | Metric::GpuUtilizationUnattributed
             | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
+            Metric::AgentCpuTime => Unit::Seconds,
+            Metric::AgentResidentMemory => Unit::Bytes,
+            Metric::AgentPublishLatency => Unit::Microseconds,
+            Metric::AgentSamplesTaken
+            | Metric::AgentSamplesMissed
+            | Metric::AgentErrors
+            | Metric::AgentQueuedWindows
+            | Metric::AgentSpooledWindows
+            | Metric::AgentDroppedPoints => Unit::Count,
         }
     }
 }
@@ -108,6 +136,8 @@ pub enum Scope {
         container_id: Arc<str>,
         gpu_index: u32,
     },
+    /// The agent itself (`[self_metrics] namespace`).
+    Agent,
 }
 
 /// Which namespace a scope publishes into; the names themselves are configuration.
@@ -115,6 +145,8 @@ pub enum Scope {
 pub enum Namespace {
     Endpoints,
     InferenceComponents,
+    /// The agent's own metrics, in the namespace `[self_metrics]` names.
+    Agent,
 }
 
 pub const DEFAULT_ENDPOINTS_NAMESPACE: &str = "/aws/sagemaker/Endpoints";
@@ -151,6 +183,7 @@ const ENDPOINT: &[Dim] = &[EndpointName, VariantName];
 const ENDPOINT_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId];
 const ENDPOINT_GPU: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu];
 const COMPONENT: &[Dim] = &[InferenceComponentName];
+const AGENT: &[Dim] = &[EndpointName, InstanceId];
 const COMPONENT_CONTAINER: &[Dim] = &[
     EndpointName,
     VariantName,
@@ -172,6 +205,7 @@ impl Scope {
         match self {
             Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
             Scope::Container { .. } | Scope::ContainerGpu { .. } => Namespace::InferenceComponents,
+            Scope::Agent => Namespace::Agent,
         }
     }
 
@@ -187,6 +221,8 @@ impl Scope {
             (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
             (Scope::ContainerGpu { .. }, false) => &[],
             (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU],
+            // One agent per instance: the instance is always named, enhanced or not.
+            (Scope::Agent, _) => &[AGENT],
         }
     }
 
@@ -308,6 +344,19 @@ mod tests {
         );
         assert_eq!(scope.dimension_value(EndpointName), None);
         assert_eq!(Dim::Gpu.name("AcceleratorId"), "AcceleratorId");
+    }
+
+    #[test]
+    fn agent_scope_is_per_instance_in_its_own_namespace() {
+        assert_eq!(Scope::Agent.namespace(), Namespace::Agent);
+        for enhanced in [false, true] {
+            assert_eq!(
+                Scope::Agent.dimension_sets(enhanced),
+                &[&[EndpointName, InstanceId][..]]
+            );
+        }
+        assert_eq!(Metric::AgentCpuTime.unit(), Unit::Seconds);
+        assert_eq!(Metric::AgentPublishLatency.name(), "PublishLatency");
     }
 
     #[test]

@@ -67,6 +67,34 @@ pub struct Config {
     /// Model copies (containers of inference components) found through the Docker engine.
     #[serde(default)]
     pub docker: DockerConfig,
+    /// The admin HTTP endpoint: `/healthz` and `/metrics` (Prometheus text).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The agent's own figures published next to the host's, in their own namespace.
+    #[serde(default)]
+    pub self_metrics: SelfMetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/healthz` and `/metrics`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port to listen on, e.g. "127.0.0.1:9464" (the host only) or "0.0.0.0:9464".
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelfMetricsConfig {
+    /// Publish the agent's own figures once per window.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Their namespace; must not start with "AWS/".
+    #[serde(default = "default_self_metrics_namespace")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -304,6 +332,37 @@ fn default_nvml_library() -> String {
 }
 fn default_gpu_dimension_name() -> String {
     "GpuId".into()
+}
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
+}
+fn default_self_metrics_namespace() -> String {
+    DEFAULT_SELF_METRICS_NAMESPACE.into()
+}
+
+/// The admin endpoint's default address: the host only, on 9464, the port OpenTelemetry's
+/// Prometheus exporters use by default, so scrapers set up for an on-host collector find it.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+/// The default namespace of the agent's own metrics.
+pub const DEFAULT_SELF_METRICS_NAMESPACE: &str = "EndpointMetricsAgent";
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Default for SelfMetricsConfig {
+    fn default() -> Self {
+        SelfMetricsConfig {
+            enabled: false,
+            namespace: default_self_metrics_namespace(),
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -554,6 +613,17 @@ impl Config {
                 "must be 1 to 255 characters, e.g. \"GpuId\" or \"AcceleratorId\"".into(),
             ));
         }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "admin.listen",
+                format!(
+                    "\"{}\" is not an address and port; allowed: e.g. \"{DEFAULT_ADMIN_LISTEN}\" or \"0.0.0.0:9464\"",
+                    self.admin.listen
+                ),
+            ));
+        }
+        validate_namespace(&self.self_metrics.namespace)
+            .map_err(|r| ("self_metrics.namespace", r))?;
         if self.gpu.nvml_library.is_empty() {
             return Err((
                 "gpu.nvml_library",
@@ -593,7 +663,9 @@ impl Config {
              namespaces: {} | {}\n\
              output: {:?} to {}\n\
              gpu: {} ({}, dimension {})\n\
-             log: {:?} at {}",
+             log: {:?} at {}\n\
+             admin: {}\n\
+             self metrics: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -615,6 +687,16 @@ impl Config {
             self.gpu.dimension_name,
             self.log.format,
             self.log.level.as_str(),
+            if self.admin.enabled {
+                format!("http://{}/healthz and /metrics", self.admin.listen)
+            } else {
+                "disabled".into()
+            },
+            if self.self_metrics.enabled {
+                format!("to namespace {}", self.self_metrics.namespace)
+            } else {
+                "disabled".into()
+            },
         )
     }
 }
@@ -711,6 +793,10 @@ mod tests {
         assert_eq!(c.docker.socket, "/var/run/docker.sock");
         assert_eq!(c.docker.component_label, "sagemaker.inference-component");
         assert_eq!(c.docker.component_env, "INFERENCE_COMPONENT_NAME");
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.listen, "127.0.0.1:9464");
+        assert!(!c.self_metrics.enabled);
+        assert_eq!(c.self_metrics.namespace, "EndpointMetricsAgent");
     }
 
     #[test]
@@ -747,6 +833,8 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[output]\nspool_max_bytes = 4194303\n", "output.spool_max_bytes"),
             ("[endpoint]\nname = \"e\"\n[output]\nretry_max_seconds = 0\n", "output.retry_max_seconds"),
             ("[endpoint]\nname = \"e\"\n[output]\nretry_max_seconds = 301\n", "output.retry_max_seconds"),
+            ("[endpoint]\nname = \"e\"\n[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+            ("[endpoint]\nname = \"e\"\n[self_metrics]\nnamespace = \"AWS/Agent\"\n", "self_metrics.namespace"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

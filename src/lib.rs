@@ -4,6 +4,7 @@
 //! -> `encode` -> `sinks`, wired in `agent`.
 #![deny(clippy::print_stdout)]
 
+pub mod admin;
 pub mod agent;
 pub mod aggregate;
 pub mod attribution;
@@ -16,5 +17,9 @@ pub mod encode;
 pub mod identity;
 pub mod logging;
 pub mod plan;
+pub mod reload;
+pub mod sd_notify;
+pub mod self_metrics;
+pub mod service;
 pub mod sinks;
 pub mod telemetry;

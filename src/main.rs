@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use endpoint_metrics_agent::plan::{plan, HostShape};
-use endpoint_metrics_agent::{agent, logging};
+use endpoint_metrics_agent::{admin, agent, logging};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,13 @@ enum Command {
         /// Number of inference components the containers belong to (default: one per container).
         #[arg(long)]
         components: Option<u32>,
+    },
+    /// Ask the running agent's admin endpoint for /healthz (Docker's HEALTHCHECK): exit 0 when
+    /// healthy, 1 when not or unreachable, 78 when the configuration is invalid.
+    Healthcheck {
+        /// The configuration file (its `[admin] listen` is asked).
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
     /// Validate a configuration file and print a summary of the effective settings.
     CheckConfig {
@@ -97,8 +104,12 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG as u8)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Healthcheck { config } => match admin::healthcheck(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => ExitCode::from(code),
+        },
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -116,7 +127,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(agent::run(config, shutdown_signal())) {
+            match runtime.block_on(agent::run(config, path, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "agent failed");

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::aggregate::{Aggregator, Window};
-use crate::catalog::{storage_resolution, Identity, Metric, Sample, Scope};
+use crate::catalog::{Identity, Metric, Sample, Scope};
 use crate::config::{Config, EmfDestination, OutputFormat};
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
 use crate::encode::{emf, groups, put_metric_data, EncodeContext};
@@ -60,8 +60,25 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Gpu { .. } => &[GpuUtilization, GpuMemoryUtilization],
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
+        Scope::Agent => &[
+            AgentCpuTime,
+            AgentResidentMemory,
+            AgentSamplesTaken,
+            AgentSamplesMissed,
+            AgentPublishLatency,
+            AgentErrors,
+            AgentQueuedWindows,
+            AgentSpooledWindows,
+            AgentDroppedPoints,
+        ],
     }
 }
+
+/// GPU use by processes in no known model copy, per GPU and for the instance (`attribution`).
+const UNATTRIBUTED_GPU_METRICS: &[Metric] = &[
+    Metric::GpuUtilizationUnattributed,
+    Metric::GpuMemoryUtilizationUnattributed,
+];
 
 const INSTANCE_GPU_METRICS: &[Metric] = &[
     Metric::GpuUtilization,
@@ -122,12 +139,23 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
     let samples = (m.publish_frequency_seconds * 1000 / m.sample_interval_ms).max(1);
     let mut scopes: Vec<(Scope, Vec<Metric>)> =
         vec![(Scope::Instance, metrics_of(&Scope::Instance).to_vec())];
+    let unattributed = config.docker.enabled && shape.gpus > 0;
     if shape.gpus > 0 {
         scopes.push((Scope::Instance, INSTANCE_GPU_METRICS.to_vec()));
+        if unattributed {
+            scopes.push((Scope::Instance, UNATTRIBUTED_GPU_METRICS.to_vec()));
+        }
         for index in 0..shape.gpus {
             let s = Scope::Gpu { index };
-            scopes.push((s.clone(), metrics_of(&s).to_vec()));
+            let mut metrics = metrics_of(&s).to_vec();
+            if unattributed {
+                metrics.extend_from_slice(UNATTRIBUTED_GPU_METRICS);
+            }
+            scopes.push((s, metrics));
         }
+    }
+    if config.self_metrics.enabled {
+        scopes.push((Scope::Agent, metrics_of(&Scope::Agent).to_vec()));
     }
     if shape.containers > 0 {
         scopes.push((Scope::Instance, INSTANCE_RESERVATION_METRICS.to_vec()));
@@ -172,27 +200,16 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
 }
 
 fn context(config: &Config) -> EncodeContext {
-    let m = &config.metrics;
     let instance_id = match config.endpoint.instance_id.as_str() {
         "auto" => PLACEHOLDER_INSTANCE_ID.to_string(),
         id => id.to_string(),
     };
-    EncodeContext {
-        identity: Identity {
-            endpoint_name: config.endpoint.name.clone(),
-            variant_name: config.endpoint.variant.clone(),
-            instance_id,
-        },
-        enhanced: m.enhanced,
-        endpoints_namespace: m.endpoints_namespace.clone(),
-        components_namespace: m.components_namespace.clone(),
-        gpu_dimension_name: config.gpu.dimension_name.clone(),
-        storage_resolution: storage_resolution(m.publish_frequency_seconds),
-        log_group: match config.emf_destination() {
-            EmfDestination::Tcp(_) | EmfDestination::Udp(_) => config.output.log_group.clone(),
-            _ => None,
-        },
-    }
+    let identity = Identity {
+        endpoint_name: config.endpoint.name.clone(),
+        variant_name: config.endpoint.variant.clone(),
+        instance_id,
+    };
+    crate::agent::encode_context(config, identity)
 }
 
 /// The monthly cost of `n` custom metrics under the tiered price.
@@ -421,14 +438,15 @@ mod tests {
             "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
         );
         let p = plan(&c, &EIGHT_GPUS);
-        // Instance: (4 host + 4 GPU + 3 reservation) x 2 sets = 22; per GPU: 2 x 8 = 16;
-        // containers: 2 components x 4 metrics ({InferenceComponentName}) + 4 containers x 4
-        // metrics (enhanced set) = 24; per container GPU: 4 x 2 GPUs x 2 = 16.
-        assert_eq!(p.series.len(), 22 + 16 + 24 + 16, "{p}");
+        // Instance: (4 host + 4 GPU + 3 reservation + 2 unattributed) x 2 sets = 26; per GPU:
+        // (2 + 2 unattributed) x 8 = 32; containers: 2 components x 4 metrics
+        // ({InferenceComponentName}) + 4 containers x 4 metrics (enhanced set) = 24; per
+        // container GPU: 4 x 2 GPUs x 2 = 16.
+        assert_eq!(p.series.len(), 26 + 32 + 24 + 16, "{p}");
         assert_eq!(p.windows_per_month, 259_200);
         assert_eq!(p.requests_per_window, 2, "one per namespace: {p}");
         assert!((p.request_cost - 5.184).abs() < 1e-9);
-        assert!((p.metric_cost - 78.0 * 0.30).abs() < 1e-9);
+        assert!((p.metric_cost - 98.0 * 0.30).abs() < 1e-9);
         let text = p.to_string();
         assert!(
             text.contains("GPUUtilization  {EndpointName,VariantName,InstanceId,GpuId}  x8"),

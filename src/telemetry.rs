@@ -47,10 +47,13 @@ pub enum Counter {
     SpoolItemsReplayed,
     LogEventsSkipped,
     LogEventsRejected,
+    ConfigReloads,
+    ConfigReloadsRejected,
+    AdminBadRequests,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 36] = [
+    pub const ALL: [Counter; 39] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -87,6 +90,9 @@ impl Counter {
         Counter::SpoolItemsReplayed,
         Counter::LogEventsSkipped,
         Counter::LogEventsRejected,
+        Counter::ConfigReloads,
+        Counter::ConfigReloadsRejected,
+        Counter::AdminBadRequests,
     ];
 
     pub fn name(self) -> &'static str {
@@ -127,8 +133,97 @@ impl Counter {
             Counter::SpoolItemsReplayed => "spool_items_replayed",
             Counter::LogEventsSkipped => "log_events_skipped",
             Counter::LogEventsRejected => "log_events_rejected",
+            Counter::ConfigReloads => "config_reloads",
+            Counter::ConfigReloadsRejected => "config_reloads_rejected",
+            Counter::AdminBadRequests => "admin_bad_requests",
         }
     }
+
+    /// Counters that count something going wrong, published as errors by kind.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Counter::SampleValuesRejected
+                | Counter::CollectorErrors
+                | Counter::WindowsDropped
+                | Counter::EmfDocumentsDropped
+                | Counter::EmfGroupsSkipped
+                | Counter::EmfDimensionSetsDropped
+                | Counter::EmfMetricsSkipped
+                | Counter::EmfValuesSkipped
+                | Counter::SinkWriteErrors
+                | Counter::GpuLost
+                | Counter::GpuErrors
+                | Counter::GpuReadsMissed
+                | Counter::GpuProcessListsRejected
+                | Counter::DockerInspectErrors
+                | Counter::PmdGroupsSkipped
+                | Counter::PmdMetricsSkipped
+                | Counter::PmdValuesSkipped
+                | Counter::PmdDatumsSkipped
+                | Counter::PublishRequestsDropped
+                | Counter::SpoolItemsDropped
+                | Counter::SpoolItemsExpired
+                | Counter::LogEventsSkipped
+                | Counter::LogEventsRejected
+                | Counter::ConfigReloadsRejected
+                | Counter::AdminBadRequests
+        )
+    }
+
+    /// Counters of measured values that never reached a document ("dropped points").
+    pub fn is_dropped_point(self) -> bool {
+        matches!(
+            self,
+            Counter::SampleValuesRejected
+                | Counter::EmfValuesSkipped
+                | Counter::EmfMetricsSkipped
+                | Counter::PmdValuesSkipped
+                | Counter::PmdMetricsSkipped
+                | Counter::PmdDatumsSkipped
+        )
+    }
+}
+
+/// Something the agent reports about its current state (last value wins).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Gauge {
+    /// 1 once the pipeline is running (READY=1 sent), 0 before and while stopping.
+    Ready,
+    /// Wall-clock ms of the last tick whose host reading arrived in time.
+    LastSampleMs,
+    /// Wall-clock ms of the last window the sink delivered whole.
+    LastPublishMs,
+    /// How long delivering the last window took, in microseconds.
+    PublishLatencyUs,
+    /// Windows encoded and waiting in the channel to the sink.
+    QueuedWindows,
+    /// Windows the sink holds because the destination failed (waiting for a retry).
+    SpooledWindows,
+    /// Wall-clock ms when the agent started running.
+    StartedMs,
+}
+
+impl Gauge {
+    pub const ALL: [Gauge; 7] = [
+        Gauge::Ready,
+        Gauge::LastSampleMs,
+        Gauge::LastPublishMs,
+        Gauge::PublishLatencyUs,
+        Gauge::QueuedWindows,
+        Gauge::SpooledWindows,
+        Gauge::StartedMs,
+    ];
+}
+
+static GAUGES: [AtomicU64; Gauge::ALL.len()] = [const { AtomicU64::new(0) }; Gauge::ALL.len()];
+
+pub fn set(gauge: Gauge, value: u64) {
+    GAUGES[gauge as usize].store(value, Ordering::Relaxed);
+}
+
+pub fn gauge(gauge: Gauge) -> u64 {
+    GAUGES[gauge as usize].load(Ordering::Relaxed)
 }
 
 static COUNTERS: [AtomicU64; Counter::ALL.len()] =
@@ -172,6 +267,15 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{c:?}");
         }
+    }
+
+    #[test]
+    fn gauges_are_indexed_by_their_position_in_all() {
+        for (i, g) in Gauge::ALL.iter().enumerate() {
+            assert_eq!(*g as usize, i, "{g:?}");
+        }
+        set(Gauge::QueuedWindows, 3);
+        assert_eq!(gauge(Gauge::QueuedWindows), 3);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct EncodeContext {
     pub enhanced: bool,
     pub endpoints_namespace: String,
     pub components_namespace: String,
+    /// `[self_metrics] namespace`: where `Scope::Agent` series go.
+    pub self_metrics_namespace: String,
     pub gpu_dimension_name: String,
     pub storage_resolution: u32,
     /// `_aws.LogGroupName`, for the CloudWatch agent's listener.
@@ -130,6 +132,7 @@ fn new_group<'a>(
     let namespace = match scope.namespace() {
         Namespace::Endpoints => ctx.endpoints_namespace.as_str(),
         Namespace::InferenceComponents => ctx.components_namespace.as_str(),
+        Namespace::Agent => ctx.self_metrics_namespace.as_str(),
     };
     let gpu_name = ctx.gpu_dimension_name.as_str();
     let mut dimensions: Vec<(&'a str, String)> = Vec::new();

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use crate::config::EmfDestination;
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, UDP_MAX_DOCUMENT_BYTES};
-use crate::telemetry::{self, Counter};
+use crate::telemetry::{self, Counter, Gauge};
 
 /// Batches kept while the destination is unreachable: about an hour of a large host's windows.
 pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
@@ -222,9 +222,15 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Batch>, drain_for
             continue;
         }
         while let Some(batch) = pending.front() {
+            let started = Instant::now();
             match writer.write(batch).await {
                 Ok(()) => {
                     telemetry::add(Counter::EmfDocumentsWritten, batch.len() as u64);
+                    telemetry::set(Gauge::LastPublishMs, crate::clock::system_now_ms());
+                    telemetry::set(
+                        Gauge::PublishLatencyUs,
+                        started.elapsed().as_micros() as u64,
+                    );
                     pending_bytes -= batch.iter().map(String::len).sum::<usize>();
                     pending.pop_front();
                     if retry_at.take().is_some() {
@@ -245,6 +251,8 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Batch>, drain_for
                 }
             }
         }
+        // Windows held back by a failing destination (the one just written is not counted).
+        telemetry::set(Gauge::SpooledWindows, pending.len() as u64);
         if closed_at.is_some() && pending.is_empty() {
             break;
         }

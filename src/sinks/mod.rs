@@ -135,3 +135,36 @@ impl Sink {
         }
     }
 }
+
+/// The running sink behind its channel: what the pipeline publishes into, swapped whole when a
+/// reload changes the destination (the old one drains in the background).
+pub struct Output {
+    pub tx: mpsc::Sender<Encoded>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Output {
+    /// Starts `sink` behind a channel of `queue_windows` windows; `grace` bounds its drain at
+    /// the end.
+    pub fn start(sink: Sink, queue_windows: usize, grace: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<Encoded>(queue_windows);
+        let task = tokio::spawn(sink.run(rx, grace));
+        Output { tx, task }
+    }
+
+    /// Windows waiting in the channel.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Closes the channel and waits (within the grace period) for the sink to drain.
+    pub async fn finish(self, grace: Duration) {
+        drop(self.tx);
+        if tokio::time::timeout(grace + DRAIN_MARGIN, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the sink did not finish in time");
+        }
+    }
+}

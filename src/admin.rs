@@ -1,0 +1,483 @@
+//! The admin endpoint: `GET /healthz` (ready, recent sample, recent publish; 200 or 503 with a
+//! JSON body) and `GET /metrics` (the agent's own figures in Prometheus text format).
+//!
+//! A small hand-written HTTP/1.1 server over a tokio `TcpListener` rather than hyper: two fixed
+//! GET routes, one response per connection (`Connection: close`), so a full HTTP stack (and
+//! hyper's server features on top of the client features already built) buys nothing here, and
+//! a parser this small is easy to bound: the request head has a size limit and a deadline, and
+//! anything else is a 4xx, never a panic.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::clock::system_now_ms;
+use crate::self_metrics::{self, Process};
+use crate::telemetry::{self, Counter, Gauge};
+
+/// The largest request head (request line and headers) read: 8 KiB, nginx's default
+/// `large_client_header_buffers` size. Longer heads get 431.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+
+/// A client has this long to send its request head (nginx's `client_header_timeout` is 60 s; a
+/// health probe on the same host needs far less).
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are closed at once. A scraper and a health probe need two.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// `/healthz` fails when the last sample is older than this many sampling periods...
+pub const SAMPLE_STALE_PERIODS: u64 = 3;
+/// ...but never sooner than this, so a fast sampling period does not flap on a busy host.
+pub const SAMPLE_STALE_MIN_MS: u64 = 10_000;
+/// `/healthz` fails when no window was delivered for this many publish periods (the first,
+/// partial window and one more that failed), plus [`PUBLISH_STALE_SLACK_MS`].
+pub const PUBLISH_STALE_PERIODS: u64 = 2;
+/// Slack for encoding and a slow but working destination.
+pub const PUBLISH_STALE_SLACK_MS: u64 = 10_000;
+
+/// When the figures in the telemetry gauges count as recent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthLimits {
+    pub sample_stale_after_ms: u64,
+    pub publish_stale_after_ms: u64,
+}
+
+impl HealthLimits {
+    pub fn new(sample_interval_ms: u64, publish_frequency_seconds: u64) -> Self {
+        HealthLimits {
+            sample_stale_after_ms: (SAMPLE_STALE_PERIODS * sample_interval_ms)
+                .max(SAMPLE_STALE_MIN_MS),
+            publish_stale_after_ms: PUBLISH_STALE_PERIODS * publish_frequency_seconds * 1000
+                + PUBLISH_STALE_SLACK_MS,
+        }
+    }
+}
+
+/// The health verdict and the JSON body that explains it.
+pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
+    let ready = telemetry::gauge(Gauge::Ready) == 1;
+    let started = telemetry::gauge(Gauge::StartedMs);
+    let last_sample = telemetry::gauge(Gauge::LastSampleMs);
+    let last_publish = telemetry::gauge(Gauge::LastPublishMs);
+    // Before the first sample or publish, the age counts from the start.
+    let sample_age = now_ms.saturating_sub(last_sample.max(started));
+    let publish_age = now_ms.saturating_sub(last_publish.max(started));
+    let mut reasons = Vec::new();
+    if !ready {
+        reasons.push("not ready".to_string());
+    }
+    if sample_age > limits.sample_stale_after_ms {
+        reasons.push(format!(
+            "no host sample for {sample_age} ms (limit {} ms)",
+            limits.sample_stale_after_ms
+        ));
+    }
+    if publish_age > limits.publish_stale_after_ms {
+        reasons.push(format!(
+            "no window delivered for {publish_age} ms (limit {} ms)",
+            limits.publish_stale_after_ms
+        ));
+    }
+    let healthy = reasons.is_empty();
+    let opt = |ms: u64| (ms > 0).then_some(ms);
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "ready": ready,
+        "last_sample_ms": opt(last_sample),
+        "last_sample_age_ms": sample_age,
+        "last_publish_ms": opt(last_publish),
+        "last_publish_age_ms": publish_age,
+        "reasons": reasons,
+    });
+    (healthy, body)
+}
+
+/// Binds the admin listener (at start, so a taken port is reported before READY=1).
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await
+}
+
+/// Serves the admin endpoint until the task is aborted.
+pub async fn serve(listener: TcpListener, limits: HealthLimits) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: wait a little instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            telemetry::warn(
+                Counter::AdminBadRequests,
+                1,
+                "admin endpoint busy; connection closed",
+            );
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, limits).await {
+                tracing::debug!(%peer, error = %e, "admin connection ended early");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// A response: status line, content type, body.
+#[derive(Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Self {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
+    }
+}
+
+async fn handle(mut stream: tokio::net::TcpStream, limits: HealthLimits) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
+    let (response, head_only) = match head {
+        Err(_) => (
+            Response::text(408, "request head not received in time"),
+            false,
+        ),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(HeadRead::TooLarge)) => (Response::text(431, "request head too large"), false),
+        Ok(Ok(HeadRead::Closed)) => return Ok(()),
+        Ok(Ok(HeadRead::Complete(n))) => match parse_request(&buf[..n]) {
+            Ok(request) => (route(&request, limits), request.method == Method::Head),
+            Err(reason) => (Response::text(400, reason), false),
+        },
+    };
+    if response.status >= 400 && response.status != 404 && response.status != 503 {
+        telemetry::warn(Counter::AdminBadRequests, 1, "admin request refused");
+    }
+    stream
+        .write_all(&encode_response(&response, head_only))
+        .await?;
+    stream.shutdown().await
+}
+
+enum HeadRead {
+    Complete(usize),
+    TooLarge,
+    Closed,
+}
+
+async fn read_head(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<HeadRead> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = find_head_end(buf) {
+            return Ok(HeadRead::Complete(end));
+        }
+        if buf.len() >= MAX_REQUEST_HEAD_BYTES {
+            return Ok(HeadRead::TooLarge);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(if buf.is_empty() {
+                HeadRead::Closed
+            } else {
+                HeadRead::Complete(buf.len())
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The end of the head (after the blank line), accepting bare LF line ends as RFC 9112 allows.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let limit = buf.len().min(MAX_REQUEST_HEAD_BYTES);
+    let buf = &buf[..limit];
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: Method,
+    pub path: &'a str,
+}
+
+/// Parses a request head. Anything that is not a well-formed HTTP/1.x request is an error with
+/// the reason, answered 400.
+pub fn parse_request(head: &[u8]) -> Result<Request<'_>, &'static str> {
+    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().ok_or("empty request")?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("request line is not `METHOD /path HTTP/1.1`");
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("bad method");
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
+        return Err("request target must be an absolute path");
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err("only HTTP/1.0 and HTTP/1.1 are served");
+    }
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some((name, _)) = line.split_once(':') else {
+            return Err("header line without ':'");
+        };
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err("bad header name");
+        }
+    }
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    Ok(Request { method, path })
+}
+
+fn route(request: &Request<'_>, limits: HealthLimits) -> Response {
+    if request.method == Method::Other {
+        return Response::text(405, "only GET and HEAD are served");
+    }
+    match request.path {
+        "/healthz" => {
+            let (healthy, body) = health(limits, system_now_ms());
+            Response {
+                status: if healthy { 200 } else { 503 },
+                content_type: "application/json",
+                body: format!("{body}\n"),
+            }
+        }
+        "/metrics" => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: self_metrics::prometheus_text(&Process::read()),
+        },
+        _ => Response::text(404, "not found; try /healthz or /metrics"),
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn encode_response(response: &Response, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        response.status,
+        reason_phrase(response.status),
+        response.content_type,
+        response.body.len()
+    );
+    if response.status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(response.body.as_bytes());
+    }
+    bytes
+}
+
+/// How long `healthcheck` waits for the agent, connect and answer together.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `GET /healthz` from the agent listening on `listen` (an unspecified address is asked on
+/// loopback). Returns the status code and body. For the `healthcheck` subcommand, which Docker's
+/// HEALTHCHECK runs inside the image (no curl there).
+pub fn get(listen: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let mut stream = TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .take(MAX_RESPONSE_BYTES as u64)
+        .read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not HTTP"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The `healthcheck` subcommand: asks the agent configured in `path` for `/healthz` and says on
+/// stderr what it answered. Err carries the exit status: 78 for an invalid configuration, 1 for
+/// unhealthy or unreachable.
+pub fn healthcheck(path: &std::path::Path) -> Result<(), u8> {
+    let config = crate::config::Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        crate::config::EXIT_CONFIG as u8
+    })?;
+    if !config.admin.enabled {
+        eprintln!("error: [admin] enabled = false in {}", path.display());
+        return Err(1);
+    }
+    match get(&config.admin.listen, "/healthz") {
+        Ok((status, body)) => {
+            eprint!("{status} {body}");
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", config.admin.listen);
+            Err(1)
+        }
+    }
+}
+
+/// `get` reads at most this much of an answer: /metrics is about 8 KiB.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_get_and_head_and_drops_the_query() {
+        let r = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!((r.method, r.path), (Method::Get, "/metrics"));
+        let r = parse_request(b"HEAD /healthz HTTP/1.0\n\n").unwrap();
+        assert_eq!((r.method, r.path), (Method::Head, "/healthz"));
+        let r = parse_request(b"POST /healthz HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.method, Method::Other);
+    }
+
+    #[test]
+    fn malformed_requests_are_errors_not_panics() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /healthz\r\n\r\n",
+            b"GET /healthz HTTP/2.0\r\n\r\n",
+            b"GET healthz HTTP/1.1\r\n\r\n",
+            b"get /healthz HTTP/1.1\r\n\r\n",
+            b"GET  /healthz HTTP/1.1\r\n\r\n",
+            b"GET /healthz HTTP/1.1 extra\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ];
+        for head in bad {
+            assert!(
+                parse_request(head).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
+    fn head_end_is_found_with_crlf_or_lf() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(16));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn health_follows_the_gauges() {
+        let limits = HealthLimits::new(1000, 10);
+        assert_eq!(limits.sample_stale_after_ms, 10_000);
+        assert_eq!(limits.publish_stale_after_ms, 30_000);
+        let now = 1_700_000_000_000;
+        telemetry::set(Gauge::StartedMs, now - 5_000);
+        telemetry::set(Gauge::Ready, 0);
+        let (ok, body) = health(limits, now);
+        assert!(!ok);
+        assert_eq!(body["reasons"][0], "not ready");
+        telemetry::set(Gauge::Ready, 1);
+        telemetry::set(Gauge::LastSampleMs, now - 1_000);
+        let (ok, body) = health(limits, now);
+        assert!(ok, "{body}");
+        assert_eq!(body["last_sample_ms"], now - 1_000);
+        assert!(body["last_publish_ms"].is_null());
+        // 40 s later without a sample or a publish.
+        let (ok, body) = health(limits, now + 40_000);
+        assert!(!ok);
+        assert_eq!(body["reasons"].as_array().unwrap().len(), 2, "{body}");
+    }
+
+    #[test]
+    fn responses_carry_length_and_close() {
+        let r = Response::text(400, "nope");
+        let bytes = encode_response(&r, false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(text.contains("Content-Length: 5\r\n"));
+        assert!(text.ends_with("\r\n\r\nnope\n"));
+        let head = String::from_utf8(encode_response(&r, true)).unwrap();
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+}
