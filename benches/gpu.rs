@@ -31,7 +31,7 @@ fn script() -> String {
 fn sample(c: &mut Criterion, name: &str, library: &str, enumerate: bool) {
     let mut options = GpuOptions::new(library, 1000);
     if !enumerate {
-        options.process_every_samples = u64::MAX;
+        options.process_min_interval_ms = u64::MAX;
     }
     let mut collector = NvmlCollector::new(options);
     let first = collector.read(system_now_ms());

@@ -28,6 +28,7 @@ fn collector(fake: &FakeNvml) -> NvmlCollector {
     options.lost_retry_max = Duration::from_millis(100);
     options.init_retry_base = Duration::from_millis(100);
     options.init_retry_max = Duration::from_millis(100);
+    options.process_min_interval_ms = 0;
     NvmlCollector::new(options)
 }
 
@@ -116,6 +117,24 @@ fn processes_carry_memory_and_sm_utilization_since_the_last_sample() {
         assert_eq!(reading.processes.len(), 4, "PID 1003 in both lists once");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn processes_are_enumerated_at_most_once_per_period() {
+    let fake = FakeNvml::new();
+    fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
+    let mut c = NvmlCollector::new(GpuOptions::new(&fake.library_str(), INTERVAL_MS));
+    let t = system_now_ms();
+    assert!(process(&c.read(t), 0, 1001).is_some());
+    fake.script(&format!("{}process 0 compute 1002 100\n", devices(1)));
+    let between = c.read(t + 500);
+    assert!(
+        process(&between, 0, 1001).is_some() && process(&between, 0, 1002).is_none(),
+        "the last enumeration is carried between enumerations: {:?}",
+        between.processes
+    );
+    let after = c.read(t + gpu::PROCESS_ENUMERATION_MIN_INTERVAL_MS);
+    assert!(process(&after, 0, 1002).is_some() && process(&after, 0, 1001).is_none());
 }
 
 #[test]
