@@ -203,6 +203,25 @@ fn unsupported_calls_leave_their_values_absent() {
 }
 
 #[test]
+fn failing_calls_cost_their_own_data_only() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 0 compute 1001 100\nprocess 1 compute 2001 100\n\
+         error 0 nvmlDeviceGetComputeRunningProcesses_v3 999\n\
+         error 2 nvmlDeviceGetUtilizationRates 999\n",
+        devices(3)
+    ));
+    let mut c = collector(&fake);
+    let before = telemetry::get(Counter::GpuErrors);
+    let reading = c.read(system_now_ms());
+    let indices: Vec<u32> = reading.devices.iter().map(|d| d.index).collect();
+    assert_eq!(indices, vec![0, 1], "GPU 2 has no data this sample");
+    assert!(process(&reading, 0, 1001).is_none(), "GPU 0's list failed");
+    assert!(process(&reading, 1, 2001).is_some());
+    assert!(telemetry::get(Counter::GpuErrors) >= before + 2);
+}
+
+#[test]
 fn an_old_driver_without_the_v2_memory_call_falls_back_to_v1() {
     let fake = FakeNvml::with_defines(&["FAKE_NVML_NO_MEMORY_V2"]);
     fake.script(&devices(4));

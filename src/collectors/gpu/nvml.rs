@@ -328,8 +328,19 @@ impl Reader<'_> {
             )));
         }
         if enumerate {
-            let processes = self.processes(&device, index, total, mig, state)?;
-            state.processes = processes;
+            // A failed process list costs the processes, not the GPU's own series.
+            match self.processes(&device, index, total, mig, state) {
+                Ok(processes) => state.processes = processes,
+                Err(DeviceError::Lost) => return Err(DeviceError::Lost),
+                Err(DeviceError::Failed(reason)) => {
+                    telemetry::warn(
+                        Counter::GpuErrors,
+                        1,
+                        &format!("GPU {index}: {reason}; no processes this sample"),
+                    );
+                    state.processes.clear();
+                }
+            }
         }
         Ok(GpuDevice {
             index,
