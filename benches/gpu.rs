@@ -30,9 +30,8 @@ fn script() -> String {
 
 fn sample(c: &mut Criterion, name: &str, library: &str, enumerate: bool) {
     let mut options = GpuOptions::new(library, 1000);
-    if !enumerate {
-        options.process_every_samples = u64::MAX;
-    }
+    // Every sample lists processes, or only the first one does.
+    options.process_min_interval_ms = if enumerate { 0 } else { u64::MAX };
     let mut collector = NvmlCollector::new(options);
     let first = collector.read(system_now_ms());
     assert!(

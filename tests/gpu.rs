@@ -28,6 +28,7 @@ fn collector(fake: &FakeNvml) -> NvmlCollector {
     options.lost_retry_max = Duration::from_millis(100);
     options.init_retry_base = Duration::from_millis(100);
     options.init_retry_max = Duration::from_millis(100);
+    options.process_min_interval_ms = 0;
     NvmlCollector::new(options)
 }
 
@@ -119,6 +120,24 @@ fn processes_carry_memory_and_sm_utilization_since_the_last_sample() {
 }
 
 #[test]
+fn processes_are_enumerated_at_most_once_per_period() {
+    let fake = FakeNvml::new();
+    fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
+    let mut c = NvmlCollector::new(GpuOptions::new(&fake.library_str(), INTERVAL_MS));
+    let t = system_now_ms();
+    assert!(process(&c.read(t), 0, 1001).is_some());
+    fake.script(&format!("{}process 0 compute 1002 100\n", devices(1)));
+    let between = c.read(t + 500);
+    assert!(
+        process(&between, 0, 1001).is_some() && process(&between, 0, 1002).is_none(),
+        "the last enumeration is carried between enumerations: {:?}",
+        between.processes
+    );
+    let after = c.read(t + gpu::PROCESS_ENUMERATION_MIN_INTERVAL_MS);
+    assert!(process(&after, 0, 1002).is_some() && process(&after, 0, 1001).is_none());
+}
+
+#[test]
 fn no_new_utilization_samples_mean_idle_not_an_error() {
     let fake = FakeNvml::new();
     fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
@@ -181,6 +200,25 @@ fn unsupported_calls_leave_their_values_absent() {
     let p = process(&reading, 0, 1001).expect("process");
     assert_eq!(p.sm_utilization_percent, None);
     assert_eq!(p.used_memory_bytes, Some(100));
+}
+
+#[test]
+fn failing_calls_cost_their_own_data_only() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}process 0 compute 1001 100\nprocess 1 compute 2001 100\n\
+         error 0 nvmlDeviceGetComputeRunningProcesses_v3 999\n\
+         error 2 nvmlDeviceGetUtilizationRates 999\n",
+        devices(3)
+    ));
+    let mut c = collector(&fake);
+    let before = telemetry::get(Counter::GpuErrors);
+    let reading = c.read(system_now_ms());
+    let indices: Vec<u32> = reading.devices.iter().map(|d| d.index).collect();
+    assert_eq!(indices, vec![0, 1], "GPU 2 has no data this sample");
+    assert!(process(&reading, 0, 1001).is_none(), "GPU 0's list failed");
+    assert!(process(&reading, 1, 2001).is_some());
+    assert!(telemetry::get(Counter::GpuErrors) >= before + 2);
 }
 
 #[test]

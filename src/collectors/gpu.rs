@@ -35,7 +35,7 @@ pub struct GpuProcess {
 
 mod nvml;
 
-pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_EVERY_SAMPLES};
+pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_MIN_INTERVAL_MS};
 
 use std::time::Duration;
 

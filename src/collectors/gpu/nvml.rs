@@ -25,11 +25,12 @@ use crate::collectors::worker::Collect;
 use crate::sinks::backoff::Backoff;
 use crate::telemetry::{self, Counter};
 
-/// Processes are listed (and their SM utilization read) every this many samples. `benches/gpu.rs`
-/// measured a full sample of 8 GPUs with 16 processes over the fake library, and the same calls
-/// on a real H100 (docs/gpu.md): process enumeration is a small share of a sample that takes well
-/// under 1% of a 1 s interval, so it runs every sample.
-pub const PROCESS_ENUMERATION_EVERY_SAMPLES: u64 = 1;
+/// Processes are listed, and their SM utilization read, at most once per this period (every
+/// sample at the default 1 s interval, every 10th at 100 ms). Measured on an H100 with driver
+/// 580 (docs/gpu.md): listing compute and graphics processes costs about 50 us per GPU, but
+/// nvmlDeviceGetProcessUtilization about 1.4 ms per GPU (11 ms a sample for 8 GPUs), too much to
+/// run at 10 samples a second; the device calls themselves cost under 10 us per GPU.
+pub const PROCESS_ENUMERATION_MIN_INTERVAL_MS: u64 = 1000;
 
 /// Retry of a lost GPU (re-initialising NVML): from 1 s, doubling, up to 5 min, so a GPU that
 /// fell off the bus costs at most one init per 5 min once it is clearly gone.
@@ -59,7 +60,8 @@ pub struct GpuOptions {
     pub lost_retry_max: Duration,
     pub init_retry_base: Duration,
     pub init_retry_max: Duration,
-    pub process_every_samples: u64,
+    /// Processes are enumerated at most once per this many ms (u64::MAX: only once).
+    pub process_min_interval_ms: u64,
 }
 
 impl GpuOptions {
@@ -71,7 +73,7 @@ impl GpuOptions {
             lost_retry_max: LOST_GPU_RETRY_MAX,
             init_retry_base: INIT_RETRY_BASE,
             init_retry_max: INIT_RETRY_MAX,
-            process_every_samples: PROCESS_ENUMERATION_EVERY_SAMPLES,
+            process_min_interval_ms: PROCESS_ENUMERATION_MIN_INTERVAL_MS,
         }
     }
 }
@@ -102,6 +104,9 @@ struct DeviceState {
     last_seen_us: Option<u64>,
     /// The processes of the last enumeration (reused between enumerations).
     processes: Vec<GpuProcess>,
+    /// MIG mode, read once per initialisation: it changes only with a GPU reset, and the call
+    /// costs about 80 us on an H100 (more than the rest of the device reads together).
+    mig: Option<bool>,
 }
 
 /// Reads every GPU through NVML. Owns the library handle; meant to run on a collector thread.
@@ -113,7 +118,8 @@ pub struct NvmlCollector {
     warned_unavailable: bool,
     memory_v1: bool,
     devices: Vec<DeviceState>,
-    samples_taken: u64,
+    /// When processes were last enumerated (tick ms).
+    last_enumeration_ms: Option<u64>,
 }
 
 impl Collect for NvmlCollector {
@@ -134,7 +140,7 @@ impl NvmlCollector {
             warned_unavailable: false,
             memory_v1: false,
             devices: Vec::new(),
-            samples_taken: 0,
+            last_enumeration_ms: None,
         }
     }
 
@@ -176,8 +182,12 @@ impl NvmlCollector {
         };
         self.devices
             .resize_with(count as usize, DeviceState::default);
-        let enumerate = self.samples_taken % self.options.process_every_samples.max(1) == 0;
-        self.samples_taken += 1;
+        let enumerate = self.last_enumeration_ms.is_none_or(|last| {
+            tick_ms.saturating_sub(last) >= self.options.process_min_interval_ms
+        });
+        if enumerate {
+            self.last_enumeration_ms = Some(tick_ms);
+        }
         let mut reader = Reader {
             nvml,
             tick_ms,
@@ -244,6 +254,9 @@ impl NvmlCollector {
                 );
                 self.nvml = Some(nvml);
                 self.init_backoff.reset();
+                for state in &mut self.devices {
+                    state.mig = None;
+                }
                 self.warned_unavailable = false;
                 true
             }
@@ -293,8 +306,15 @@ impl Reader<'_> {
             .device_by_index(index)
             .map_err(DeviceError::from("nvmlDeviceGetHandleByIndex"))?;
         let uuid = optional(device.uuid(), "nvmlDeviceGetUUID")?.unwrap_or_default();
-        let mig = optional(device.mig_mode(), "nvmlDeviceGetMigMode")?
-            .is_some_and(|m| m.current == MIG_ENABLED);
+        let mig = match state.mig {
+            Some(mig) => mig,
+            None => {
+                let mig = optional(device.mig_mode(), "nvmlDeviceGetMigMode")?
+                    .is_some_and(|m| m.current == MIG_ENABLED);
+                state.mig = Some(mig);
+                mig
+            }
+        };
         let utilization_percent = if mig {
             None
         } else {
@@ -308,8 +328,19 @@ impl Reader<'_> {
             )));
         }
         if enumerate {
-            let processes = self.processes(&device, index, total, mig, state)?;
-            state.processes = processes;
+            // A failed process list costs the processes, not the GPU's own series.
+            match self.processes(&device, index, total, mig, state) {
+                Ok(processes) => state.processes = processes,
+                Err(DeviceError::Lost) => return Err(DeviceError::Lost),
+                Err(DeviceError::Failed(reason)) => {
+                    telemetry::warn(
+                        Counter::GpuErrors,
+                        1,
+                        &format!("GPU {index}: {reason}; no processes this sample"),
+                    );
+                    state.processes.clear();
+                }
+            }
         }
         Ok(GpuDevice {
             index,
