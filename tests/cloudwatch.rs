@@ -89,7 +89,7 @@ fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
             "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
              [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\n\
              [output]\nspool_dir = \"{}\"\nretry_max_seconds = 2\n{output}\n\
-             [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n",
+             [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n",
             dir.path().join("spool").display(),
             proc.display()
         ),

@@ -26,7 +26,7 @@ fn config(enhanced: bool, destination: &str) -> String {
     format!(
         "[endpoint]\nname = \"core-test\"\nvariant = \"AllTraffic\"\ninstance_id = \"test-host\"\n\
          [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n\
-         [output]\nemf_destination = \"{destination}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n"
+         [output]\nemf_destination = \"{destination}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n"
     )
 }
 

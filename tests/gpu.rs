@@ -377,6 +377,7 @@ fn run_agent(
              [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\n\
              [output]\nemf_destination = \"file:{}\"\n\
              [log]\nlevel = \"info\"\n\
+             [docker]\nenabled = false\n[admin]\nenabled = false\n\
              [gpu]\nnvml_library = \"{library}\"\n{extra_gpu}\n",
             emf.display()
         ),

@@ -53,6 +53,9 @@ emf_destination = "file:{}"
 [gpu]
 enabled = false
 
+[docker]
+enabled = false
+
 [admin]
 listen = "127.0.0.1:{port}"
 {extra}
