@@ -4,17 +4,22 @@
 #
 # Idempotent: what exists is kept. Run as root on Debian bookworm.
 #   scripts/setup/ops.sh            systemd-analyze + runtime base image (ema-debian-bookworm:local)
+#   EMA_SYSTEMD_IMAGE=1 scripts/setup/ops.sh
+#                                   also ema-systemd-test:local: Debian with systemd as PID 1, to run
+#                                   the unit under a real systemd (tests/ops.rs, EMA_SYSTEMD_CONTAINER_TEST=1)
 #   EMA_BUILDER_IMAGE=1 scripts/setup/ops.sh
 #                                   also the builder base (ema-rust-builder:local): Debian + gcc + the
 #                                   host's Rust toolchain and crate cache, for a from-source image build
 # Environment:
 #   EMA_BASE_IMAGE      tag of the runtime base         (default ema-debian-bookworm:local)
 #   EMA_RUST_IMAGE      tag of the builder base          (default ema-rust-builder:local)
+#   EMA_SYSTEMD_IMAGE_TAG  tag of the systemd image      (default ema-systemd-test:local)
 #   EMA_DEBIAN_MIRROR   mirror for debootstrap           (default: the first deb.debian.org-style URI apt uses)
 set -euo pipefail
 
 BASE_IMAGE="${EMA_BASE_IMAGE:-ema-debian-bookworm:local}"
 RUST_IMAGE="${EMA_RUST_IMAGE:-ema-rust-builder:local}"
+SYSTEMD_IMAGE="${EMA_SYSTEMD_IMAGE_TAG:-ema-systemd-test:local}"
 WORK="${EMA_OPS_WORK:-/var/tmp/ema-ops}"
 
 apt_updated=0
@@ -62,6 +67,13 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   tar -C "$WORK/rootfs-runtime" --exclude=./.complete --numeric-owner -c . \
     | docker import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE"
   echo "imported $BASE_IMAGE"
+fi
+
+if [ "${EMA_SYSTEMD_IMAGE:-0}" = 1 ] && ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
+  make_rootfs "$WORK/rootfs-systemd" --include=systemd,systemd-sysv,dbus
+  tar -C "$WORK/rootfs-systemd" --exclude=./.complete --numeric-owner -c . \
+    | docker import --change 'CMD ["/sbin/init"]' - "$SYSTEMD_IMAGE"
+  echo "imported $SYSTEMD_IMAGE"
 fi
 
 if [ "${EMA_BUILDER_IMAGE:-0}" = 1 ] && ! docker image inspect "$RUST_IMAGE" >/dev/null 2>&1; then
