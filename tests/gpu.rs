@@ -1,5 +1,5 @@
 //! GPU metrics through the real nvml-wrapper code path over a scripted fake driver library
-//! (tests/fixtures/fake_nvml), one copy per test; and, with EMA_REAL_NVML=1 on a machine with an
+//! (tests/fixtures/fake_nvml), one copy per test; and, with `--ignored` on a machine with an
 //! NVIDIA GPU, the same collector and binary against the real driver (docs/gpu.md).
 
 #[path = "common/fake_nvml.rs"]
@@ -597,17 +597,11 @@ fn a_hanging_nvml_call_never_stalls_host_metrics() {
     assert!(run.stderr.contains("gpu_reads_missed"), "{}", run.stderr);
 }
 
-// ---- Against a real driver (EMA_REAL_NVML=1) ----
+// ---- Against a real driver (`--ignored`, on a GPU host) ----
 
-fn real_library() -> Option<String> {
-    if std::env::var("EMA_REAL_NVML").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: set EMA_REAL_NVML=1 on a machine with an NVIDIA GPU and driver \
-             (EMA_NVML_LIBRARY overrides libnvidia-ml.so.1)"
-        );
-        return None;
-    }
-    Some(std::env::var("EMA_NVML_LIBRARY").unwrap_or_else(|_| "libnvidia-ml.so.1".into()))
+/// The real driver library; these tests are `#[ignore]`d and run with `--ignored` on a GPU host.
+fn real_library() -> String {
+    std::env::var("EMA_NVML_LIBRARY").unwrap_or_else(|_| "libnvidia-ml.so.1".into())
 }
 
 fn check_real_reading(reading: &GpuReading) {
@@ -638,10 +632,9 @@ fn check_real_reading(reading: &GpuReading) {
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test gpu real_driver -- --ignored"]
 fn real_driver_readings_are_plausible() {
-    let Some(library) = real_library() else {
-        return;
-    };
+    let library = real_library();
     let mut c = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS));
     let first = c.read(system_now_ms());
     check_real_reading(&first);
@@ -653,10 +646,9 @@ fn real_driver_readings_are_plausible() {
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test gpu real_driver -- --ignored"]
 fn real_driver_binary_publishes_every_gpu() {
-    let Some(library) = real_library() else {
-        return;
-    };
+    let library = real_library();
     let count = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS))
         .read(system_now_ms())
         .devices
@@ -678,10 +670,9 @@ fn real_driver_binary_publishes_every_gpu() {
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU and driver: cargo test --test gpu real_driver -- --ignored"]
 fn real_driver_lists_a_cuda_process_with_memory_and_sm_utilization() {
-    let Some(library) = real_library() else {
-        return;
-    };
+    let library = real_library();
     let dir = tempfile::tempdir().unwrap();
     let load = dir.path().join("cuda_load");
     fake_nvml::compile("tests/fixtures/cuda_load/cuda_load.c", &load, &[], &[]);
