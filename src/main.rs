@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
-use endpoint_metrics_agent::plan::{plan, HostShape};
+use endpoint_metrics_agent::plan::{discover, plan, HostShape};
 use endpoint_metrics_agent::{admin, agent, logging};
 
 #[derive(Parser)]
@@ -80,17 +80,26 @@ fn main() -> ExitCode {
             components,
         } => match Config::load(&config) {
             Ok(c) => {
-                // What discovery finds now; GPU and container discovery plug in here.
-                let found = HostShape {
-                    gpus: 0,
-                    containers: 0,
-                    components: 0,
+                // What the agent's own collectors find on this host now.
+                let found = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(discover(&c)),
+                    Err(e) => {
+                        eprintln!("error: cannot build the async runtime: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 };
                 let containers = containers.unwrap_or(found.containers);
                 let shape = HostShape {
                     gpus: gpus.unwrap_or(found.gpus),
                     containers,
-                    components: components.unwrap_or(containers),
+                    components: components.unwrap_or(if containers == found.containers {
+                        found.components
+                    } else {
+                        containers
+                    }),
                 };
                 // A report for a person, asked for explicitly: stdout.
                 #[allow(clippy::print_stdout)]

@@ -603,3 +603,55 @@ fn discovery_resubscribes_when_the_engine_goes_away_and_comes_back() {
         "{stderr}"
     );
 }
+
+/// `plan` counts what discovery finds now: model copies and their components, through a label
+/// only this test uses (other tests' containers run on the same engine).
+#[test]
+fn plan_counts_the_model_copies_discovery_finds() {
+    if !docker_ready() {
+        return;
+    }
+    let label = format!("ema-plan-{}-{}", std::process::id(), now_ms());
+    let image = image();
+    let mut containers = Containers::default();
+    for component in ["a", "a", "b"] {
+        containers.run(&[
+            "--label",
+            &format!("{label}={component}"),
+            &image,
+            "sleep",
+            "120",
+        ]);
+    }
+    containers.run(&[&image, "sleep", "120"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoint]\nname = \"plan-test\"\ninstance_id = \"test-host\"\n\
+             [metrics]\nenhanced = true\n[gpu]\nenabled = false\n\
+             [docker]\nsocket = \"{}\"\ncomponent_label = \"{label}\"\n",
+            engine_socket()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(AGENT)
+        .args(["plan", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("host: 0 GPUs, 3 containers in 2 components;"),
+        "three labelled copies of two components, the unlabelled one ignored: {text}"
+    );
+    // Per copy with enhanced metrics: 2 metrics x {InferenceComponentName} (shared by the copies
+    // of a component) and x the per-container set.
+    assert!(text.contains("CPUUtilizationNormalized  {EndpointName,VariantName,InstanceId,InferenceComponentName,ContainerId}  x3"), "{text}");
+}
