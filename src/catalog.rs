@@ -61,6 +61,19 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The agent's own figures (`Scope::Agent`), published once per window with self-metrics on.
+    pub const AGENT: [Metric; 9] = [
+        Metric::AgentCpuTime,
+        Metric::AgentResidentMemory,
+        Metric::AgentSamplesTaken,
+        Metric::AgentSamplesMissed,
+        Metric::AgentPublishLatency,
+        Metric::AgentErrors,
+        Metric::AgentQueuedWindows,
+        Metric::AgentSpooledWindows,
+        Metric::AgentDroppedPoints,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::CpuUtilization => "CPUUtilization",

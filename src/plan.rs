@@ -60,17 +60,7 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Gpu { .. } => &[GpuUtilization, GpuMemoryUtilization],
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
-        Scope::Agent => &[
-            AgentCpuTime,
-            AgentResidentMemory,
-            AgentSamplesTaken,
-            AgentSamplesMissed,
-            AgentPublishLatency,
-            AgentErrors,
-            AgentQueuedWindows,
-            AgentSpooledWindows,
-            AgentDroppedPoints,
-        ],
+        Scope::Agent => &Metric::AGENT,
     }
 }
 

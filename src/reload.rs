@@ -90,6 +90,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     restart!("host", host);
     restart!("gpu.enabled", gpu.enabled);
     restart!("gpu.nvml_library", gpu.nvml_library);
+    restart!("gpu.process_interval_ms", gpu.process_interval_ms);
     restart!("admin", admin);
     // A section added later that nobody taught this module about: say so rather than ignore it.
     let mut known = effective.clone();
@@ -114,6 +115,7 @@ fn copy_restart_keys(into: &mut Config, new: &Config) {
     into.host = new.host.clone();
     into.gpu.enabled = new.gpu.enabled;
     into.gpu.nvml_library = new.gpu.nvml_library.clone();
+    into.gpu.process_interval_ms = new.gpu.process_interval_ms;
     into.admin = new.admin.clone();
 }
 

@@ -111,7 +111,9 @@ pub fn spawn(
         tracing::info!("GPU metrics disabled by configuration");
         return Ok(None);
     }
-    let collector = NvmlCollector::new(GpuOptions::new(&config.nvml_library, sample_interval_ms));
+    let mut options = GpuOptions::new(&config.nvml_library, sample_interval_ms);
+    options.process_min_interval_ms = config.process_interval_ms;
+    let collector = NvmlCollector::new(options);
     Worker::spawn("gpu", collector).map(Some)
 }
 
