@@ -31,10 +31,12 @@ end_ticks=$(ticks)
 end_ns=$(date +%s%N)
 hwm_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+anon_kb=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status")
+file_kb=$(awk '/^RssFile/ {print $2}' "/proc/$pid/status")
 kill -TERM $pid
 wait $pid || true
 awk -v t0="$start_ticks" -v t1="$end_ticks" -v n0="$start_ns" -v n1="$end_ns" -v hz="$clk_tck" \
-    -v hwm="$hwm_kb" -v rss="$rss_kb" 'BEGIN {
+    -v hwm="$hwm_kb" -v rss="$rss_kb" -v anon="$anon_kb" -v file="$file_kb" 'BEGIN {
         cpu_s = (t1 - t0) / hz; wall_s = (n1 - n0) / 1e9;
-        printf "wall %.0f s, agent CPU %.2f s = %.4f%% of one core, peak RSS (VmHWM) %.1f MiB, RSS at end %.1f MiB\n",
-            wall_s, cpu_s, 100 * cpu_s / wall_s, hwm / 1024, rss / 1024 }'
+        printf "wall %.0f s, agent CPU %.2f s = %.4f%% of one core, peak RSS (VmHWM) %.1f MiB, RSS at end %.1f MiB (anonymous %.1f MiB, file-backed %.1f MiB)\n",
+            wall_s, cpu_s, 100 * cpu_s / wall_s, hwm / 1024, rss / 1024, anon / 1024, file / 1024 }'
