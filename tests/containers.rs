@@ -18,6 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+#[path = "common/fake_nvml.rs"]
+mod fake_nvml;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
 const COMPONENTS_NS: &str = "/aws/sagemaker/InferenceComponents";
 const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
@@ -109,6 +112,11 @@ struct Agent {
 
 impl Agent {
     fn start(socket: &str) -> Agent {
+        Agent::start_with(socket, "[gpu]\nenabled = false\n", "")
+    }
+
+    /// With a `[gpu]` section of the caller's and extra `[docker]` keys.
+    fn start_with(socket: &str, gpu: &str, docker_extra: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("emf.jsonl");
         let config = dir.path().join("agent.toml");
@@ -118,8 +126,8 @@ impl Agent {
                 "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
                  [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
                  [output]\nemf_destination = \"file:{}\"\n\
-                 [gpu]\nenabled = false\n\
-                 [docker]\nsocket = \"{socket}\"\n",
+                 [admin]\nenabled = false\n{gpu}\
+                 [docker]\nsocket = \"{socket}\"\n{docker_extra}",
                 out.display()
             ),
         )
@@ -654,4 +662,133 @@ fn plan_counts_the_model_copies_discovery_finds() {
     // Per copy with enhanced metrics: 2 metrics x {InferenceComponentName} (shared by the copies
     // of a component) and x the per-container set.
     assert!(text.contains("CPUUtilizationNormalized  {EndpointName,VariantName,InstanceId,InferenceComponentName,ContainerId}  x3"), "{text}");
+}
+
+/// The whole attribution path: NVML (the fake driver, scripted with the host PIDs of two real
+/// containers and of a process in no container) -> `/proc/<pid>/cgroup` -> container ->
+/// component, against the GPUs each container declares through `NVIDIA_VISIBLE_DEVICES`.
+#[test]
+fn gpu_use_is_attributed_to_the_containers_that_run_it() {
+    if !docker_ready() {
+        return;
+    }
+    let label = format!("ema-gpu-{}-{}", std::process::id(), now_ms());
+    let image = image();
+    let mut containers = Containers::default();
+    let a = containers.run(&[
+        "--label",
+        &format!("{label}=model-a"),
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=0",
+        &image,
+        "sleep",
+        "300",
+    ]);
+    let b = containers.run(&[
+        "--label",
+        &format!("{label}=model-b"),
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=1",
+        &image,
+        "sleep",
+        "300",
+    ]);
+    let pid = |id: &str| docker(&["inspect", "-f", "{{.State.Pid}}", id]).unwrap();
+    let (pid_a, pid_b) = (pid(&a), pid(&b));
+    const GIB: u64 = 1 << 30;
+    let fake = fake_nvml::FakeNvml::new();
+    // GPU 0: 20 of 80 GiB used, 16 by model-a and 4 by this test process (in no container);
+    // GPU 1: 10 GiB used, 8 by model-b. SM: model-a 50 %, model-b 25 %.
+    fake.script(&format!(
+        "device 0 uuid=GPU-a util=60 mem_used={} mem_total={}\n\
+         device 1 uuid=GPU-b util=30 mem_used={} mem_total={}\n\
+         process 0 compute {pid_a} {}\nprocess 0 compute {} {}\nprocess 1 compute {pid_b} {}\n\
+         sample 0 {pid_a} 50\nsample 1 {pid_b} 25\n",
+        20 * GIB,
+        80 * GIB,
+        10 * GIB,
+        80 * GIB,
+        16 * GIB,
+        std::process::id(),
+        4 * GIB,
+        8 * GIB,
+    ));
+    let gpu = format!(
+        "[gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n",
+        fake.library_str()
+    );
+    let agent = Agent::start_with(
+        &engine_socket(),
+        &gpu,
+        &format!("component_label = \"{label}\"\n"),
+    );
+    let short = |id: &str| id[..12].to_string();
+    // A window in which both copies were known from its start: all its GPU values are settled.
+    let window = agent.wait_for("a window with both copies' GPU series", |docs| {
+        let mut starts: Vec<u64> = docs.iter().map(timestamp_ms).collect();
+        starts.dedup();
+        starts.into_iter().find(|&t| {
+            [&a, &b].iter().all(|id| {
+                of_container(docs, &short(id)).iter().any(|d| {
+                    timestamp_ms(d) == t && !values(d, "GPUMemoryUtilizationNormalized").is_empty()
+                })
+            }) && docs.iter().any(|d| timestamp_ms(d) < t)
+        })
+    });
+    let docs = agent.documents();
+    let in_window: Vec<&Value> = docs.iter().filter(|d| timestamp_ms(d) == window).collect();
+    let container_values = |id: &str, metric: &str, gpu: Option<&str>| -> Vec<f64> {
+        in_window
+            .iter()
+            .filter(|d| d["ContainerId"] == short(id).as_str())
+            .filter(|d| match gpu {
+                Some(g) => d["GpuId"] == g,
+                None => d.get("GpuId").is_none(),
+            })
+            .flat_map(|d| values(d, metric))
+            .collect()
+    };
+    let all_near =
+        |v: &[f64], expected: f64| !v.is_empty() && v.iter().all(|x| (x - expected).abs() < 1e-9);
+    // Against the one GPU each copy declares.
+    let a_mem = container_values(&a, "GPUMemoryUtilizationNormalized", None);
+    assert!(all_near(&a_mem, 20.0), "model-a: 16 of 80 GiB: {a_mem:?}");
+    let b_mem = container_values(&b, "GPUMemoryUtilizationNormalized", None);
+    assert!(all_near(&b_mem, 10.0), "model-b: 8 of 80 GiB: {b_mem:?}");
+    let a_sm = container_values(&a, "GPUUtilizationNormalized", None);
+    assert!(all_near(&a_sm, 50.0), "model-a SM: {a_sm:?}");
+    let b_sm = container_values(&b, "GPUUtilizationNormalized", None);
+    assert!(all_near(&b_sm, 25.0), "model-b SM: {b_sm:?}");
+    // Per GPU (enhanced): each copy on its own GPU only.
+    assert!(all_near(
+        &container_values(&a, "GPUMemoryUtilizationNormalized", Some("0")),
+        20.0
+    ));
+    assert!(container_values(&a, "GPUMemoryUtilizationNormalized", Some("1")).is_empty());
+    assert!(all_near(
+        &container_values(&b, "GPUMemoryUtilizationNormalized", Some("1")),
+        10.0
+    ));
+    // The rest of GPU 0's memory (this test's 4 GiB and 0 unlisted) is unattributed: the copies'
+    // shares and the unattributed share add up to the device figure.
+    let gpu0 = in_window
+        .iter()
+        .find(|d| {
+            namespace(d) == ENDPOINTS_NS && d["GpuId"] == "0" && d.get("ContainerId").is_none()
+        })
+        .expect("GPU 0's own document");
+    assert!(all_near(&values(gpu0, "GPUMemoryUtilization"), 25.0));
+    assert!(
+        all_near(&values(gpu0, "GPUMemoryUtilizationUnattributed"), 5.0),
+        "{gpu0}"
+    );
+    // Both GPUs are allocated to copies.
+    let instance = in_window
+        .iter()
+        .find(|d| namespace(d) == ENDPOINTS_NS && !values(d, "GPUReservation").is_empty())
+        .expect("an instance document with GPUReservation");
+    assert!(
+        all_near(&values(instance, "GPUReservation"), 100.0),
+        "{instance}"
+    );
 }
