@@ -316,20 +316,7 @@ mod tests {
     }
 
     fn ctx(enhanced: bool) -> EncodeContext {
-        EncodeContext {
-            identity: Identity {
-                endpoint_name: "e".into(),
-                variant_name: "v".into(),
-                instance_id: "i-1".into(),
-            },
-            enhanced,
-            endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
-            components_namespace: "/aws/sagemaker/InferenceComponents".into(),
-            self_metrics_namespace: "EndpointMetricsAgent".into(),
-            gpu_dimension_name: "GpuId".into(),
-            storage_resolution: 1,
-            log_group: None,
-        }
+        crate::encode::test_context(enhanced)
     }
 
     #[test]

@@ -522,8 +522,6 @@ mod tests {
     #[test]
     fn per_gpu_container_and_unattributed_series_are_published_with_their_dimensions() {
         use crate::agent::Pipeline;
-        use crate::catalog::Identity;
-        use crate::encode::EncodeContext;
         let a = "a".repeat(64);
         let mut inventory = Inventory::default();
         inventory
@@ -541,20 +539,7 @@ mod tests {
             &mut samples,
         );
         let docs = |enhanced| {
-            let ctx = EncodeContext {
-                identity: Identity {
-                    endpoint_name: "e".into(),
-                    variant_name: "v".into(),
-                    instance_id: "i-1".into(),
-                },
-                enhanced,
-                endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
-                components_namespace: "/aws/sagemaker/InferenceComponents".into(),
-                self_metrics_namespace: "EndpointMetricsAgent".into(),
-                gpu_dimension_name: "GpuId".into(),
-                storage_resolution: 1,
-                log_group: None,
-            };
+            let ctx = crate::encode::test_context(enhanced);
             let mut p = Pipeline::new(
                 ctx,
                 60,

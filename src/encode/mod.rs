@@ -158,3 +158,23 @@ fn new_group<'a>(
         metrics: Vec::new(),
     }
 }
+
+/// The context unit tests encode with: endpoint "e", variant "v", instance "i-1", the default
+/// namespaces, `GpuId`, high resolution.
+#[cfg(test)]
+pub(crate) fn test_context(enhanced: bool) -> EncodeContext {
+    EncodeContext {
+        identity: Identity {
+            endpoint_name: "e".into(),
+            variant_name: "v".into(),
+            instance_id: "i-1".into(),
+        },
+        enhanced,
+        endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
+        components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+        self_metrics_namespace: "EndpointMetricsAgent".into(),
+        gpu_dimension_name: "GpuId".into(),
+        storage_resolution: 1,
+        log_group: None,
+    }
+}
