@@ -620,6 +620,8 @@ fn plan_counts_the_model_copies_discovery_finds() {
         return;
     }
     let label = format!("ema-plan-{}-{}", std::process::id(), now_ms());
+    // Other tests name copies through the default environment variable: use one of our own.
+    let env = format!("EMA_PLAN_{}", std::process::id());
     let image = image();
     let mut containers = Containers::default();
     for component in ["a", "a", "b"] {
@@ -639,7 +641,7 @@ fn plan_counts_the_model_copies_discovery_finds() {
         format!(
             "[endpoint]\nname = \"plan-test\"\ninstance_id = \"test-host\"\n\
              [metrics]\nenhanced = true\n[gpu]\nenabled = false\n\
-             [docker]\nsocket = \"{}\"\ncomponent_label = \"{label}\"\n",
+             [docker]\nsocket = \"{}\"\ncomponent_label = \"{label}\"\ncomponent_env = \"{env}\"\n",
             engine_socket()
         ),
     )
@@ -720,7 +722,11 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     let agent = Agent::start_with(
         &engine_socket(),
         &gpu,
-        &format!("component_label = \"{label}\"\n"),
+        // Our own label and variable: other tests' copies are not part of this host's picture.
+        &format!(
+            "component_label = \"{label}\"\ncomponent_env = \"EMA_GPU_{}\"\n",
+            std::process::id()
+        ),
     );
     let short = |id: &str| id[..12].to_string();
     // A window in which both copies were known from its start: all its GPU values are settled.
