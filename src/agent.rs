@@ -15,7 +15,7 @@ use crate::clock::{system_now_ms, window_start_ms, Ticker};
 use crate::collectors::containers::ContainerMetrics;
 use crate::collectors::gpu;
 use crate::collectors::host::{HostCollector, HostError, HostReading};
-use crate::collectors::worker::{Collect, Outcome, Worker};
+use crate::collectors::worker::{Collect, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
 use crate::identity::resolve_instance_id;
@@ -269,23 +269,18 @@ async fn read_host(
     timeout: Duration,
     out: &mut Vec<Sample>,
 ) {
-    match host.read(tick_ms, timeout).await {
-        Outcome::Reading((reading, errors)) => {
-            telemetry::add(Counter::SamplesTaken, 1);
-            telemetry::set(crate::telemetry::Gauge::LastSampleMs, tick_ms);
-            for error in &errors {
-                telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
-            }
-            reading.samples(out);
-        }
-        Outcome::TimedOut => telemetry::warn(Counter::SamplesMissed, 1, "host collector timed out"),
-        Outcome::Stalled => {
-            telemetry::warn(Counter::SamplesMissed, 1, "host collector still stuck")
-        }
-        Outcome::Gone => {
-            telemetry::warn(Counter::SamplesMissed, 1, "host collector thread is gone")
-        }
+    let Some((reading, errors)) = host
+        .read_or_count(tick_ms, timeout, Counter::SamplesMissed)
+        .await
+    else {
+        return;
+    };
+    telemetry::add(Counter::SamplesTaken, 1);
+    telemetry::set(crate::telemetry::Gauge::LastSampleMs, tick_ms);
+    for error in &errors {
+        telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
     }
+    reading.samples(out);
 }
 
 fn publish(tx: &mpsc::Sender<Encoded>, batch: Encoded) {

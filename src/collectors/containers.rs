@@ -14,7 +14,7 @@ use crate::collectors::cgroup::{
     CgroupCollector, CgroupError, ContainerReading, HostCapacity, PidContainers,
 };
 use crate::collectors::gpu::GpuReading;
-use crate::collectors::worker::{Collect, Outcome, Worker};
+use crate::collectors::worker::{Collect, Worker};
 use crate::config::Config;
 use crate::discovery::{docker, Inventory};
 use crate::telemetry::{self, Counter};
@@ -74,23 +74,16 @@ impl ContainerMetrics {
         gpu: Option<&GpuReading>,
         out: &mut Vec<Sample>,
     ) {
-        match self.worker.read(tick_ms, timeout).await {
-            Outcome::Reading((reading, errors)) => {
-                for error in &errors {
-                    telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
-                }
-                reading.samples(out);
-                self.inventory = reading.inventory;
+        if let Some((reading, errors)) = self
+            .worker
+            .read_or_count(tick_ms, timeout, Counter::SamplesMissed)
+            .await
+        {
+            for error in &errors {
+                telemetry::warn(Counter::CollectorErrors, 1, &error.to_string());
             }
-            Outcome::TimedOut => {
-                telemetry::warn(Counter::SamplesMissed, 1, "cgroup collector timed out")
-            }
-            Outcome::Stalled => {
-                telemetry::warn(Counter::SamplesMissed, 1, "cgroup collector still stuck")
-            }
-            Outcome::Gone => {
-                telemetry::warn(Counter::SamplesMissed, 1, "cgroup collector thread is gone")
-            }
+            reading.samples(out);
+            self.inventory = reading.inventory;
         }
         if let Some(gpu) = gpu {
             self.attribute(gpu, out);

@@ -40,8 +40,8 @@ pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_MIN_INTERVAL_MS};
 use std::time::Duration;
 
 use crate::catalog::{Metric, Sample, Scope};
-use crate::collectors::worker::{Outcome, Worker};
-use crate::telemetry::{self, Counter};
+use crate::collectors::worker::Worker;
+use crate::telemetry::Counter;
 
 impl GpuDevice {
     /// Memory used / total in percent; None where the total is unknown (0).
@@ -125,14 +125,9 @@ pub async fn read(
     tick_ms: u64,
     timeout: Duration,
 ) -> Option<GpuReading> {
-    let reason = match worker?.read(tick_ms, timeout).await {
-        Outcome::Reading(reading) => return Some(reading),
-        Outcome::TimedOut => "an NVML call did not return in time: no GPU data for this tick",
-        Outcome::Stalled => "an NVML call is still stuck: no GPU data for this tick",
-        Outcome::Gone => "the GPU collector thread is gone: no GPU data",
-    };
-    telemetry::warn(Counter::GpuReadsMissed, 1, reason);
-    None
+    worker?
+        .read_or_count(tick_ms, timeout, Counter::GpuReadsMissed)
+        .await
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::telemetry::{self, Counter};
+
 /// A collector that a [`Worker`] runs on its thread.
 pub trait Collect: Send + 'static {
     type Reading: Send + 'static;
@@ -66,6 +68,28 @@ impl<R: Send + 'static> Worker<R> {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// [`Worker::read`] for the sampling loop: the reading, or None with the reason logged and
+    /// counted under `missed`, so every caller accounts for a missing tick the same way.
+    pub async fn read_or_count(
+        &mut self,
+        tick_ms: u64,
+        timeout: Duration,
+        missed: Counter,
+    ) -> Option<R> {
+        let reason = match self.read(tick_ms, timeout).await {
+            Outcome::Reading(reading) => return Some(reading),
+            Outcome::TimedOut => "did not finish in time",
+            Outcome::Stalled => "is still stuck from an earlier tick",
+            Outcome::Gone => "thread is gone",
+        };
+        telemetry::warn(
+            missed,
+            1,
+            &format!("{} collector {reason}: no data for this tick", self.name),
+        );
+        None
     }
 
     /// Asks for the reading of tick `tick_ms` and waits at most `timeout` for it.
@@ -137,6 +161,25 @@ mod tests {
             Outcome::Reading(4),
             "stale reply dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn read_or_count_counts_a_missing_tick_under_the_given_counter() {
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let mut w = Worker::spawn("slow", Slow(delay.clone())).unwrap();
+        let missed = Counter::GpuReadsMissed;
+        let before = telemetry::get(missed);
+        assert_eq!(
+            w.read_or_count(1, Duration::from_secs(5), missed).await,
+            Some(1)
+        );
+        assert_eq!(telemetry::get(missed), before, "a reading counts nothing");
+        *delay.lock().unwrap() = Duration::from_millis(300);
+        assert_eq!(
+            w.read_or_count(2, Duration::from_millis(20), missed).await,
+            None
+        );
+        assert!(telemetry::get(missed) > before);
     }
 
     struct Panics;
