@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use crate::config::EmfDestination;
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, UDP_MAX_DOCUMENT_BYTES};
+use crate::encode::Encoded;
 use crate::telemetry::{self, Counter, Gauge};
 
 /// Batches kept while the destination is unreachable: about an hour of a large host's windows.
@@ -178,7 +179,7 @@ fn joined(batch: &[String]) -> Vec<u8> {
 
 /// Writes batches from `rx` until it closes, then writes what is still pending, for at most
 /// `drain_deadline` after the close if the destination is failing.
-pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Batch>, drain_for: Duration) {
+pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, drain_for: Duration) {
     let mut pending: VecDeque<Batch> = VecDeque::new();
     let mut pending_bytes = 0usize;
     let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
@@ -194,7 +195,14 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Batch>, drain_for
                 _ => Some(rx.recv().await),
             };
             match received {
-                Some(Some(batch)) => {
+                Some(Some(Encoded::PutMetricData { .. })) => telemetry::warn(
+                    Counter::WindowsDropped,
+                    1,
+                    "a PutMetricData window reached the EMF writer; dropped",
+                ),
+                Some(Some(Encoded::Emf {
+                    documents: batch, ..
+                })) => {
                     pending_bytes += batch.iter().map(String::len).sum::<usize>();
                     pending.push_back(batch);
                     while pending_bytes > MAX_PENDING_BYTES && pending.len() > 1 {
@@ -270,6 +278,13 @@ mod tests {
     use super::*;
     use tokio::io::AsyncBufReadExt;
 
+    fn emf(documents: Batch) -> Encoded {
+        Encoded::Emf {
+            window_start_ms: 0,
+            documents,
+        }
+    }
+
     #[tokio::test]
     async fn file_destination_appends_one_document_per_line() {
         let dir = tempfile::tempdir().unwrap();
@@ -280,10 +295,10 @@ mod tests {
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(run(writer, rx, Duration::from_secs(1)));
-        tx.send(vec!["{\"a\":1}".into(), "{\"b\":2}".into()])
+        tx.send(emf(vec!["{\"a\":1}".into(), "{\"b\":2}".into()]))
             .await
             .unwrap();
-        tx.send(vec!["{\"c\":3}".into()]).await.unwrap();
+        tx.send(emf(vec!["{\"c\":3}".into()])).await.unwrap();
         drop(tx);
         task.await.unwrap();
         assert_eq!(
@@ -303,9 +318,9 @@ mod tests {
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(run(writer, rx, Duration::from_secs(10)));
-        tx.send(vec!["{\"n\":1}".into()]).await.unwrap();
+        tx.send(emf(vec!["{\"n\":1}".into()])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        tx.send(vec!["{\"n\":2}".into()]).await.unwrap();
+        tx.send(emf(vec!["{\"n\":2}".into()])).await.unwrap();
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let (conn, _) = listener.accept().await.unwrap();
         let mut lines = tokio::io::BufReader::new(conn).lines();
@@ -346,7 +361,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let before = telemetry::get(Counter::EmfDocumentsDropped);
         let task = tokio::spawn(run(writer, rx, Duration::from_millis(500)));
-        tx.send(vec!["{}".into()]).await.unwrap();
+        tx.send(emf(vec!["{}".into()])).await.unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

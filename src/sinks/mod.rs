@@ -22,9 +22,6 @@ use delivery::{Settings, Target};
 use emf_writer::EmfWriter;
 use spool::Spool;
 
-/// EMF documents waiting between the pipeline and the EMF writer's own queue.
-const EMF_HANDOFF_WINDOWS: usize = 4;
-
 /// The CloudWatch sinks stop sending this long before the agent's grace period ends, so the
 /// requests still in memory are on disk in time (they already are: this is margin).
 const DRAIN_MARGIN: Duration = Duration::from_secs(1);
@@ -110,28 +107,14 @@ impl Sink {
     }
 
     /// Publishes windows from `rx` until it closes, then drains within `grace`.
-    pub async fn run(self, mut rx: mpsc::Receiver<Encoded>, grace: Duration) {
+    pub async fn run(self, rx: mpsc::Receiver<Encoded>, grace: Duration) {
         match self {
             Sink::CloudWatch {
                 target,
                 spool,
                 settings,
             } => delivery::run(target, spool, rx, settings).await,
-            Sink::Emf(writer) => {
-                let (tx, inner) = mpsc::channel(EMF_HANDOFF_WINDOWS);
-                let task = tokio::spawn(emf_writer::run(writer, inner, grace));
-                while let Some(encoded) = rx.recv().await {
-                    if let Encoded::Emf { documents, .. } = encoded {
-                        if tx.send(documents).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                drop(tx);
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "the EMF writer task failed");
-                }
-            }
+            Sink::Emf(writer) => emf_writer::run(writer, rx, grace).await,
         }
     }
 }
