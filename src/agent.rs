@@ -182,6 +182,9 @@ pub async fn run(
     let mut gpu = gpu::spawn(&config.gpu, m.sample_interval_ms)
         .context("starting the GPU collector thread")?;
     let mut containers = ContainerMetrics::start(&config)?;
+    // Cost per model: off (one warning) without a price.
+    let mut cost = crate::cost::CostModel::start(&config);
+    let (no_copies, no_use) = (crate::discovery::Inventory::default(), Default::default());
     let mut service = Service::start(&config).await;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
@@ -226,6 +229,13 @@ pub async fn run(
                     &mut samples,
                 )
                 .await;
+        }
+        if let Some(cost) = cost.as_mut() {
+            let (inventory, gpu_use) = containers
+                .as_ref()
+                .map_or((&no_copies, &no_use), |c| (c.inventory(), c.gpu_use()));
+            let devices = gpu_reading.as_ref().map(|r| r.devices.as_slice());
+            cost.tick(tick.wall_ms, devices, inventory, gpu_use, &mut samples);
         }
         service.on_tick(&config, tick.wall_ms, output.queued(), &mut samples);
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {

@@ -110,6 +110,9 @@ fn is_container_id(s: &str) -> bool {
 pub struct GpuAttributionReport {
     /// GPU processes whose PID maps to no model copy (host processes, other containers).
     pub unattributed_processes: u64,
+    /// Each copy's SM utilization (0..100) per GPU: (full container ID, NVML index). The
+    /// utilization-weighted cost view (`cost`) splits GPU time by it.
+    pub sm_percent: BTreeMap<(String, u32), f64>,
 }
 
 /// Per-container GPU use, and the unattributed remainder, from one GPU reading.
@@ -182,6 +185,7 @@ pub fn attribute_gpu(
                 .copied()
                 .unwrap_or_default();
             let sm = sm.min(100.0);
+            report.sm_percent.insert((id.clone(), index), sm);
             sm_sum += sm;
             mem_sum += mem;
             let slot = attributed.entry(index).or_default();

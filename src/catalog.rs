@@ -58,6 +58,18 @@ pub enum Metric {
     AgentQueuedWindows,
     AgentSpooledWindows,
     AgentDroppedPoints,
+    /// Cost per model (`cost`), USD (CloudWatch has no currency unit). Per component
+    /// (`Scope::Component`): the GPUs its copies hold, their price per hour, what they cost
+    /// since the previous tick, and that cost weighted by measured GPU use.
+    GpusAllocated,
+    CostPerHour,
+    CostAccrued,
+    CostAccruedUtilizationWeighted,
+    /// Per instance: the price of GPUs no copy holds, and (utilization-weighted) of GPU time no
+    /// copy used.
+    UnallocatedGpuCostPerHour,
+    UnallocatedGpuCostAccrued,
+    IdleGpuCostAccrued,
 }
 
 impl Metric {
@@ -99,6 +111,13 @@ impl Metric {
             Metric::AgentQueuedWindows => "QueuedWindows",
             Metric::AgentSpooledWindows => "SpooledWindows",
             Metric::AgentDroppedPoints => "DroppedPoints",
+            Metric::GpusAllocated => "GPUsAllocated",
+            Metric::CostPerHour => "CostPerHour",
+            Metric::CostAccrued => "CostAccrued",
+            Metric::CostAccruedUtilizationWeighted => "CostAccruedUtilizationWeighted",
+            Metric::UnallocatedGpuCostPerHour => "UnallocatedGPUCostPerHour",
+            Metric::UnallocatedGpuCostAccrued => "UnallocatedGPUCostAccrued",
+            Metric::IdleGpuCostAccrued => "IdleGPUCostAccrued",
         }
     }
 
@@ -126,7 +145,14 @@ impl Metric {
             | Metric::AgentErrors
             | Metric::AgentQueuedWindows
             | Metric::AgentSpooledWindows
-            | Metric::AgentDroppedPoints => Unit::Count,
+            | Metric::AgentDroppedPoints
+            | Metric::GpusAllocated => Unit::Count,
+            Metric::CostPerHour
+            | Metric::CostAccrued
+            | Metric::CostAccruedUtilizationWeighted
+            | Metric::UnallocatedGpuCostPerHour
+            | Metric::UnallocatedGpuCostAccrued
+            | Metric::IdleGpuCostAccrued => Unit::None,
         }
     }
 }
@@ -151,6 +177,10 @@ pub enum Scope {
     },
     /// The agent itself (`[self_metrics] namespace`).
     Agent,
+    /// An inference component as a whole on this instance: the sum over its copies
+    /// (`/aws/sagemaker/InferenceComponents`; cost metrics). Its own scope, not `Container`, so
+    /// its totals never merge with per-copy values under `{InferenceComponentName}`.
+    Component { component: Arc<str> },
 }
 
 /// Which namespace a scope publishes into; the names themselves are configuration.
@@ -204,6 +234,12 @@ const COMPONENT_CONTAINER: &[Dim] = &[
     InferenceComponentName,
     ContainerId,
 ];
+const COMPONENT_INSTANCE: &[Dim] = &[
+    EndpointName,
+    VariantName,
+    InstanceId,
+    InferenceComponentName,
+];
 const COMPONENT_CONTAINER_GPU: &[Dim] = &[
     EndpointName,
     VariantName,
@@ -217,7 +253,9 @@ impl Scope {
     pub fn namespace(&self) -> Namespace {
         match self {
             Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
-            Scope::Container { .. } | Scope::ContainerGpu { .. } => Namespace::InferenceComponents,
+            Scope::Container { .. } | Scope::ContainerGpu { .. } | Scope::Component { .. } => {
+                Namespace::InferenceComponents
+            }
             Scope::Agent => Namespace::Agent,
         }
     }
@@ -236,6 +274,10 @@ impl Scope {
             (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU],
             // One agent per instance: the instance is always named, enhanced or not.
             (Scope::Agent, _) => &[AGENT],
+            // Across instances CloudWatch adds a component's figures up; per instance with
+            // enhanced metrics.
+            (Scope::Component { .. }, false) => &[COMPONENT],
+            (Scope::Component { .. }, true) => &[COMPONENT, COMPONENT_INSTANCE],
         }
     }
 
@@ -251,7 +293,8 @@ impl Scope {
                 Gpu,
             ) => Some(index.to_string()),
             (Scope::Container { component, .. }, InferenceComponentName)
-            | (Scope::ContainerGpu { component, .. }, InferenceComponentName) => {
+            | (Scope::ContainerGpu { component, .. }, InferenceComponentName)
+            | (Scope::Component { component }, InferenceComponentName) => {
                 Some(component.to_string())
             }
             (Scope::Container { container_id, .. }, ContainerId)

@@ -80,7 +80,28 @@ pub struct Config {
     /// The agent's own figures published next to the host's, in their own namespace.
     #[serde(default)]
     pub self_metrics: SelfMetricsConfig,
+    /// Cost per model from GPU allocation (`cost`): the instance's price and how it is split.
+    #[serde(default)]
+    pub cost: CostConfig,
 }
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CostConfig {
+    /// The instance's price in USD per hour; overrides the built-in on-demand table (looked up
+    /// by `endpoint.instance_type`). Unset with a type the table lacks: no cost metrics, one
+    /// warning.
+    #[serde(default)]
+    pub instance_hourly_price_usd: Option<f64>,
+    /// GPUs the price is divided by; overrides the table's count. Unset and not in the table:
+    /// the GPUs NVML sees.
+    #[serde(default)]
+    pub gpus_per_instance: Option<u32>,
+}
+
+/// The most GPUs an instance may be said to have (`cost.gpus_per_instance`): no instance type
+/// has more than 16 today (ml.p5.48xlarge and ml.p4d.24xlarge have 8); 64 leaves room.
+pub const MAX_GPUS_PER_INSTANCE: u32 = 64;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -657,6 +678,7 @@ impl Config {
             ));
         }
         self.docker.validate()?;
+        self.cost.validate()?;
         Ok(())
     }
 
@@ -747,6 +769,28 @@ impl DockerConfig {
                 "docker.component_env",
                 "must be a variable name without '=', e.g. \"INFERENCE_COMPONENT_NAME\"".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl CostConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(price) = self.instance_hourly_price_usd {
+            if !price.is_finite() || price <= 0.0 {
+                return Err((
+                    "cost.instance_hourly_price_usd",
+                    format!("{price} is not allowed; allowed: a finite number of USD per hour above 0, e.g. 5.752"),
+                ));
+            }
+        }
+        if let Some(gpus) = self.gpus_per_instance {
+            if gpus == 0 || gpus > MAX_GPUS_PER_INSTANCE {
+                return Err((
+                    "cost.gpus_per_instance",
+                    format!("{gpus} is not allowed; allowed: 1 to {MAX_GPUS_PER_INSTANCE}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -863,6 +907,14 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[admin]\nlisten = \"localhost\"\n", "admin.listen"),
             ("[endpoint]\nname = \"e\"\n[gpu]\nprocess_interval_ms = 999\n", "gpu.process_interval_ms"),
             ("[endpoint]\nname = \"e\"\n[self_metrics]\nnamespace = \"AWS/Agent\"\n", "self_metrics.namespace"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = 0.0\n", "cost.instance_hourly_price_usd"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = -1.5\n", "cost.instance_hourly_price_usd"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = nan\n", "cost.instance_hourly_price_usd"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = inf\n", "cost.instance_hourly_price_usd"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = \"5\"\n", "cost.instance_hourly_price_usd"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ngpus_per_instance = 0\n", "cost.gpus_per_instance"),
+            ("[endpoint]\nname = \"e\"\n[cost]\ngpus_per_instance = 65\n", "cost.gpus_per_instance"),
+            ("[endpoint]\nname = \"e\"\n[cost]\nprice = 1.0\n", "cost.price"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod clock;
 pub mod collectors;
 pub mod config;
+pub mod cost;
 pub mod discovery;
 pub mod encode;
 pub mod identity;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use endpoint_metrics_agent::plan::{discover, plan, HostShape};
-use endpoint_metrics_agent::{admin, agent, logging};
+use endpoint_metrics_agent::{admin, agent, cost, logging};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,14 @@ enum Command {
     /// healthy, 1 when not or unreachable, 78 when the configuration is invalid.
     Healthcheck {
         /// The configuration file (its `[admin] listen` is asked).
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print how the instance's price splits between the inference components now: copies, GPUs,
+    /// USD per hour and share of the instance per component, and the unallocated (idle) GPUs.
+    /// Exit 78 when the configuration is invalid or gives no price.
+    Cost {
+        /// The configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -113,6 +121,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG as u8)
             }
         },
+        Command::Cost { config } => cost_report(&config),
         Command::Healthcheck { config } => match admin::healthcheck(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(code) => ExitCode::from(code),
@@ -143,6 +152,48 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `cost`: the split of the instance's price from what the agent sees now.
+fn cost_report(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let price = match cost::instance_price(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: no price, so no cost: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let (devices, inventory) = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(cost::report::discover(&config)),
+        Err(e) => {
+            eprintln!("error: cannot build the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cost::report::report(price, &devices, &inventory) {
+        Some(report) => {
+            // A report for a person, asked for explicitly: stdout.
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{report}");
+            }
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("error: no GPUs to divide the price by: NVML shows none and neither the price table nor [cost] gpus_per_instance gives a count");
+            ExitCode::from(EXIT_CONFIG as u8)
         }
     }
 }

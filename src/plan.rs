@@ -61,6 +61,7 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
         Scope::Agent => &Metric::AGENT,
+        Scope::Component { .. } => &crate::cost::COMPONENT_METRICS,
     }
 }
 
@@ -149,6 +150,22 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
     }
     if shape.containers > 0 {
         scopes.push((Scope::Instance, INSTANCE_RESERVATION_METRICS.to_vec()));
+    }
+    // Cost per model, when the configuration prices the instance: per component and instance.
+    let priced =
+        crate::cost::instance_price(config).is_ok_and(|p| p.gpus.unwrap_or(shape.gpus) > 0);
+    if priced {
+        scopes.push((Scope::Instance, crate::cost::INSTANCE_METRICS.to_vec()));
+        for c in 0..shape
+            .components
+            .clamp(1, shape.containers.max(1))
+            .min(shape.containers)
+        {
+            let s = Scope::Component {
+                component: format!("component-{c}").into(),
+            };
+            scopes.push((s.clone(), metrics_of(&s).to_vec()));
+        }
     }
     let components = shape.components.clamp(1, shape.containers.max(1));
     let per_container = shape
@@ -477,6 +494,23 @@ mod tests {
         let text = p.to_string();
         assert!(
             text.contains("GPUUtilization  {EndpointName,VariantName,InstanceId,GpuId}  x8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_priced_instance_adds_the_cost_series() {
+        let c = config(
+            "instance_type = \"ml.g5.48xlarge\"\n[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+        );
+        let p = plan(&c, &EIGHT_GPUS);
+        // 3 instance cost metrics x 2 sets; 2 components x 4 metrics x 2 sets.
+        assert_eq!(p.series.len(), 98 + 6 + 16, "{p}");
+        let text = p.to_string();
+        assert!(
+            text.contains(
+                "CostAccrued  {EndpointName,VariantName,InstanceId,InferenceComponentName}  x2"
+            ),
             "{text}"
         );
     }

@@ -92,6 +92,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     restart!("gpu.nvml_library", gpu.nvml_library);
     restart!("gpu.process_interval_ms", gpu.process_interval_ms);
     restart!("admin", admin);
+    restart!("cost", cost);
     // A section added later that nobody taught this module about: say so rather than ignore it.
     let mut known = effective.clone();
     copy_restart_keys(&mut known, new);
@@ -117,6 +118,7 @@ fn copy_restart_keys(into: &mut Config, new: &Config) {
     into.gpu.nvml_library = new.gpu.nvml_library.clone();
     into.gpu.process_interval_ms = new.gpu.process_interval_ms;
     into.admin = new.admin.clone();
+    into.cost = new.cost.clone();
 }
 
 /// SIGHUP: reads the file again and applies what can change at run time. The current window

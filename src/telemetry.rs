@@ -50,10 +50,16 @@ pub enum Counter {
     ConfigReloads,
     ConfigReloadsRejected,
     AdminBadRequests,
+    /// No price for the instance (type unset or not in the table, no override): cost metrics
+    /// off (warned once, at start).
+    CostUnpriced,
+    /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
+    /// table's count disagrees with the host): costs add up to more than the instance's price.
+    CostGpusOverallocated,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 39] = [
+    pub const ALL: [Counter; 41] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -93,6 +99,8 @@ impl Counter {
         Counter::ConfigReloads,
         Counter::ConfigReloadsRejected,
         Counter::AdminBadRequests,
+        Counter::CostUnpriced,
+        Counter::CostGpusOverallocated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +144,8 @@ impl Counter {
             Counter::ConfigReloads => "config_reloads",
             Counter::ConfigReloadsRejected => "config_reloads_rejected",
             Counter::AdminBadRequests => "admin_bad_requests",
+            Counter::CostUnpriced => "cost_unpriced",
+            Counter::CostGpusOverallocated => "cost_gpus_overallocated",
         }
     }
 

@@ -35,6 +35,8 @@ pub struct ContainerMetrics {
     pids: PidContainers,
     /// The inventory of the last cgroup reading, which GPU attribution uses.
     inventory: Arc<Inventory>,
+    /// The copies' SM utilization per GPU from the last GPU attribution (for `cost`).
+    gpu_use: crate::cost::GpuUse,
 }
 
 impl ContainerMetrics {
@@ -62,6 +64,7 @@ impl ContainerMetrics {
             proc_root: proc_root.clone(),
             pids: PidContainers::default(),
             inventory: Arc::default(),
+            gpu_use: Default::default(),
         }))
     }
 
@@ -90,13 +93,24 @@ impl ContainerMetrics {
         }
     }
 
+    /// The model copies as of the last cgroup reading.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The copies' SM utilization per GPU as of the last GPU reading.
+    pub fn gpu_use(&self) -> &crate::cost::GpuUse {
+        &self.gpu_use
+    }
+
     fn attribute(&mut self, gpu: &GpuReading, out: &mut Vec<Sample>) {
         let mut pids: Vec<u32> = gpu.processes.iter().map(|p| p.pid).collect();
         pids.sort_unstable();
         pids.dedup();
         // A handful of small procfs reads, cached per PID: no need for a thread of their own.
         let map = self.pids.resolve(&self.proc_root, &pids);
-        let report = attribute_gpu(gpu, &self.inventory, map, out);
+        let mut report = attribute_gpu(gpu, &self.inventory, map, out);
+        self.gpu_use = std::mem::take(&mut report.sm_percent);
         // Host processes on a GPU are normal: counted, and published as the unattributed share.
         telemetry::add(
             Counter::GpuProcessesUnattributed,
