@@ -117,13 +117,19 @@ impl Agent {
 
     /// With a `[gpu]` section of the caller's and extra `[docker]` keys.
     fn start_with(socket: &str, gpu: &str, docker_extra: &str) -> Agent {
+        Agent::start_full(socket, "", gpu, docker_extra)
+    }
+
+    /// With extra `[endpoint]` keys, sections of the caller's (after `[admin]`) and extra
+    /// `[docker]` keys.
+    fn start_full(socket: &str, endpoint_extra: &str, gpu: &str, docker_extra: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("emf.jsonl");
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n{endpoint_extra}\
                  [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
                  [output]\nemf_destination = \"file:{}\"\n\
                  [admin]\nenabled = false\n{gpu}\
@@ -797,4 +803,219 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
         all_near(&values(instance, "GPUReservation"), 100.0),
         "{instance}"
     );
+}
+
+/// Cost per model (issue 7) end to end: four copies of three components declare GPUs through
+/// `NVIDIA_VISIBLE_DEVICES` (UUIDs, an index shared by two copies, `all`) over four scripted
+/// GPUs on an ml.g6.12xlarge ($5.752 per hour, 4 GPUs, from the built-in table). Holders per
+/// GPU: 0 and 1: big, all-gpus; 2: shared x2, all-gpus; 3: all-gpus. So big holds 2 x 1/2 GPU
+/// = 1/4 of the instance, shared 2 x 1/3 = 1/6, all-gpus 1/2 + 1/2 + 1/3 + 1 = 7/12: the whole
+/// price, nothing unallocated. big's process keeps GPU 0 50 % busy: the weighted view charges
+/// it 1/8 of the instance and the rest of the GPU time is idle.
+#[test]
+fn gpu_cost_is_split_by_allocation_and_published_per_component() {
+    if !docker_ready() {
+        return;
+    }
+    let label = format!("ema-cost-{}-{}", std::process::id(), now_ms());
+    let env = format!("EMA_COST_{}", std::process::id());
+    let image = image();
+    let mut containers = Containers::default();
+    let mut copy = |component: &str, visible: &str| {
+        containers.run(&[
+            "--label",
+            &format!("{label}={component}"),
+            "-e",
+            &format!("NVIDIA_VISIBLE_DEVICES={visible}"),
+            &image,
+            "sleep",
+            "300",
+        ])
+    };
+    let big = copy("big", "GPU-c-0,GPU-c-1");
+    copy("shared", "2");
+    copy("shared", "2");
+    copy("all-gpus", "all");
+    let pid_big = docker(&["inspect", "-f", "{{.State.Pid}}", &big]).unwrap();
+    let fake = fake_nvml::FakeNvml::new();
+    fake.script(&format!(
+        "device 0 uuid=GPU-c-0 util=50\ndevice 1 uuid=GPU-c-1 util=0\n\
+         device 2 uuid=GPU-c-2 util=0\ndevice 3 uuid=GPU-c-3 util=0\n\
+         process 0 compute {pid_big} 1073741824\nsample 0 {pid_big} 50\n"
+    ));
+    let gpu = format!(
+        "[gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n",
+        fake.library_str()
+    );
+    let docker_keys = format!("component_label = \"{label}\"\ncomponent_env = \"{env}\"\n");
+    let endpoint = "instance_type = \"ml.g6.12xlarge\"\n";
+
+    // The `cost` subcommand, from what discovery and NVML show now.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[endpoint]\nname = \"cost-test\"\n{endpoint}{gpu}[docker]\nsocket = \"{}\"\n{docker_keys}",
+            engine_socket()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(AGENT)
+        .args(["cost", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("instance: ml.g6.12xlarge, $5.752 per hour"),
+        "{text}"
+    );
+    assert!(text.contains("4 GPUs (4 seen by NVML)"), "{text}");
+    let row = |name: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // copies, GPUs, GPU share, USD per hour, share of the instance.
+    assert_eq!(
+        row("big")[1..],
+        ["1", "2", "1.00", "1.4380", "25.0%"],
+        "{text}"
+    );
+    assert_eq!(
+        row("shared")[1..],
+        ["2", "1", "0.67", "0.9587", "16.7%"],
+        "{text}"
+    );
+    assert_eq!(
+        row("all-gpus")[1..],
+        ["1", "4", "2.33", "3.3553", "58.3%"],
+        "{text}"
+    );
+    assert_eq!(
+        row("(idle")[3..],
+        ["-", "0", "0.00", "0.0000", "0.0%"],
+        "{text}"
+    );
+    assert_eq!(
+        row("total")[1..],
+        ["4", "4", "4.00", "5.7520", "100.0%"],
+        "{text}"
+    );
+
+    // The running agent's EMF.
+    let agent = Agent::start_full(&engine_socket(), endpoint, &gpu, &docker_keys);
+    let component_doc = |docs: &[Value], t: u64, name: &str| -> Option<Value> {
+        docs.iter()
+            .find(|d| {
+                timestamp_ms(d) == t
+                    && namespace(d) == COMPONENTS_NS
+                    && d["InferenceComponentName"] == name
+                    && d.get("ContainerId").is_none()
+                    && d.get("CostPerHour").is_some()
+            })
+            .cloned()
+    };
+    let names = ["big", "shared", "all-gpus"];
+    // A window whose previous window already had every component: all its ticks saw all four
+    // copies (discovery's first inventory may land mid-window).
+    let window = agent.wait_for("a settled window with every component's cost", |docs| {
+        let mut starts: Vec<u64> = docs.iter().map(timestamp_ms).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let complete = |t: u64| names.iter().all(|n| component_doc(docs, t, n).is_some());
+        starts
+            .windows(2)
+            .find(|w| complete(w[0]) && complete(w[1]))
+            .map(|w| w[1])
+    });
+    let docs = agent.documents();
+    let price = 5.752;
+    for (name, share, gpus) in [
+        ("big", 0.25, 2.0),
+        ("shared", 1.0 / 6.0, 1.0),
+        ("all-gpus", 7.0 / 12.0, 4.0),
+    ] {
+        let d = component_doc(&docs, window, name).unwrap();
+        let sets = &d["_aws"]["CloudWatchMetrics"][0]["Dimensions"];
+        assert_eq!(
+            sets,
+            &serde_json::json!([
+                ["InferenceComponentName"],
+                [
+                    "EndpointName",
+                    "VariantName",
+                    "InstanceId",
+                    "InferenceComponentName"
+                ]
+            ]),
+            "{d}"
+        );
+        assert_eq!(d["InstanceId"], "test-host");
+        let per_hour = values(&d, "CostPerHour");
+        assert!(
+            !per_hour.is_empty() && per_hour.iter().all(|v| (v - price * share).abs() < 1e-12),
+            "{name}: {per_hour:?}"
+        );
+        assert!(
+            values(&d, "GPUsAllocated").iter().all(|v| *v == gpus),
+            "{d}"
+        );
+        // Each tick accrues its price over the seconds since the previous tick (1, or more
+        // after a missed tick).
+        for v in values(&d, "CostAccrued") {
+            let seconds = v / (price * share / 3600.0);
+            assert!(
+                seconds >= 0.999 && (seconds - seconds.round()).abs() < 1e-9,
+                "{name}: {v} is not a whole number of seconds at ${} per hour",
+                price * share
+            );
+        }
+    }
+    // The weighted view: big used half of one GPU: 1/8 of the instance; the others nothing.
+    let weighted = |name: &str| {
+        values(
+            &component_doc(&docs, window, name).unwrap(),
+            "CostAccruedUtilizationWeighted",
+        )
+    };
+    let per_second = |share: f64| price * share / 3600.0;
+    let big_weighted = weighted("big");
+    let big_accrued = values(&component_doc(&docs, window, "big").unwrap(), "CostAccrued");
+    assert_eq!(big_weighted.len(), big_accrued.len());
+    for (w, a) in big_weighted.iter().zip(&big_accrued) {
+        assert!(
+            (w / a - 0.5).abs() < 1e-9,
+            "big pays half its allocation: {w} of {a}"
+        );
+    }
+    assert!(
+        weighted("shared").iter().all(|v| *v == 0.0),
+        "allocated but idle"
+    );
+    assert!(weighted("all-gpus").iter().all(|v| *v == 0.0));
+    let instance = docs
+        .iter()
+        .find(|d| timestamp_ms(d) == window && d.get("UnallocatedGPUCostPerHour").is_some())
+        .expect("the instance's cost values");
+    assert_eq!(namespace(instance), ENDPOINTS_NS);
+    assert!(values(instance, "UnallocatedGPUCostPerHour")
+        .iter()
+        .all(|v| *v == 0.0));
+    for v in values(instance, "IdleGPUCostAccrued") {
+        let seconds = v / per_second(3.5 / 4.0);
+        assert!(
+            (seconds - seconds.round()).abs() < 1e-9 && seconds >= 0.999,
+            "{v}"
+        );
+    }
 }
