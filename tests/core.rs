@@ -396,3 +396,101 @@ fn version_and_help() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("check-config") && stdout.contains("run"));
 }
+
+/// Runs the agent with `config` for about two seconds and returns its EMF documents and stderr.
+fn run_briefly(config: &str) -> (Vec<Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), config);
+    let mut agent = Agent::start(&cfg, Stdio::piped());
+    std::thread::sleep(Duration::from_secs(2));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)).0, Some(0));
+    let mut stdout = String::new();
+    agent
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    (documents(&stdout), agent.stderr())
+}
+
+fn with_endpoint_keys(keys: &str) -> String {
+    config(false, "stdout").replace(
+        "instance_id = \"test-host\"\n",
+        &format!("instance_id = \"test-host\"\n{keys}"),
+    )
+}
+
+/// Issue 7: an instance type the price table lacks, without `[cost] instance_hourly_price_usd`:
+/// no cost series, exactly one warning; `cost` refuses with the configuration status.
+#[test]
+fn an_unpriced_instance_type_turns_cost_off_with_one_warning() {
+    let body = with_endpoint_keys("instance_type = \"ml.unknown.large\"\n");
+    let (docs, stderr) = run_briefly(&body);
+    assert!(!docs.is_empty());
+    assert!(
+        docs.iter()
+            .all(|d| d.get("UnallocatedGPUCostPerHour").is_none() && d.get("CostPerHour").is_none()),
+        "no cost series"
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cost_unpriced"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("ml.unknown.large"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &body);
+    let (code, stdout, stderr) = run_to_exit(&["cost", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("\"ml.unknown.large\" is not in the price table"),
+        "{stderr}"
+    );
+}
+
+/// Without NVML and Docker a priced instance's GPUs (from the table) are all unallocated: the
+/// whole price, accrued over each 0.5 s tick.
+#[test]
+fn a_priced_instance_with_no_copies_is_all_unallocated() {
+    let (docs, stderr) = run_briefly(&with_endpoint_keys("instance_type = \"ml.g6.12xlarge\"\n"));
+    let instance: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d.get("UnallocatedGPUCostPerHour").is_some())
+        .collect();
+    assert!(!instance.is_empty(), "{stderr}");
+    for d in instance {
+        assert_eq!(
+            d["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "/aws/sagemaker/Endpoints"
+        );
+        let per_hour: Vec<f64> = d["UnallocatedGPUCostPerHour"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert!(per_hour.iter().all(|v| *v == 5.752), "{d}");
+        for v in d["UnallocatedGPUCostAccrued"].as_array().unwrap() {
+            let half_seconds = v.as_f64().unwrap() / (5.752 * 0.5 / 3600.0);
+            assert!(
+                half_seconds >= 0.999 && (half_seconds - half_seconds.round()).abs() < 1e-9,
+                "{v}"
+            );
+        }
+        assert!(
+            d.get("IdleGPUCostAccrued").is_none(),
+            "no measured use without NVML"
+        );
+    }
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("cost_unpriced")),
+        "{stderr}"
+    );
+}

@@ -273,6 +273,11 @@ impl CostModel {
                 );
                 Some(CostModel::new(price, config.metrics.sample_interval_ms))
             }
+            // Not asked for: said once, quietly.
+            Err(e @ Unpriced::NoInstanceType) => {
+                tracing::info!(reason = %e, "cost per model off");
+                None
+            }
             Err(e) => {
                 telemetry::warn(
                     Counter::CostUnpriced,

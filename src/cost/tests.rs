@@ -401,3 +401,28 @@ fn the_report_prints_each_component_and_the_idle_line() {
         "{text}"
     );
 }
+
+#[test]
+fn more_gpus_held_than_priced_is_counted_once_per_episode() {
+    // ml.g6.xlarge has 1 GPU; the host shows 2 and a copy holds both.
+    let inv = inventory(&[("a", "m", GpuAllocation::All)]);
+    let mut model = CostModel::new(
+        instance_price(&config("instance_type = \"ml.g6.xlarge\"\n")).unwrap(),
+        1000,
+    );
+    let before = telemetry::get(Counter::CostGpusOverallocated);
+    let mut out = Vec::new();
+    for t in 1..=3 {
+        model.tick(t * 1000, Some(&gpus(2)), &inv, &GpuUse::new(), &mut out);
+    }
+    assert_eq!(telemetry::get(Counter::CostGpusOverallocated), before + 1);
+    assert_eq!(
+        find(&out, &component("m"), Metric::CostPerHour),
+        Some(1.1267 * 2.0)
+    );
+    assert_eq!(
+        find(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
+        Some(0.0),
+        "never negative"
+    );
+}
