@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             Ok(c) => {
                 // check-config never runs the pipeline, so stdout is free for the summary.
                 println!("{} is valid\n{}", config.display(), c.summary());
+                println!("{}", cost::describe(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

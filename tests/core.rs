@@ -379,7 +379,9 @@ fn check_config_accepts_the_example_and_summarizes_it() {
     let (code, stdout, stderr) = run_to_exit(&["check-config", "--config", example]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("is valid") && stdout.contains("publish every 60 s"),
+        stdout.contains("is valid")
+            && stdout.contains("publish every 60 s")
+            && stdout.contains("cost: $5.752 per hour divided by 4 GPUs (AWS price list"),
         "{stdout}"
     );
 }

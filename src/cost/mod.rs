@@ -115,6 +115,20 @@ pub fn instance_price(config: &Config) -> Result<InstancePrice, Unpriced> {
     }
 }
 
+/// One line for `check-config`: the price in force, or why cost is off.
+pub fn describe(config: &Config) -> String {
+    match instance_price(config) {
+        Ok(p) => format!(
+            "cost: ${} per hour divided by {} ({})",
+            p.hourly_usd,
+            p.gpus
+                .map_or("the GPUs NVML shows".to_string(), |n| format!("{n} GPUs")),
+            p.describe_source()
+        ),
+        Err(e) => format!("cost: off ({e})"),
+    }
+}
+
 /// One inference component's part of the instance at one moment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ComponentShare {
