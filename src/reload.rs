@@ -242,6 +242,15 @@ mod tests {
     }
 
     #[test]
+    fn a_new_price_waits_for_a_restart() {
+        let old = config("");
+        let new = config("[cost]\ninstance_hourly_price_usd = 3.5\n");
+        let p = plan(&old, &new);
+        assert_eq!(p.needs_restart, vec!["cost"]);
+        assert_eq!(p.effective.cost, old.cost, "kept");
+    }
+
+    #[test]
     fn a_new_destination_is_an_output_change() {
         let old = config("");
         let new = config("[output]\nemf_destination = \"file:/tmp/x\"\n");
