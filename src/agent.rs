@@ -19,6 +19,7 @@ use crate::collectors::worker::{Collect, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
 use crate::identity::resolve_instance_id;
+use crate::proxy::FrontDoor;
 use crate::reload;
 use crate::service::{Event, Service};
 use crate::sinks::{Output, Sink};
@@ -84,6 +85,22 @@ impl Pipeline {
             "non-finite sample values not recorded",
         );
         closed
+    }
+
+    /// Merges pre-aggregated series (the front door's, one `Stats` per series per tick) into
+    /// the current window; call after [`Pipeline::record`] for the same tick.
+    pub fn merge(&mut self, series: Vec<(crate::catalog::SeriesKey, crate::aggregate::Stats)>) {
+        let mut rejected = 0;
+        for (key, stats) in series {
+            if self.aggregator.merge(key, &stats).is_err() {
+                rejected += 1;
+            }
+        }
+        telemetry::warn(
+            Counter::SampleValuesRejected,
+            rejected,
+            "non-finite invocation statistics not recorded",
+        );
     }
 
     pub fn encoding(&self) -> Encoding {
@@ -183,6 +200,14 @@ pub async fn run(
         .context("starting the GPU collector thread")?;
     let mut containers = ContainerMetrics::start(&config)?;
     let mut service = Service::start(&config).await;
+    let front_door = if config.proxy.enabled {
+        let inventory = containers.as_ref().map(|c| c.inventory_watch());
+        Some(FrontDoor::start(&config.proxy, inventory)?)
+    } else {
+        None
+    };
+    // Invocation series get their own 60 s window when enhanced metrics are off (the spec).
+    let mut invocations: Option<Pipeline> = None;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
@@ -231,16 +256,62 @@ pub async fn run(
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
             publish(&output.tx, batch);
         }
+        if let Some(front_door) = &front_door {
+            let series = front_door.drain();
+            let own_window = invocation_period(&config) != config.metrics.publish_frequency_seconds;
+            if own_window != invocations.is_some() {
+                if let Some(batch) = invocations.take().and_then(|mut p| p.flush()) {
+                    publish(&output.tx, batch);
+                }
+                if own_window {
+                    invocations = Some(Pipeline::new(
+                        encode_context(&config, identity.clone()),
+                        invocation_period(&config),
+                        pipeline.encoding(),
+                    ));
+                }
+            }
+            match invocations.as_mut() {
+                Some(p) => {
+                    // A reload may have changed the context: follow the main pipeline's.
+                    p.set_context(
+                        encode_context(&config, identity.clone()),
+                        pipeline.encoding(),
+                    );
+                    if let Some(batch) = p.record(tick.wall_ms, std::iter::empty()) {
+                        publish(&output.tx, batch);
+                    }
+                    p.merge(series);
+                }
+                None => pipeline.merge(series),
+            }
+        }
     }
 
     service.stopping();
     tracing::info!("shutting down: publishing the partial window");
+    if let Some(front_door) = front_door {
+        front_door.shutdown();
+    }
     if let Some(batch) = pipeline.flush() {
+        publish(&output.tx, batch);
+    }
+    if let Some(batch) = invocations.as_mut().and_then(Pipeline::flush) {
         publish(&output.tx, batch);
     }
     output.finish(SHUTDOWN_GRACE).await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
+}
+
+/// The publish period of invocation series: the publish frequency with enhanced metrics, else
+/// 60 s ("without enhanced metrics the frequency applies to utilization metrics only").
+pub fn invocation_period(config: &Config) -> u64 {
+    if config.metrics.enhanced {
+        config.metrics.publish_frequency_seconds
+    } else {
+        crate::catalog::PLAIN_INVOCATION_PERIOD_SECONDS
+    }
 }
 
 pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
@@ -257,6 +328,7 @@ pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeConte
         endpoints_namespace: m.endpoints_namespace.clone(),
         components_namespace: m.components_namespace.clone(),
         self_metrics_namespace: config.self_metrics.namespace.clone(),
+        invocations_namespace: config.proxy.namespace.clone(),
         gpu_dimension_name: config.gpu.dimension_name.clone(),
         storage_resolution: storage_resolution(m.publish_frequency_seconds),
         log_group,

@@ -411,6 +411,8 @@ mod tests {
             memory_reservation_bytes: None,
             memory_limit_bytes: None,
             gpus,
+            address: None,
+            upstream_port: None,
         }
     }
 

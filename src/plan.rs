@@ -61,6 +61,9 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
         Scope::Agent => &Metric::AGENT,
+        Scope::Invocations => &crate::proxy::account::INSTANCE_METRICS,
+        Scope::ComponentInvocations { .. } => &crate::proxy::account::COMPONENT_METRICS,
+        Scope::CopyInvocations { .. } => &crate::proxy::account::COPY_METRICS,
     }
 }
 
