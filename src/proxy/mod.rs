@@ -66,6 +66,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Stopping waits this long for the front door's tasks to end (within the agent's shutdown
+/// grace, `agent::SHUTDOWN_GRACE`).
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
 type UpstreamClient = Client<HttpConnector, Limited<Incoming>>;
 
 struct State {
@@ -165,11 +169,18 @@ impl FrontDoor {
         self.state.accounts.drain(|component| table.copies(component))
     }
 
-    /// Stops serving: open connections are dropped (the requests in them are accounted).
-    pub fn shutdown(mut self) {
+    /// Stops serving within [`STOP_GRACE`]: open connections are dropped, and the requests in
+    /// them accounted. Returns the series since the last drain.
+    pub async fn stop(mut self) -> Vec<(SeriesKey, Stats)> {
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            // Shutting a runtime down blocks; not on the sampling loop's thread.
+            let stopped =
+                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(STOP_GRACE)).await;
+            if stopped.is_err() {
+                tracing::warn!("front door: its runtime did not stop cleanly");
+            }
         }
+        self.drain()
     }
 }
 
