@@ -336,7 +336,11 @@ pub fn record_invocations(
             closed.extend(p.record(tick_ms, std::iter::empty()));
             p.merge(series);
         }
-        None => pipeline.merge(series),
+        None => {
+            // Opens the window when no tick has yet (a stop right after the start).
+            closed.extend(pipeline.record(tick_ms, std::iter::empty()));
+            pipeline.merge(series);
+        }
     }
     closed
 }

@@ -51,7 +51,9 @@ fn bucket(us: f64) -> i32 {
         return -1;
     }
     // ln(10 min in µs) / ln(1.02) is about 1,160: far inside i32.
-    (us.ln() / LATENCY_BUCKET_RATIO.ln()).ceil().min(i32::MAX as f64) as i32
+    (us.ln() / LATENCY_BUCKET_RATIO.ln())
+        .ceil()
+        .min(i32::MAX as f64) as i32
 }
 
 /// What bucket `index` is published as.
@@ -196,7 +198,10 @@ impl Tally {
         push(Metric::Invocations, repeated(1.0, n));
         push(Metric::Invocation4xxErrors, zero_one(self.errors_4xx, n));
         push(Metric::Invocation5xxErrors, zero_one(self.errors_5xx, n));
-        push(Metric::InvocationModelErrors, zero_one(self.model_errors, n));
+        push(
+            Metric::InvocationModelErrors,
+            zero_one(self.model_errors, n),
+        );
         if let Some(stats) = self.model_latency.take() {
             push(Metric::ModelLatency, stats);
         }
@@ -437,7 +442,10 @@ mod tests {
         let e5 = find(&series, &i, Metric::Invocation5xxErrors).unwrap();
         assert_eq!(e5.sum, 1.0);
         let me = find(&series, &i, Metric::InvocationModelErrors).unwrap();
-        assert_eq!(me.sum, 2.0, "404 and 500 from the model; the front door's 400 is not");
+        assert_eq!(
+            me.sum, 2.0,
+            "404 and 500 from the model; the front door's 400 is not"
+        );
         let per_instance = find(&series, &i, Metric::InvocationsPerInstance).unwrap();
         assert_eq!(per_instance.sum, 1.25);
         let model = find(&series, &i, Metric::ModelLatency).unwrap();
@@ -502,8 +510,16 @@ mod tests {
         let series = accounts.drain(|_| 1);
         let overhead = find(&series, &Scope::Invocations, Metric::OverheadLatency).unwrap();
         assert_eq!(overhead.count, 100_000);
-        assert!(overhead.distribution.len() < 500, "{}", overhead.distribution.len());
-        let n: u64 = overhead.distribution.iter().map(|(_, n)| u64::from(*n)).sum();
+        assert!(
+            overhead.distribution.len() < 500,
+            "{}",
+            overhead.distribution.len()
+        );
+        let n: u64 = overhead
+            .distribution
+            .iter()
+            .map(|(_, n)| u64::from(*n))
+            .sum();
         assert_eq!(n, 100_000);
     }
 }

@@ -166,7 +166,9 @@ impl FrontDoor {
     /// The invocation series since the last call: the sampling loop calls this once a tick.
     pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
         let table = self.state.table();
-        self.state.accounts.drain(|component| table.copies(component))
+        self.state
+            .accounts
+            .drain(|component| table.copies(component))
     }
 
     /// Stops serving within [`STOP_GRACE`]: open connections are dropped, and the requests in
@@ -251,7 +253,9 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
             // Errors here are the client's (a malformed request gets 400 from hyper, a reset
             // connection ends its task): nothing to count beyond what `handle` counted.
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -262,8 +266,7 @@ async fn handle(
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
     let table = state.table();
-    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes()))
-    {
+    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
         Err(e) => {
             telemetry::warn_sampled(Counter::ProxyBadRequests, e.message().trim_end());
@@ -306,8 +309,8 @@ async fn handle(
     let upstream_req = Request::from_parts(parts, body);
 
     guard.model_started = Some(Instant::now());
-    let answer = tokio::time::timeout(state.response_timeout, state.client.request(upstream_req))
-        .await;
+    let answer =
+        tokio::time::timeout(state.response_timeout, state.client.request(upstream_req)).await;
     match answer {
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
@@ -335,7 +338,12 @@ async fn handle(
             };
             telemetry::warn_sampled(
                 counter,
-                &format!("front door: {} {}: {}", upstream.key.component, upstream.authority, chain(&e)),
+                &format!(
+                    "front door: {} {}: {}",
+                    upstream.key.component,
+                    upstream.authority,
+                    chain(&e)
+                ),
             );
             Ok(local(guard, status, message.into()))
         }
@@ -351,7 +359,11 @@ async fn handle(
                     state.response_timeout.as_millis()
                 ),
             );
-            Ok(local(guard, 504, "the model did not answer in time\n".into()))
+            Ok(local(
+                guard,
+                504,
+                "the model did not answer in time\n".into(),
+            ))
         }
     }
 }
@@ -401,7 +413,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .filter(|s| !s.is_empty())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(name);
     }
 }
@@ -546,7 +562,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));

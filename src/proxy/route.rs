@@ -105,7 +105,11 @@ impl Table {
         };
         for (component, authority) in statics {
             // A static upstream has no container: its address names the copy.
-            add(component.clone(), authority.as_str().into(), authority.clone());
+            add(
+                component.clone(),
+                authority.as_str().into(),
+                authority.clone(),
+            );
         }
         for c in inventory.containers.values() {
             let Some(address) = c.address else { continue };
@@ -163,7 +167,8 @@ impl Table {
         for i in 0..n {
             let candidate = &copies[(start + i) % n];
             if best.is_none_or(|b| {
-                candidate.outstanding.load(Ordering::Relaxed) < b.outstanding.load(Ordering::Relaxed)
+                candidate.outstanding.load(Ordering::Relaxed)
+                    < b.outstanding.load(Ordering::Relaxed)
             }) {
                 best = Some(candidate);
             }
@@ -186,7 +191,9 @@ pub fn parse_static_url(url: &str) -> Result<String, String> {
         .parse()
         .map_err(|_| format!("\"{url}\" has no valid host and port; {allowed}"))?;
     if rest.contains(['/', '?', '#', '@']) || authority.host().is_empty() {
-        return Err(format!("\"{url}\" must have no path, query or user; {allowed}"));
+        return Err(format!(
+            "\"{url}\" must have no path, query or user; {allowed}"
+        ));
     }
     match authority.port_u16() {
         Some(p) if p != 0 => Ok(authority.as_str().to_string()),
