@@ -696,7 +696,8 @@ impl Config {
              gpu: {} ({}, dimension {})\n\
              log: {:?} at {}\n\
              admin: {}\n\
-             self metrics: {}",
+             self metrics: {}\n\
+             front door: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -725,6 +726,17 @@ impl Config {
             },
             if self.self_metrics.enabled {
                 format!("to namespace {}", self.self_metrics.namespace)
+            } else {
+                "disabled".into()
+            },
+            if self.proxy.enabled {
+                format!(
+                    "http://{} to containers on port {} and {} static upstreams, namespace {}",
+                    self.proxy.listen,
+                    self.proxy.upstream_port,
+                    self.proxy.upstream.len(),
+                    self.proxy.namespace
+                )
             } else {
                 "disabled".into()
             },
