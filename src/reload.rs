@@ -250,7 +250,10 @@ mod tests {
     #[test]
     fn the_proxy_namespace_is_live_and_the_rest_of_proxy_waits() {
         let old = config("");
-        let p = plan(&old, &config("[proxy]\nnamespace = \"Custom/Invocations\"\n"));
+        let p = plan(
+            &old,
+            &config("[proxy]\nnamespace = \"Custom/Invocations\"\n"),
+        );
         assert_eq!(p.applied, vec!["proxy.namespace"]);
         assert!(p.needs_restart.is_empty());
         assert_eq!(p.effective.proxy.namespace, "Custom/Invocations");

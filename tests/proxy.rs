@@ -330,6 +330,14 @@ fn answers_faults_and_streams_are_counted_exactly() {
         "POST /ok HTTP/1.1\r\nHost: x\r\n{HEADER}: model-a\r\nContent-Length: 2048\r\n\r\n"
     );
     assert!(raw(addr, big.as_bytes()).contains(" 413 "));
+    // A chunked body that grows past the limit is cut off on its way to the model.
+    let chunk = "a".repeat(800);
+    let chunked = format!(
+        "POST /ok HTTP/1.1\r\nHost: x\r\n{HEADER}: model-a\r\nTransfer-Encoding: chunked\r\n\r\n\
+         320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let status = raw(addr, chunked.as_bytes());
+    assert!(status.contains(" 413 "), "{status}");
     // Malformed, and a head over the limit: hyper answers, nothing reaches a model.
     assert!(raw(addr, b"NOT HTTP AT ALL\r\n\r\n").contains(" 400 "));
     let huge = format!(
@@ -343,22 +351,22 @@ fn answers_faults_and_streams_are_counted_exactly() {
 
     let docs = agent.stop();
     // 5 ok, 2 missing, fail, slow, gone, no header, unknown, stream, ok during the stream,
-    // too large, ok at the end.
+    // too large (declared), too large (chunked), ok at the end.
     let invocations = all(&docs, instance, "Invocations");
-    assert_eq!(invocations.len(), 16, "{docs:?}");
+    assert_eq!(invocations.len(), 17, "{docs:?}");
     assert!(invocations.iter().all(|v| *v == 1.0));
-    assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 5.0);
-    assert_eq!(all(&docs, instance, "Invocation4XXErrors").len(), 16);
+    assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 6.0);
+    assert_eq!(all(&docs, instance, "Invocation4XXErrors").len(), 17);
     assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 3.0);
     assert_eq!(
         sum(&all(&docs, instance, "InvocationModelErrors")),
         5.0,
         "404 x2, 500, timeout, refused"
     );
-    assert_eq!(sum(&all(&docs, instance, "InvocationsPerInstance")), 8.0);
+    assert_eq!(sum(&all(&docs, instance, "InvocationsPerInstance")), 8.5);
 
     let copy = copy_of("model-a");
-    assert_eq!(all(&docs, &copy, "Invocations").len(), 13);
+    assert_eq!(all(&docs, &copy, "Invocations").len(), 14);
     assert_eq!(sum(&all(&docs, &copy, "InvocationModelErrors")), 4.0);
     let gone_copy = copy_of("model-gone");
     assert_eq!(all(&docs, &gone_copy, "Invocations").len(), 1);
@@ -393,10 +401,10 @@ fn answers_faults_and_streams_are_counted_exactly() {
     let overhead = all(&docs, instance, "OverheadLatency");
     assert_eq!(
         model.len(),
-        13,
-        "forwarded: 13 to model-a less the 413, plus model-gone"
+        14,
+        "forwarded: 14 to model-a less the declared 413, plus model-gone"
     );
-    assert_eq!(overhead.len(), 16);
+    assert_eq!(overhead.len(), 17);
     assert!(overhead.iter().all(|v| *v >= 0.0));
     let longest = model.iter().cloned().fold(0.0, f64::max);
     assert!(
@@ -404,7 +412,7 @@ fn answers_faults_and_streams_are_counted_exactly() {
         "{longest}"
     );
     assert!(
-        sum(&model) + sum(&overhead) <= client_total_us * 1.01 + 2.0 * 16.0,
+        sum(&model) + sum(&overhead) <= client_total_us * 1.01 + 2.0 * 17.0,
         "{} + {} > {client_total_us}",
         sum(&model),
         sum(&overhead)

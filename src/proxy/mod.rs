@@ -326,9 +326,10 @@ async fn handle(
             ))
         }
         Ok(Err(e)) => {
-            guard.model_error = true;
             guard.model_ended = Some(Instant::now());
             let (status, message) = classify(&e);
+            // A body over the limit is the client's doing, not the model's.
+            guard.model_error = status != 413;
             let counter = if status == 504 {
                 Counter::ProxyUpstreamTimeouts
             } else if status == 502 {
