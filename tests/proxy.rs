@@ -467,6 +467,20 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
         let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http();
+        // A streamed (chunked upstream) answer over h2c too.
+        let response = h2
+            .request(
+                Request::builder()
+                    .uri(format!("http://{addr}/stream"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        upstream.release.notify_one();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"first\nlast\n");
         for _ in 0..H2C {
             let response = h2
                 .request(
@@ -482,7 +496,7 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
         }
     });
     let docs = agent.stop();
-    let total = CLIENTS * EACH + H2C;
+    let total = CLIENTS * EACH + H2C + 1;
     assert_eq!(all(&docs, instance, "Invocations").len(), total);
     assert_eq!(all(&docs, copy_of("only"), "Invocations").len(), total);
     assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 0.0);

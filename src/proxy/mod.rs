@@ -55,7 +55,9 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
+/// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
+const HOP_BY_HOP: [&str; 9] = [
+    "transfer-encoding",
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -237,7 +239,8 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin.
+                // Out of file descriptors and the like: pause rather than spin. Counted with the
+                // requests the front door could not take.
                 telemetry::warn_sampled(
                     Counter::ProxyBadRequests,
                     &format!("front door: accept failed: {e}"),
