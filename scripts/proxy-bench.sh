@@ -149,6 +149,6 @@ for conns in 1 64; do
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$target" "$conns" "$rps" "$p50" "$p99" "$added50" "$added99" "$cpu" "$tcpu"
     done
 done
-invocations=$(grep -o '"Invocations":\[[^]]*' "$DIR/emf.jsonl" 2>/dev/null | tr ',' '\n' | grep -c 1 || true)
+emf_bytes=$(wc -c < "$DIR/emf.jsonl" 2>/dev/null || echo 0)
 echo
-echo "(agent: $THREADS worker thread(s); nginx: $THREADS worker process(es); both on CPUs $PROXY_CPUS, upstream and wrk (1 thread) on $LOAD_CPUS; $DURATION per run; the agent's EMF held $invocations Invocations values when the last run ended)"
+echo "(agent: $THREADS worker thread(s); nginx: $THREADS worker process(es); both on CPUs $PROXY_CPUS, upstream and wrk (1 thread) on $LOAD_CPUS; $DURATION per run; the agent wrote $emf_bytes bytes of EMF)"
