@@ -607,3 +607,57 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
     assert_eq!(sum(&all(&docs, copy, "Invocation5XXErrors")), 1.0);
     assert_eq!(all(&docs, instance, "Invocations").len(), ok + 1 + not_yet);
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
+/// Returns its port and the sockets holding the queue (close them to free it).
+fn never_accepting() -> (u16, Vec<std::net::TcpStream>, std::net::TcpListener) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a fresh descriptor we own; checked below.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        // Backlog 0: one connection fills the queue.
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let port = listener.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_millis(200),
+        ) {
+            held.push(s);
+        }
+    }
+    (port, held, listener)
+}
+
+#[test]
+fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
+    let (port, _held, _listener) = never_accepting();
+    let mut agent = Agent::start(
+        &format!(
+            "connect_timeout_ms = 200\n\
+             [[proxy.upstream]]\ncomponent = \"stuck\"\nurl = \"http://127.0.0.1:{port}\"\n"
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = rt.block_on(async { call(&client(), addr, "/", None).await });
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("accept"), "{body}");
+    let docs = agent.stop();
+    assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 1.0);
+    assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
+    assert!(agent.stderr().contains("proxy_upstream_timeouts"));
+}
