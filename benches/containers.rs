@@ -92,6 +92,8 @@ fn fixture(root: &Path, v2: bool) -> Inventory {
                 memory_reservation_bytes: None,
                 memory_limit_bytes: Some(1 << 30),
                 gpus: GpuAllocation::None,
+                address: None,
+                upstream_port: None,
             },
         );
     }

@@ -52,6 +52,8 @@ fn bench(c: &mut Criterion) {
                 memory_reservation_bytes: None,
                 memory_limit_bytes: None,
                 gpus,
+                address: None,
+                upstream_port: None,
             },
         );
     }

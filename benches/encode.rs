@@ -28,6 +28,7 @@ fn context() -> EncodeContext {
         endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
         components_namespace: "/aws/sagemaker/InferenceComponents".into(),
         self_metrics_namespace: "EndpointMetricsAgent".into(),
+        invocations_namespace: "/aws/sagemaker/Invocations".into(),
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 60,
         log_group: None,

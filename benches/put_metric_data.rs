@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
         endpoints_namespace: config.metrics.endpoints_namespace.clone(),
         components_namespace: config.metrics.components_namespace.clone(),
         self_metrics_namespace: "EndpointMetricsAgent".into(),
+        invocations_namespace: "/aws/sagemaker/Invocations".into(),
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: storage_resolution(60),
         log_group: None,

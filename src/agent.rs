@@ -19,6 +19,7 @@ use crate::collectors::worker::{Collect, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
 use crate::identity::resolve_instance_id;
+use crate::proxy::FrontDoor;
 use crate::reload;
 use crate::service::{Event, Service};
 use crate::sinks::{Output, Sink};
@@ -84,6 +85,22 @@ impl Pipeline {
             "non-finite sample values not recorded",
         );
         closed
+    }
+
+    /// Merges pre-aggregated series (the front door's, one `Stats` per series per tick) into
+    /// the current window; call after [`Pipeline::record`] for the same tick.
+    pub fn merge(&mut self, series: Vec<(crate::catalog::SeriesKey, crate::aggregate::Stats)>) {
+        let mut rejected = 0;
+        for (key, stats) in series {
+            if self.aggregator.merge(key, &stats).is_err() {
+                rejected += 1;
+            }
+        }
+        telemetry::warn(
+            Counter::SampleValuesRejected,
+            rejected,
+            "non-finite invocation statistics not recorded",
+        );
     }
 
     pub fn encoding(&self) -> Encoding {
@@ -186,6 +203,14 @@ pub async fn run(
     let mut cost = crate::cost::CostModel::start(&config);
     let (no_copies, no_use) = (crate::discovery::Inventory::default(), Default::default());
     let mut service = Service::start(&config).await;
+    let front_door = if config.proxy.enabled {
+        let inventory = containers.as_ref().map(|c| c.inventory_watch());
+        Some(FrontDoor::start(&config.proxy, inventory)?)
+    } else {
+        None
+    };
+    // Invocation series get their own 60 s window when enhanced metrics are off (the spec).
+    let mut invocations: Option<Pipeline> = None;
 
     let collect_timeout = Duration::from_millis(m.sample_interval_ms / 2);
     let mut ticker = Ticker::new(system_now_ms(), m.sample_interval_ms);
@@ -241,16 +266,103 @@ pub async fn run(
         if let Some(batch) = pipeline.record(tick.wall_ms, samples.drain(..)) {
             publish(&output.tx, batch);
         }
+        if let Some(front_door) = &front_door {
+            let series = front_door.drain();
+            let ctx = encode_context(&config, identity.clone());
+            let period = invocation_period(&config);
+            for batch in record_invocations(
+                &mut pipeline,
+                &mut invocations,
+                ctx,
+                period,
+                tick.wall_ms,
+                series,
+            ) {
+                publish(&output.tx, batch);
+            }
+        }
     }
 
     service.stopping();
     tracing::info!("shutting down: publishing the partial window");
+    if let Some(front_door) = front_door {
+        // The requests cut off by the shutdown are accounted too.
+        let series = front_door.stop().await;
+        let ctx = encode_context(&config, identity.clone());
+        let period = invocation_period(&config);
+        let tick_ms = system_now_ms();
+        for batch in record_invocations(
+            &mut pipeline,
+            &mut invocations,
+            ctx,
+            period,
+            tick_ms,
+            series,
+        ) {
+            publish(&output.tx, batch);
+        }
+    }
     if let Some(batch) = pipeline.flush() {
+        publish(&output.tx, batch);
+    }
+    if let Some(batch) = invocations.as_mut().and_then(Pipeline::flush) {
         publish(&output.tx, batch);
     }
     output.finish(SHUTDOWN_GRACE).await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
+}
+
+/// Puts the front door's series of the tick at `tick_ms` in the right window: the main
+/// pipeline's when invocation series share its period, else their own pipeline's (created,
+/// or flushed and dropped, as `enhanced` changes on reload). Returns windows that closed.
+pub fn record_invocations(
+    pipeline: &mut Pipeline,
+    invocations: &mut Option<Pipeline>,
+    ctx: EncodeContext,
+    period_seconds: u64,
+    tick_ms: u64,
+    series: Vec<(crate::catalog::SeriesKey, crate::aggregate::Stats)>,
+) -> Vec<Encoded> {
+    let mut closed = Vec::new();
+    let own_window = period_seconds != pipeline.period_seconds;
+    let mismatched = invocations
+        .as_ref()
+        .is_some_and(|p| p.period_seconds != period_seconds);
+    if own_window != invocations.is_some() || mismatched {
+        closed.extend(invocations.take().and_then(|mut p| p.flush()));
+        if own_window {
+            *invocations = Some(Pipeline::new(
+                ctx.clone(),
+                period_seconds,
+                pipeline.encoding(),
+            ));
+        }
+    }
+    match invocations.as_mut() {
+        Some(p) => {
+            // A reload may have changed the context: follow the main pipeline's.
+            p.set_context(ctx, pipeline.encoding());
+            closed.extend(p.record(tick_ms, std::iter::empty()));
+            p.merge(series);
+        }
+        None => {
+            // Opens the window when no tick has yet (a stop right after the start).
+            closed.extend(pipeline.record(tick_ms, std::iter::empty()));
+            pipeline.merge(series);
+        }
+    }
+    closed
+}
+
+/// The publish period of invocation series: the publish frequency with enhanced metrics, else
+/// 60 s ("without enhanced metrics the frequency applies to utilization metrics only").
+pub fn invocation_period(config: &Config) -> u64 {
+    if config.metrics.enhanced {
+        config.metrics.publish_frequency_seconds
+    } else {
+        crate::catalog::PLAIN_INVOCATION_PERIOD_SECONDS
+    }
 }
 
 pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
@@ -267,6 +379,7 @@ pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeConte
         endpoints_namespace: m.endpoints_namespace.clone(),
         components_namespace: m.components_namespace.clone(),
         self_metrics_namespace: config.self_metrics.namespace.clone(),
+        invocations_namespace: config.proxy.namespace.clone(),
         gpu_dimension_name: config.gpu.dimension_name.clone(),
         storage_resolution: storage_resolution(m.publish_frequency_seconds),
         log_group,
@@ -388,6 +501,56 @@ mod tests {
             gpu["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             serde_json::json!([["EndpointName", "VariantName", "InstanceId", "GpuId"]])
         );
+    }
+
+    #[test]
+    fn without_enhanced_metrics_invocations_keep_a_60_s_window() {
+        use crate::aggregate::Stats;
+        use crate::catalog::SeriesKey;
+        let invocation = || {
+            vec![(
+                SeriesKey {
+                    scope: Scope::Invocations,
+                    metric: Metric::Invocations,
+                },
+                Stats::new(1.0),
+            )]
+        };
+        let mut p = Pipeline::new(ctx(false), 10, EMF);
+        let mut own: Option<Pipeline> = None;
+        let mut main_docs = Vec::new();
+        let mut invocation_docs = Vec::new();
+        // Ticks every second from 0.5 s to 70.5 s: seven 10 s windows, one 60 s one.
+        for t in 0..=70u64 {
+            let tick = t * 1000 + 500;
+            let batch = p.record(
+                tick,
+                [Sample::new(Scope::Instance, Metric::CpuUtilization, 1.0)],
+            );
+            if batch.is_some() {
+                main_docs.extend(docs(batch));
+            }
+            for batch in record_invocations(&mut p, &mut own, ctx(false), 60, tick, invocation()) {
+                invocation_docs.extend(docs(Some(batch)));
+            }
+        }
+        assert_eq!(main_docs.len(), 7, "10 s windows of host metrics");
+        assert!(main_docs.iter().all(|d| !d.contains("Invocations")));
+        assert_eq!(invocation_docs.len(), 1, "one 60 s window of invocations");
+        let v: serde_json::Value = serde_json::from_str(&invocation_docs[0]).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 0);
+        assert_eq!(v["Invocations"].as_array().unwrap().len(), 60);
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "/aws/sagemaker/Invocations"
+        );
+
+        // Enhanced: the same 10 s window as the rest; the own window is flushed and dropped.
+        let batches = record_invocations(&mut p, &mut own, ctx(true), 10, 71_500, invocation());
+        assert_eq!(batches.len(), 1, "the partial 60 s window is published");
+        assert!(own.is_none());
+        let docs = docs(p.flush());
+        assert!(docs.iter().any(|d| d.contains("\"Invocations\"")));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new(value: f64) -> Self {
+    pub fn new(value: f64) -> Self {
         Stats {
             min: value,
             max: value,
@@ -29,7 +29,7 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, value: f64) {
+    pub fn record(&mut self, value: f64) {
         self.min = self.min.min(value);
         self.max = self.max.max(value);
         self.sum += value;
@@ -102,6 +102,21 @@ impl Aggregator {
             Some(stats) => stats.record(sample.value),
             None => {
                 self.series.insert(sample.key, Stats::new(sample.value));
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges statistics gathered elsewhere (the front door pre-aggregates its requests, one
+    /// `Stats` per series per tick) into the current window.
+    pub fn merge(&mut self, key: SeriesKey, stats: &Stats) -> Result<(), RecordError> {
+        if !(stats.min.is_finite() && stats.max.is_finite() && stats.sum.is_finite()) {
+            return Err(RecordError::NotFinite);
+        }
+        match self.series.get_mut(&key) {
+            Some(current) => current.merge(stats),
+            None => {
+                self.series.insert(key, stats.clone());
             }
         }
         Ok(())
@@ -209,6 +224,25 @@ mod tests {
         agg.record(sample(Metric::CpuUtilization, 0.0)).unwrap();
         let stats = &agg.flush(0, 10).series[0].1;
         assert_eq!(stats.distribution, vec![(0.0, 2)]);
+    }
+
+    #[test]
+    fn merged_stats_join_recorded_samples() {
+        let mut agg = Aggregator::new();
+        agg.record(sample(Metric::Invocations, 1.0)).unwrap();
+        let mut pre = Stats::new(1.0);
+        pre.record(1.0);
+        let key = SeriesKey {
+            scope: Scope::Instance,
+            metric: Metric::Invocations,
+        };
+        agg.merge(key.clone(), &pre).unwrap();
+        let mut bad = Stats::new(1.0);
+        bad.sum = f64::NAN;
+        assert_eq!(agg.merge(key, &bad), Err(RecordError::NotFinite));
+        let stats = &agg.flush(0, 60).series[0].1;
+        assert_eq!(stats.count, 3);
+        assert_eq!(stats.distribution, vec![(1.0, 3)]);
     }
 
     #[test]

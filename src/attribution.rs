@@ -415,6 +415,8 @@ mod tests {
             memory_reservation_bytes: None,
             memory_limit_bytes: None,
             gpus,
+            address: None,
+            upstream_port: None,
         }
     }
 

@@ -70,6 +70,17 @@ pub enum Metric {
     UnallocatedGpuCostPerHour,
     UnallocatedGpuCostAccrued,
     IdleGpuCostAccrued,
+    /// Invocation metrics, measured by the front door (`proxy`), in `[proxy] namespace`.
+    Invocations,
+    Invocation4xxErrors,
+    Invocation5xxErrors,
+    InvocationModelErrors,
+    ModelLatency,
+    OverheadLatency,
+    InvocationsPerInstance,
+    InvocationsPerCopy,
+    ConcurrentRequestsPerModel,
+    ConcurrentRequestsPerCopy,
 }
 
 impl Metric {
@@ -118,6 +129,16 @@ impl Metric {
             Metric::UnallocatedGpuCostPerHour => "UnallocatedGPUCostPerHour",
             Metric::UnallocatedGpuCostAccrued => "UnallocatedGPUCostAccrued",
             Metric::IdleGpuCostAccrued => "IdleGPUCostAccrued",
+            Metric::Invocations => "Invocations",
+            Metric::Invocation4xxErrors => "Invocation4XXErrors",
+            Metric::Invocation5xxErrors => "Invocation5XXErrors",
+            Metric::InvocationModelErrors => "InvocationModelErrors",
+            Metric::ModelLatency => "ModelLatency",
+            Metric::OverheadLatency => "OverheadLatency",
+            Metric::InvocationsPerInstance => "InvocationsPerInstance",
+            Metric::InvocationsPerCopy => "InvocationsPerCopy",
+            Metric::ConcurrentRequestsPerModel => "ConcurrentRequestsPerModel",
+            Metric::ConcurrentRequestsPerCopy => "ConcurrentRequestsPerCopy",
         }
     }
 
@@ -139,7 +160,17 @@ impl Metric {
             | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
             Metric::AgentCpuTime => Unit::Seconds,
             Metric::AgentResidentMemory => Unit::Bytes,
-            Metric::AgentPublishLatency => Unit::Microseconds,
+            Metric::AgentPublishLatency | Metric::ModelLatency | Metric::OverheadLatency => {
+                Unit::Microseconds
+            }
+            Metric::Invocations
+            | Metric::Invocation4xxErrors
+            | Metric::Invocation5xxErrors
+            | Metric::InvocationModelErrors
+            | Metric::InvocationsPerInstance
+            | Metric::InvocationsPerCopy
+            | Metric::ConcurrentRequestsPerModel
+            | Metric::ConcurrentRequestsPerCopy => Unit::Count,
             Metric::AgentSamplesTaken
             | Metric::AgentSamplesMissed
             | Metric::AgentErrors
@@ -181,6 +212,17 @@ pub enum Scope {
     /// (`/aws/sagemaker/InferenceComponents`; cost metrics). Its own scope, not `Container`, so
     /// its totals never merge with per-copy values under `{InferenceComponentName}`.
     Component { component: Arc<str> },
+    /// Requests through the front door, all components together (`[proxy] namespace`).
+    Invocations,
+    /// Requests to one inference component, all its copies on this host together (`[proxy]
+    /// namespace`): the component's concurrency.
+    ComponentInvocations { component: Arc<str> },
+    /// Requests to one model copy: a container of a component, or a static upstream
+    /// (`[proxy] namespace`).
+    CopyInvocations {
+        component: Arc<str>,
+        container_id: Arc<str>,
+    },
 }
 
 /// Which namespace a scope publishes into; the names themselves are configuration.
@@ -190,6 +232,8 @@ pub enum Namespace {
     InferenceComponents,
     /// The agent's own metrics, in the namespace `[self_metrics]` names.
     Agent,
+    /// Invocation metrics, in the namespace `[proxy]` names.
+    Invocations,
 }
 
 pub const DEFAULT_ENDPOINTS_NAMESPACE: &str = "/aws/sagemaker/Endpoints";
@@ -257,6 +301,9 @@ impl Scope {
                 Namespace::InferenceComponents
             }
             Scope::Agent => Namespace::Agent,
+            Scope::Invocations
+            | Scope::ComponentInvocations { .. }
+            | Scope::CopyInvocations { .. } => Namespace::Invocations,
         }
     }
 
@@ -278,6 +325,12 @@ impl Scope {
             // enhanced metrics.
             (Scope::Component { .. }, false) => &[COMPONENT],
             (Scope::Component { .. }, true) => &[COMPONENT, COMPONENT_INSTANCE],
+            (Scope::Invocations, false) => &[ENDPOINT],
+            (Scope::Invocations, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
+            // The whole component: per-copy dimensions would not describe it.
+            (Scope::ComponentInvocations { .. }, _) => &[COMPONENT],
+            (Scope::CopyInvocations { .. }, false) => &[COMPONENT],
+            (Scope::CopyInvocations { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
         }
     }
 
@@ -294,11 +347,14 @@ impl Scope {
             ) => Some(index.to_string()),
             (Scope::Container { component, .. }, InferenceComponentName)
             | (Scope::ContainerGpu { component, .. }, InferenceComponentName)
-            | (Scope::Component { component }, InferenceComponentName) => {
+            | (Scope::Component { component }, InferenceComponentName)
+            | (Scope::ComponentInvocations { component }, InferenceComponentName)
+            | (Scope::CopyInvocations { component, .. }, InferenceComponentName) => {
                 Some(component.to_string())
             }
             (Scope::Container { container_id, .. }, ContainerId)
-            | (Scope::ContainerGpu { container_id, .. }, ContainerId) => {
+            | (Scope::ContainerGpu { container_id, .. }, ContainerId)
+            | (Scope::CopyInvocations { container_id, .. }, ContainerId) => {
                 Some(container_id.to_string())
             }
             _ => None,
@@ -345,6 +401,22 @@ impl Sample {
             key: SeriesKey { scope, metric },
             value,
         }
+    }
+}
+
+/// The default `[proxy] namespace`. SageMaker publishes invocation metrics in `AWS/SageMaker`,
+/// which CloudWatch reserves; this keeps the path shape of the other two defaults.
+pub const DEFAULT_INVOCATIONS_NAMESPACE: &str = "/aws/sagemaker/Invocations";
+
+/// Without enhanced metrics the invocation series stay at this period whatever the publish
+/// frequency (the spec: "the frequency applies to utilization metrics only").
+pub const PLAIN_INVOCATION_PERIOD_SECONDS: u64 = 60;
+
+impl Scope {
+    /// Whether this series is an invocation series (its publish period follows the spec's rule
+    /// for invocation metrics).
+    pub fn is_invocation(&self) -> bool {
+        self.namespace() == Namespace::Invocations
     }
 }
 
@@ -413,6 +485,56 @@ mod tests {
         }
         assert_eq!(Metric::AgentCpuTime.unit(), Unit::Seconds);
         assert_eq!(Metric::AgentPublishLatency.name(), "PublishLatency");
+    }
+
+    #[test]
+    fn invocation_dimension_sets_follow_the_spec() {
+        assert_eq!(Scope::Invocations.namespace(), Namespace::Invocations);
+        assert_eq!(
+            Scope::Invocations.dimension_sets(false),
+            &[&[EndpointName, VariantName][..]]
+        );
+        assert_eq!(
+            Scope::Invocations.dimension_sets(true),
+            &[
+                &[EndpointName, VariantName][..],
+                &[EndpointName, VariantName, InstanceId][..]
+            ]
+        );
+        let copy = Scope::CopyInvocations {
+            component: "model-a".into(),
+            container_id: "0123456789ab".into(),
+        };
+        assert!(copy.is_invocation());
+        assert_eq!(copy.dimension_sets(false), &[&[InferenceComponentName][..]]);
+        assert_eq!(
+            copy.dimension_sets(true),
+            &[
+                &[InferenceComponentName][..],
+                &[
+                    EndpointName,
+                    VariantName,
+                    InstanceId,
+                    InferenceComponentName,
+                    ContainerId
+                ][..]
+            ]
+        );
+        assert_eq!(
+            copy.dimension_value(ContainerId).as_deref(),
+            Some("0123456789ab")
+        );
+        let component = Scope::ComponentInvocations {
+            component: "model-a".into(),
+        };
+        assert_eq!(
+            component.dimension_sets(true),
+            &[&[InferenceComponentName][..]]
+        );
+        assert!(!Scope::Instance.is_invocation());
+        assert_eq!(Metric::Invocation4xxErrors.name(), "Invocation4XXErrors");
+        assert_eq!(Metric::ModelLatency.unit(), Unit::Microseconds);
+        assert_eq!(Metric::ConcurrentRequestsPerCopy.unit(), Unit::Count);
     }
 
     #[test]

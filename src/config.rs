@@ -83,6 +83,10 @@ pub struct Config {
     /// Cost per model from GPU allocation (`cost`): the instance's price and how it is split.
     #[serde(default)]
     pub cost: CostConfig,
+    /// The front door: an HTTP proxy in front of the model containers that measures every
+    /// request (invocation metrics).
+    #[serde(default)]
+    pub proxy: ProxyConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -679,6 +683,7 @@ impl Config {
         }
         self.docker.validate()?;
         self.cost.validate()?;
+        self.proxy.validate()?;
         Ok(())
     }
 
@@ -713,7 +718,8 @@ impl Config {
              gpu: {} ({}, dimension {})\n\
              log: {:?} at {}\n\
              admin: {}\n\
-             self metrics: {}",
+             self metrics: {}\n\
+             front door: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -745,7 +751,169 @@ impl Config {
             } else {
                 "disabled".into()
             },
+            if self.proxy.enabled {
+                format!(
+                    "http://{} to containers on port {} and {} static upstreams, namespace {}",
+                    self.proxy.listen,
+                    self.proxy.upstream_port,
+                    self.proxy.upstream.len(),
+                    self.proxy.namespace
+                )
+            } else {
+                "disabled".into()
+            },
         )
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Run the front door.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address and port it listens on (HTTP/1.1 and h2c).
+    #[serde(default = "default_proxy_listen")]
+    pub listen: String,
+    /// Namespace of the invocation metrics; must not start with "AWS/".
+    #[serde(default = "default_invocations_namespace")]
+    pub namespace: String,
+    /// The port model containers listen on; a container's label
+    /// `endpoint-metrics-agent.upstream-port` overrides it.
+    #[serde(default = "default_upstream_port")]
+    pub upstream_port: u16,
+    /// Instances behind the endpoint: `InvocationsPerInstance` counts 1/this per request.
+    #[serde(default = "default_instance_count")]
+    pub instance_count: u32,
+    /// Threads of the front door's own runtime (the sampling loop keeps its thread).
+    #[serde(default = "default_proxy_worker_threads")]
+    pub worker_threads: usize,
+    /// Connecting to a copy may take this long; past it the client gets 504.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// A copy must answer (response headers) within this; past it the client gets 504.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Largest request body accepted; larger ones get 413.
+    #[serde(default = "default_max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+    /// Static upstreams, for hosts without Docker.
+    #[serde(default)]
+    pub upstream: Vec<StaticUpstream>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUpstream {
+    /// The inference component it serves (`X-Amzn-SageMaker-Inference-Component`).
+    pub component: String,
+    /// Its base URL, "http://host:port" (no path).
+    pub url: String,
+}
+
+/// The issue's default front door address.
+pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:8080";
+/// SageMaker's model containers serve on 8080.
+pub const DEFAULT_UPSTREAM_PORT: u16 = 8080;
+/// One thread: the agent stays small on a host whose cores belong to the models; raise it (and
+/// measure) for high request rates.
+pub const DEFAULT_PROXY_WORKER_THREADS: usize = 1;
+pub const MAX_PROXY_WORKER_THREADS: usize = 64;
+/// A local container accepts in well under a second; 2 s covers a loaded host.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// SageMaker's real-time invocation limit is 60 s for the response to start.
+pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 60_000;
+/// SageMaker's real-time payload limit is 6 MB (25 MB for some); the larger one.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
+
+fn default_proxy_listen() -> String {
+    DEFAULT_PROXY_LISTEN.into()
+}
+fn default_invocations_namespace() -> String {
+    crate::catalog::DEFAULT_INVOCATIONS_NAMESPACE.into()
+}
+fn default_upstream_port() -> u16 {
+    DEFAULT_UPSTREAM_PORT
+}
+fn default_instance_count() -> u32 {
+    1
+}
+fn default_proxy_worker_threads() -> usize {
+    DEFAULT_PROXY_WORKER_THREADS
+}
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_response_timeout_ms() -> u64 {
+    DEFAULT_RESPONSE_TIMEOUT_MS
+}
+fn default_max_request_body_bytes() -> u64 {
+    DEFAULT_MAX_REQUEST_BODY_BYTES
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: false,
+            listen: default_proxy_listen(),
+            namespace: default_invocations_namespace(),
+            upstream_port: default_upstream_port(),
+            instance_count: default_instance_count(),
+            worker_threads: default_proxy_worker_threads(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            response_timeout_ms: default_response_timeout_ms(),
+            max_request_body_bytes: default_max_request_body_bytes(),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "proxy.listen",
+                format!(
+                    "\"{}\" is not an address and port; allowed: e.g. \"{DEFAULT_PROXY_LISTEN}\"",
+                    self.listen
+                ),
+            ));
+        }
+        validate_namespace(&self.namespace).map_err(|r| ("proxy.namespace", r))?;
+        if self.upstream_port == 0 {
+            return Err(("proxy.upstream_port", "allowed: 1 to 65535".into()));
+        }
+        if self.instance_count == 0 {
+            return Err(("proxy.instance_count", "allowed: 1 or more".into()));
+        }
+        if self.worker_threads == 0 || self.worker_threads > MAX_PROXY_WORKER_THREADS {
+            return Err((
+                "proxy.worker_threads",
+                format!("allowed: 1 to {MAX_PROXY_WORKER_THREADS}"),
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(("proxy.connect_timeout_ms", "allowed: 1 or more".into()));
+        }
+        if self.response_timeout_ms == 0 {
+            return Err(("proxy.response_timeout_ms", "allowed: 1 or more".into()));
+        }
+        if self.max_request_body_bytes == 0 {
+            return Err(("proxy.max_request_body_bytes", "allowed: 1 or more".into()));
+        }
+        for upstream in &self.upstream {
+            if upstream.component.trim().is_empty()
+                || upstream.component.chars().count() > MAX_DIMENSION_VALUE_CHARS
+            {
+                return Err((
+                    "proxy.upstream.component",
+                    format!("must be 1 to {MAX_DIMENSION_VALUE_CHARS} characters"),
+                ));
+            }
+            crate::proxy::route::parse_static_url(&upstream.url)
+                .map_err(|r| ("proxy.upstream.url", r))?;
+        }
+        Ok(())
     }
 }
 
@@ -868,6 +1036,12 @@ mod tests {
         assert_eq!(c.admin.listen, "127.0.0.1:9464");
         assert!(!c.self_metrics.enabled);
         assert_eq!(c.self_metrics.namespace, "EndpointMetricsAgent");
+        assert!(!c.proxy.enabled);
+        assert_eq!(c.proxy.listen, "0.0.0.0:8080");
+        assert_eq!(c.proxy.namespace, "/aws/sagemaker/Invocations");
+        assert_eq!(c.proxy.upstream_port, 8080);
+        assert_eq!(c.proxy.instance_count, 1);
+        assert!(c.proxy.upstream.is_empty());
     }
 
     #[test]
@@ -915,6 +1089,12 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[cost]\ngpus_per_instance = 0\n", "cost.gpus_per_instance"),
             ("[endpoint]\nname = \"e\"\n[cost]\ngpus_per_instance = 65\n", "cost.gpus_per_instance"),
             ("[endpoint]\nname = \"e\"\n[cost]\nprice = 1.0\n", "cost.price"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nnamespace = \"AWS/SageMaker\"\n", "proxy.namespace"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nlisten = \"8080\"\n", "proxy.listen"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\ninstance_count = 0\n", "proxy.instance_count"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads"),
+            ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream.url"),
+            ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"\"\nurl = \"http://x:1\"\n", "proxy.upstream.component"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -18,6 +18,7 @@ pub mod encode;
 pub mod identity;
 pub mod logging;
 pub mod plan;
+pub mod proxy;
 pub mod reload;
 pub mod sd_notify;
 pub mod self_metrics;

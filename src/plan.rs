@@ -46,8 +46,7 @@ pub struct HostShape {
     pub components: u32,
 }
 
-/// Which series the collectors emit for a scope. Invocation metrics (the proxy) are not
-/// included yet.
+/// Which series the collectors (and the front door) emit for a scope.
 fn metrics_of(scope: &Scope) -> &'static [Metric] {
     use Metric::*;
     match scope {
@@ -62,6 +61,29 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
         Scope::Agent => &Metric::AGENT,
         Scope::Component { .. } => &crate::cost::COMPONENT_METRICS,
+        Scope::Invocations => &crate::proxy::account::INSTANCE_METRICS,
+        Scope::ComponentInvocations { .. } => &crate::proxy::account::COMPONENT_METRICS,
+        Scope::CopyInvocations { .. } => &crate::proxy::account::COPY_METRICS,
+    }
+}
+
+/// The front door's series: the instance, each component, each copy (static upstreams are not
+/// counted). Their window is the same as the rest here, which overstates EMF bytes without
+/// enhanced metrics (they then keep 60 s windows) and ignores that their values grow with traffic.
+fn invocation_scopes(shape: &HostShape, components: u32, scopes: &mut Vec<(Scope, Vec<Metric>)>) {
+    scopes.push((Scope::Invocations, metrics_of(&Scope::Invocations).to_vec()));
+    for c in 0..components.min(shape.containers) {
+        let s = Scope::ComponentInvocations {
+            component: format!("component-{c}").into(),
+        };
+        scopes.push((s.clone(), metrics_of(&s).to_vec()));
+    }
+    for c in 0..shape.containers {
+        let s = Scope::CopyInvocations {
+            component: format!("component-{}", c % components).into(),
+            container_id: format!("{:012x}", 0xa0000 + c).into(),
+        };
+        scopes.push((s.clone(), metrics_of(&s).to_vec()));
     }
 }
 
@@ -192,6 +214,9 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
             };
             scopes.push((s.clone(), metrics_of(&s).to_vec()));
         }
+    }
+    if config.proxy.enabled {
+        invocation_scopes(shape, components, &mut scopes);
     }
     let mut aggregator = Aggregator::new();
     for (scope, metrics) in scopes {
@@ -448,6 +473,25 @@ mod tests {
         containers: 4,
         components: 2,
     };
+
+    #[test]
+    fn the_front_door_adds_its_invocation_series() {
+        let shape = HostShape {
+            gpus: 0,
+            containers: 2,
+            components: 1,
+        };
+        let without = plan(&config(""), &shape).series.len();
+        let with = plan(&config("[proxy]\nenabled = true\n"), &shape).series;
+        let invocations: Vec<&Series> = with
+            .iter()
+            .filter(|s| s.namespace == "/aws/sagemaker/Invocations")
+            .collect();
+        // Instance: 8 metrics; the component: ConcurrentRequestsPerModel and, shared by both
+        // copies (same {InferenceComponentName}), the 8 per-copy metrics.
+        assert_eq!(invocations.len(), 8 + 1 + 8, "{invocations:?}");
+        assert_eq!(with.len(), without + invocations.len());
+    }
 
     #[test]
     fn tiers_add_up() {

@@ -69,6 +69,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     live!("gpu.dimension_name", gpu.dimension_name);
     live!("self_metrics.enabled", self_metrics.enabled);
     live!("self_metrics.namespace", self_metrics.namespace);
+    live!("proxy.namespace", proxy.namespace);
 
     let mut needs_restart = Vec::new();
     macro_rules! restart {
@@ -93,6 +94,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     restart!("gpu.process_interval_ms", gpu.process_interval_ms);
     restart!("admin", admin);
     restart!("cost", cost);
+    // The front door's listener, upstreams and limits are fixed at start; its namespace is live.
+    let mut proxy = new.proxy.clone();
+    proxy.namespace = old.proxy.namespace.clone();
+    if old.proxy != proxy {
+        needs_restart.push("proxy");
+    }
     // A section added later that nobody taught this module about: say so rather than ignore it.
     let mut known = effective.clone();
     copy_restart_keys(&mut known, new);
@@ -119,6 +126,7 @@ fn copy_restart_keys(into: &mut Config, new: &Config) {
     into.gpu.process_interval_ms = new.gpu.process_interval_ms;
     into.admin = new.admin.clone();
     into.cost = new.cost.clone();
+    into.proxy = new.proxy.clone();
 }
 
 /// SIGHUP: reads the file again and applies what can change at run time. The current window
@@ -248,6 +256,21 @@ mod tests {
         let p = plan(&old, &new);
         assert_eq!(p.needs_restart, vec!["cost"]);
         assert_eq!(p.effective.cost, old.cost, "kept");
+    }
+
+    #[test]
+    fn the_proxy_namespace_is_live_and_the_rest_of_proxy_waits() {
+        let old = config("");
+        let p = plan(
+            &old,
+            &config("[proxy]\nnamespace = \"Custom/Invocations\"\n"),
+        );
+        assert_eq!(p.applied, vec!["proxy.namespace"]);
+        assert!(p.needs_restart.is_empty());
+        assert_eq!(p.effective.proxy.namespace, "Custom/Invocations");
+        let p = plan(&old, &config("[proxy]\nenabled = true\n"));
+        assert_eq!(p.needs_restart, vec!["proxy"]);
+        assert!(!p.effective.proxy.enabled, "kept until a restart");
     }
 
     #[test]

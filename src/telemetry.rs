@@ -56,10 +56,16 @@ pub enum Counter {
     /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
     /// table's count disagrees with the host): costs add up to more than the instance's price.
     CostGpusOverallocated,
+    /// Front door: a request it could not read or route (400, 404, 413, 431).
+    ProxyBadRequests,
+    /// Front door: a copy refused or reset the connection, or broke off its answer (502).
+    ProxyUpstreamErrors,
+    /// Front door: a copy did not accept or answer in time (504).
+    ProxyUpstreamTimeouts,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 41] = [
+    pub const ALL: [Counter; 44] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -101,6 +107,9 @@ impl Counter {
         Counter::AdminBadRequests,
         Counter::CostUnpriced,
         Counter::CostGpusOverallocated,
+        Counter::ProxyBadRequests,
+        Counter::ProxyUpstreamErrors,
+        Counter::ProxyUpstreamTimeouts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -146,6 +155,9 @@ impl Counter {
             Counter::AdminBadRequests => "admin_bad_requests",
             Counter::CostUnpriced => "cost_unpriced",
             Counter::CostGpusOverallocated => "cost_gpus_overallocated",
+            Counter::ProxyBadRequests => "proxy_bad_requests",
+            Counter::ProxyUpstreamErrors => "proxy_upstream_errors",
+            Counter::ProxyUpstreamTimeouts => "proxy_upstream_timeouts",
         }
     }
 
@@ -256,6 +268,35 @@ pub fn warn(counter: Counter, n: u64, reason: &str) {
         total = get(counter),
         reason,
         "counted"
+    );
+}
+
+/// At most one log line per counter per this interval from [`warn_sampled`]: per-request
+/// events (the front door at thousands of requests a second) must not flood the log.
+pub const SAMPLED_LOG_INTERVAL_MS: u64 = 10_000;
+
+static LAST_LOGGED_MS: [AtomicU64; Counter::ALL.len()] =
+    [const { AtomicU64::new(0) }; Counter::ALL.len()];
+
+/// Counts one event and logs it as [`warn`] does, but at most once per
+/// [`SAMPLED_LOG_INTERVAL_MS`] per counter; the logged `total` covers the ones not logged.
+pub fn warn_sampled(counter: Counter, reason: &str) {
+    add(counter, 1);
+    let now = crate::clock::system_now_ms();
+    let last = &LAST_LOGGED_MS[counter as usize];
+    let previous = last.load(Ordering::Relaxed);
+    if now.saturating_sub(previous) < SAMPLED_LOG_INTERVAL_MS
+        || last
+            .compare_exchange(previous, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    tracing::warn!(
+        counter = counter.name(),
+        total = get(counter),
+        reason,
+        "counted (logged at most every 10 s)"
     );
 }
 

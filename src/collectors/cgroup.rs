@@ -580,6 +580,8 @@ mod tests {
             memory_reservation_bytes: None,
             memory_limit_bytes: None,
             gpus: GpuAllocation::None,
+            address: None,
+            upstream_port: None,
         }
     }
 

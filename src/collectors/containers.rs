@@ -37,6 +37,8 @@ pub struct ContainerMetrics {
     inventory: Arc<Inventory>,
     /// The copies' SM utilization per GPU from the last GPU attribution (for `cost`).
     gpu_use: crate::cost::GpuUse,
+    /// Discovery's latest inventory, for the front door's upstream table.
+    inventory_watch: tokio::sync::watch::Receiver<Arc<Inventory>>,
 }
 
 impl ContainerMetrics {
@@ -49,6 +51,7 @@ impl ContainerMetrics {
         let proc_root = &config.host.proc_root;
         let host = HostCapacity::read(proc_root).context("reading the host's CPUs and memory")?;
         let inventory = docker::spawn(config.docker.clone());
+        let inventory_watch = inventory.clone();
         let collector = CgroupCollector::new(proc_root, &config.host.cgroup_root, host, inventory);
         tracing::info!(
             socket = %config.docker.socket,
@@ -65,7 +68,13 @@ impl ContainerMetrics {
             pids: PidContainers::default(),
             inventory: Arc::default(),
             gpu_use: Default::default(),
+            inventory_watch,
         }))
+    }
+
+    /// Discovery's inventory as it changes (the front door routes to the containers in it).
+    pub fn inventory_watch(&self) -> tokio::sync::watch::Receiver<Arc<Inventory>> {
+        self.inventory_watch.clone()
     }
 
     /// Reads the containers for the tick at `tick_ms`, attributes `gpu` (this tick's GPU reading,

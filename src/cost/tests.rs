@@ -30,6 +30,8 @@ fn inventory(copies: &[(&str, &str, GpuAllocation)]) -> Inventory {
                 memory_reservation_bytes: None,
                 memory_limit_bytes: None,
                 gpus: gpus.clone(),
+                address: None,
+                upstream_port: None,
             },
         );
     }

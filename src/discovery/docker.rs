@@ -124,6 +124,35 @@ pub fn classify(inspect: &ContainerInspectResponse, config: &DockerConfig) -> Cl
             .map(|v| v as u64),
         memory_limit_bytes: host.and_then(|h| positive(h.memory)).map(|v| v as u64),
         gpus,
+        address: address(inspect),
+        upstream_port: labels
+            .and_then(|l| l.get(UPSTREAM_PORT_LABEL))
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p != 0),
+    })
+}
+
+/// The container label that overrides `[proxy] upstream_port` for one container.
+pub const UPSTREAM_PORT_LABEL: &str = "endpoint-metrics-agent.upstream-port";
+
+/// The container's address for the front door: 127.0.0.1 with host networking, else its
+/// address on the first of its networks (by name) that gave it one.
+fn address(inspect: &ContainerInspectResponse) -> Option<std::net::IpAddr> {
+    let mode = inspect
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref());
+    if mode == Some("host") {
+        return Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    let networks = inspect.network_settings.as_ref()?.networks.as_ref()?;
+    let mut names: Vec<&String> = networks.keys().collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        networks[name]
+            .ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
     })
 }
 

@@ -37,6 +37,11 @@ pub struct ContainerInfo {
     pub memory_limit_bytes: Option<u64>,
     /// The GPUs allocated to it.
     pub gpus: GpuAllocation,
+    /// Where the front door reaches it: its address on its network (127.0.0.1 with host
+    /// networking). None: no address (no network), not reachable.
+    pub address: Option<std::net::IpAddr>,
+    /// Its label [`docker::UPSTREAM_PORT_LABEL`], overriding `[proxy] upstream_port`.
+    pub upstream_port: Option<u16>,
 }
 
 impl ContainerInfo {

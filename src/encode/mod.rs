@@ -16,6 +16,8 @@ pub struct EncodeContext {
     pub components_namespace: String,
     /// `[self_metrics] namespace`: where `Scope::Agent` series go.
     pub self_metrics_namespace: String,
+    /// `[proxy] namespace`: where invocation series go.
+    pub invocations_namespace: String,
     pub gpu_dimension_name: String,
     pub storage_resolution: u32,
     /// `_aws.LogGroupName`, for the CloudWatch agent's listener.
@@ -133,6 +135,7 @@ fn new_group<'a>(
         Namespace::Endpoints => ctx.endpoints_namespace.as_str(),
         Namespace::InferenceComponents => ctx.components_namespace.as_str(),
         Namespace::Agent => ctx.self_metrics_namespace.as_str(),
+        Namespace::Invocations => ctx.invocations_namespace.as_str(),
     };
     let gpu_name = ctx.gpu_dimension_name.as_str();
     let mut dimensions: Vec<(&'a str, String)> = Vec::new();
@@ -173,6 +176,7 @@ pub(crate) fn test_context(enhanced: bool) -> EncodeContext {
         endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
         components_namespace: "/aws/sagemaker/InferenceComponents".into(),
         self_metrics_namespace: "EndpointMetricsAgent".into(),
+        invocations_namespace: crate::catalog::DEFAULT_INVOCATIONS_NAMESPACE.into(),
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 1,
         log_group: None,

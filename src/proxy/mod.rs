@@ -1,0 +1,618 @@
+//! The front door: an HTTP/1.1 and h2c reverse proxy in front of the model containers that
+//! routes each request to a copy of its inference component ([`route`]) and measures it
+//! ([`account`]).
+//!
+//! It runs on its own small runtime (`[proxy] worker_threads`), so request traffic and the
+//! sampling loop never wait on each other. It owns no publishing loop: the sampling loop in
+//! `agent` drains [`FrontDoor::drain`] each tick into the pipeline. Responses stream through
+//! unbuffered; a request is in flight until its response body's last frame has been handed to
+//! the connection, or the client went away.
+
+pub mod account;
+pub mod route;
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::aggregate::Stats;
+use crate::catalog::SeriesKey;
+use crate::config::{ProxyConfig, StaticUpstream};
+use crate::discovery::Inventory;
+use crate::telemetry::{self, Counter};
+use account::{Accounts, Outcome};
+use route::{Table, Upstream, COMPONENT_HEADER};
+
+/// Request head limit (request line and headers). nginx allows 4 x 8 KiB by default; the
+/// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A client must send its request head within this (slowloris); hyper closes the connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle keep-alive connections kept to each copy: enough for 64 concurrent clients without
+/// reconnecting, small against a container's file limit.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
+/// Idle upstream connections are closed after this; model servers commonly time out idle
+/// keep-alive connections after 60-75 s, so close first.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
+/// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
+const HOP_BY_HOP: [&str; 9] = [
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Stopping waits this long for the front door's tasks to end (within the agent's shutdown
+/// grace, `agent::SHUTDOWN_GRACE`).
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+type UpstreamClient = Client<HttpConnector, Limited<Incoming>>;
+
+struct State {
+    accounts: Arc<Accounts>,
+    table: RwLock<Arc<Table>>,
+    client: UpstreamClient,
+    response_timeout: Duration,
+    max_request_body_bytes: u64,
+}
+
+impl State {
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The running front door.
+pub struct FrontDoor {
+    /// Dropping or sending it stops the front door's thread.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Says when the thread has dropped every connection (their requests accounted).
+    stopped: Option<std::sync::mpsc::Receiver<()>>,
+    state: Arc<State>,
+    pub local_addr: SocketAddr,
+}
+
+impl FrontDoor {
+    /// Binds `[proxy] listen` and starts serving on its own runtime. `inventory` is Docker
+    /// discovery's (None with `[docker] enabled = false`: static upstreams only).
+    pub fn start(
+        config: &ProxyConfig,
+        inventory: Option<watch::Receiver<Arc<Inventory>>>,
+    ) -> anyhow::Result<FrontDoor> {
+        // One thread: a current-thread runtime (no work-stealing bookkeeping on every wake-up,
+        // measured cheaper per request); more: a multi-thread one with that many workers.
+        let runtime = if config.worker_threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads)
+                .thread_name("proxy")
+                .enable_all()
+                .build()
+        }
+        .context("building the front door's runtime")?;
+        let listener = std::net::TcpListener::bind(&config.listen)
+            .with_context(|| format!("front door: cannot listen on {}", config.listen))?;
+        listener
+            .set_nonblocking(true)
+            .context("front door: non-blocking listener")?;
+        let local_addr = listener.local_addr().context("front door: local address")?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let statics = static_upstreams(&config.upstream);
+        let first = match &inventory {
+            Some(rx) => Table::build(
+                &statics,
+                &rx.borrow(),
+                config.upstream_port,
+                &Table::default(),
+            ),
+            None => Table::build(
+                &statics,
+                &Inventory::default(),
+                config.upstream_port,
+                &Table::default(),
+            ),
+        };
+        let state = Arc::new(State {
+            accounts: Arc::new(Accounts::new(config.instance_count)),
+            table: RwLock::new(Arc::new(first)),
+            client,
+            response_timeout: Duration::from_millis(config.response_timeout_ms),
+            max_request_body_bytes: config.max_request_body_bytes,
+        });
+        let listener = {
+            let _enter = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).context("front door: listener")?
+        };
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel::<()>();
+        let served = state.clone();
+        let port = config.upstream_port;
+        std::thread::Builder::new()
+            .name("proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Some(rx) = inventory {
+                        tokio::spawn(follow_inventory(rx, statics, port, served.clone()));
+                    }
+                    tokio::select! {
+                        () = serve(listener, served) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                // Drops every connection task, so their requests are accounted.
+                runtime.shutdown_timeout(STOP_GRACE);
+                let _ = stopped_tx.send(());
+            })
+            .context("starting the front door's thread")?;
+        tracing::info!(address = %local_addr, threads = config.worker_threads, static_upstreams = config.upstream.len(), "front door listening");
+        Ok(FrontDoor {
+            stop: Some(stop),
+            stopped: Some(stopped),
+            state,
+            local_addr,
+        })
+    }
+
+    /// The invocation series since the last call: the sampling loop calls this once a tick.
+    pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
+        let table = self.state.table();
+        self.state
+            .accounts
+            .drain(|component| table.copies(component))
+    }
+
+    /// Stops serving within [`STOP_GRACE`]: open connections are dropped, and the requests in
+    /// them accounted. Returns the series since the last drain.
+    pub async fn stop(mut self) -> Vec<(SeriesKey, Stats)> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            // Waiting blocks; not on the sampling loop's thread.
+            let waited =
+                tokio::task::spawn_blocking(move || stopped.recv_timeout(2 * STOP_GRACE)).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                tracing::warn!("front door: its thread did not stop in time");
+            }
+        }
+        self.drain()
+    }
+}
+
+fn static_upstreams(upstreams: &[StaticUpstream]) -> Vec<(Arc<str>, String)> {
+    upstreams
+        .iter()
+        .filter_map(|u| {
+            // Validated at load.
+            let authority = route::parse_static_url(&u.url).ok()?;
+            Some((Arc::from(u.component.trim()), authority))
+        })
+        .collect()
+}
+
+/// Rebuilds the upstream table whenever discovery publishes a new inventory.
+async fn follow_inventory(
+    mut rx: watch::Receiver<Arc<Inventory>>,
+    statics: Vec<(Arc<str>, String)>,
+    default_port: u16,
+    state: Arc<State>,
+) {
+    while rx.changed().await.is_ok() {
+        let inventory = rx.borrow_and_update().clone();
+        let old = state.table();
+        let table = Table::build(&statics, &inventory, default_port, &old);
+        *state.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin. Counted with the
+                // requests the front door could not take.
+                telemetry::warn_sampled(
+                    Counter::ProxyBadRequests,
+                    &format!("front door: accept failed: {e}"),
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            // Errors here are the client's (a malformed request gets 400 from hyper, a reset
+            // connection ends its task): nothing to count beyond what `handle` counted.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Metered>, Infallible> {
+    let started = Instant::now();
+    let table = state.table();
+    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            telemetry::warn_sampled(Counter::ProxyBadRequests, e.message().trim_end());
+            let guard = InFlight::new(state.accounts.clone(), None, started);
+            return Ok(local(guard, e.status(), e.message()));
+        }
+    };
+    let mut guard = InFlight::new(state.accounts.clone(), Some(upstream.clone()), started);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_request_body_bytes) {
+        telemetry::warn_sampled(Counter::ProxyBadRequests, "request body over the limit");
+        return Ok(local(guard, 413, "request body too large\n".into()));
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(upstream.authority.as_str())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => {
+            telemetry::warn_sampled(Counter::ProxyBadRequests, "request target not usable");
+            return Ok(local(guard, 400, "bad request target\n".into()));
+        }
+    };
+    // h2c requests come in as HTTP/2; copies are spoken to in HTTP/1.1.
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Limited::new(body, clamp_usize(state.max_request_body_bytes));
+    let upstream_req = Request::from_parts(parts, body);
+
+    guard.model_started = Some(Instant::now());
+    let answer =
+        tokio::time::timeout(state.response_timeout, state.client.request(upstream_req)).await;
+    match answer {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            guard.status = parts.status.as_u16();
+            guard.model_error = !parts.status.is_success();
+            Ok(Response::from_parts(
+                parts,
+                Metered {
+                    inner: Inner::Upstream(body),
+                    guard: Some(guard),
+                },
+            ))
+        }
+        Ok(Err(e)) => {
+            guard.model_ended = Some(Instant::now());
+            let (status, message) = classify(&e);
+            // A body over the limit is the client's doing, not the model's.
+            guard.model_error = status != 413;
+            let counter = if status == 504 {
+                Counter::ProxyUpstreamTimeouts
+            } else if status == 502 {
+                Counter::ProxyUpstreamErrors
+            } else {
+                Counter::ProxyBadRequests
+            };
+            telemetry::warn_sampled(
+                counter,
+                &format!(
+                    "front door: {} {}: {}",
+                    upstream.key.component,
+                    upstream.authority,
+                    chain(&e)
+                ),
+            );
+            Ok(local(guard, status, message.into()))
+        }
+        Err(_elapsed) => {
+            guard.model_error = true;
+            guard.model_ended = Some(Instant::now());
+            telemetry::warn_sampled(
+                Counter::ProxyUpstreamTimeouts,
+                &format!(
+                    "front door: {} {} did not answer within {} ms",
+                    upstream.key.component,
+                    upstream.authority,
+                    state.response_timeout.as_millis()
+                ),
+            );
+            Ok(local(
+                guard,
+                504,
+                "the model did not answer in time\n".into(),
+            ))
+        }
+    }
+}
+
+/// What a failed upstream call means for the client.
+fn classify(e: &hyper_util::client::legacy::Error) -> (u16, &'static str) {
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = source {
+        if s.is::<LengthLimitError>() {
+            return (413, "request body too large\n");
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return (504, "the model did not accept the connection in time\n");
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        (502, "the model refused the connection\n")
+    } else {
+        (502, "the model closed the connection without an answer\n")
+    }
+}
+
+fn chain(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn clamp_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+/// A response the front door answers itself.
+fn local(mut guard: InFlight, status: u16, message: String) -> Response<Metered> {
+    guard.status = status;
+    let mut response = Response::new(Metered {
+        inner: Inner::Local(Some(Bytes::from(message))),
+        guard: Some(guard),
+    });
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// One request in flight; accounted when dropped (its response body's end, or the client gone).
+struct InFlight {
+    accounts: Arc<Accounts>,
+    upstream: Option<Arc<Upstream>>,
+    started: Instant,
+    model_started: Option<Instant>,
+    model_ended: Option<Instant>,
+    status: u16,
+    model_error: bool,
+}
+
+impl InFlight {
+    fn new(accounts: Arc<Accounts>, upstream: Option<Arc<Upstream>>, started: Instant) -> Self {
+        accounts.start(upstream.as_ref().map(|u| &u.key));
+        InFlight {
+            accounts,
+            upstream,
+            started,
+            model_started: None,
+            model_ended: None,
+            status: 0,
+            model_error: false,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let model_us = self.model_started.map(|start| {
+            let end = self.model_ended.unwrap_or(now);
+            end.saturating_duration_since(start).as_nanos() as f64 / 1000.0
+        });
+        let outcome = Outcome {
+            status: self.status,
+            model_error: self.model_error,
+            model_us,
+            total_us: now.saturating_duration_since(self.started).as_nanos() as f64 / 1000.0,
+        };
+        self.accounts
+            .finish(self.upstream.as_ref().map(|u| &u.key), &outcome);
+        if let Some(upstream) = &self.upstream {
+            upstream
+                .outstanding
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+enum Inner {
+    /// The copy's answer, streamed through frame by frame.
+    Upstream(Incoming),
+    /// The front door's own short answer.
+    Local(Option<Bytes>),
+}
+
+/// A response body that keeps its request in flight until its end.
+pub struct Metered {
+    inner: Inner,
+    guard: Option<InFlight>,
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        match &mut this.inner {
+            Inner::Upstream(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(g) = this.guard.as_mut() {
+                            g.model_ended = Some(Instant::now());
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        if let Some(g) = this.guard.as_mut() {
+                            g.model_ended = Some(Instant::now());
+                            g.model_error = true;
+                            let component = g
+                                .upstream
+                                .as_ref()
+                                .map_or("", |u| &*u.key.component)
+                                .to_string();
+                            telemetry::warn_sampled(
+                                Counter::ProxyUpstreamErrors,
+                                &format!("front door: {component}: the answer broke off: {e}"),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                polled
+            }
+            Inner::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert(COMPONENT_HEADER, HeaderValue::from_static("model-a"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-type", COMPONENT_HEADER]);
+    }
+
+    #[test]
+    fn local_answers_are_accounted_when_their_body_is_dropped() {
+        let accounts = Arc::new(Accounts::new(1));
+        let guard = InFlight::new(accounts.clone(), None, Instant::now());
+        let response = local(guard, 404, "no\n".into());
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.body().size_hint().exact(), Some(3));
+        drop(response);
+        let series = accounts.drain(|_| 1);
+        let e4 = series
+            .iter()
+            .find(|(k, _)| k.metric == crate::catalog::Metric::Invocation4xxErrors)
+            .unwrap();
+        assert_eq!(e4.1.sum, 1.0);
+    }
+}

@@ -1,0 +1,315 @@
+//! The upstream table: which model copies the front door may reach, and which copy a request
+//! goes to (least outstanding requests). Only discovered containers and configured static
+//! upstreams are in it, so the front door is not an open proxy.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::discovery::Inventory;
+use crate::proxy::account::CopyKey;
+
+/// The request header that names the inference component (SageMaker's).
+pub const COMPONENT_HEADER: &str = "x-amzn-sagemaker-inference-component";
+
+/// One model copy the front door can reach.
+#[derive(Debug)]
+pub struct Upstream {
+    pub key: CopyKey,
+    /// "ip:port", as the request URI's authority.
+    pub authority: String,
+    /// Requests sent to it and not yet finished.
+    pub outstanding: AtomicUsize,
+}
+
+/// Why a request has no upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No header, and not exactly one component: 400.
+    Ambiguous { components: Vec<String> },
+    /// The header names a component that has no copy here: 404.
+    Unknown(String),
+    /// The header is not valid text: 400.
+    BadHeader,
+    /// No component at all is reachable: 503.
+    NoUpstream,
+}
+
+impl RouteError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::Ambiguous { .. } | RouteError::BadHeader => 400,
+            RouteError::Unknown(_) => 404,
+            RouteError::NoUpstream => 503,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            RouteError::Ambiguous { components } => format!(
+                "this endpoint serves {} inference components ({}); name one in the X-Amzn-SageMaker-Inference-Component header\n",
+                components.len(),
+                components.join(", ")
+            ),
+            RouteError::Unknown(name) => {
+                format!("no inference component named \"{name}\" runs on this instance\n")
+            }
+            RouteError::BadHeader => {
+                "the X-Amzn-SageMaker-Inference-Component header is not valid text\n".into()
+            }
+            RouteError::NoUpstream => "no model copy is running on this instance yet\n".into(),
+        }
+    }
+}
+
+/// The copies of every component, as of the last inventory.
+#[derive(Debug, Default)]
+pub struct Table {
+    components: BTreeMap<Arc<str>, Vec<Arc<Upstream>>>,
+    /// Spreads ties between idle copies.
+    rotation: AtomicUsize,
+}
+
+impl Table {
+    /// Builds the table from the static upstreams and the inventory; a copy already in `old`
+    /// keeps its outstanding count. Containers without an address are left out.
+    pub fn build(
+        statics: &[(Arc<str>, String)],
+        inventory: &Inventory,
+        default_port: u16,
+        old: &Table,
+    ) -> Table {
+        let mut components: BTreeMap<Arc<str>, Vec<Arc<Upstream>>> = BTreeMap::new();
+        let mut add = |component: Arc<str>, container_id: Arc<str>, authority: String| {
+            let key = CopyKey {
+                component: component.clone(),
+                container_id,
+            };
+            let upstream = old
+                .components
+                .get(&component)
+                .and_then(|v| {
+                    v.iter()
+                        .find(|u| u.key == key && u.authority == authority)
+                        .cloned()
+                })
+                .unwrap_or_else(|| {
+                    Arc::new(Upstream {
+                        key,
+                        authority,
+                        outstanding: AtomicUsize::new(0),
+                    })
+                });
+            components.entry(component).or_default().push(upstream);
+        };
+        for (component, authority) in statics {
+            // A static upstream has no container: its address names the copy.
+            add(
+                component.clone(),
+                authority.as_str().into(),
+                authority.clone(),
+            );
+        }
+        for c in inventory.containers.values() {
+            let Some(address) = c.address else { continue };
+            let port = c.upstream_port.unwrap_or(default_port);
+            let authority = match address {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            };
+            add(c.component.clone(), c.short_id.clone(), authority);
+        }
+        Table {
+            components,
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many copies `component` has.
+    pub fn copies(&self, component: &str) -> usize {
+        self.components.get(component).map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    /// The copy a request goes to, given its component header, with its outstanding count
+    /// already raised (the caller lowers it when the request ends).
+    pub fn choose(&self, header: Option<&[u8]>) -> Result<Arc<Upstream>, RouteError> {
+        let copies = match header {
+            Some(raw) => {
+                let name = std::str::from_utf8(raw).map_err(|_| RouteError::BadHeader)?;
+                let name = name.trim();
+                match self.components.get(name) {
+                    Some(copies) => copies,
+                    None if self.components.is_empty() => return Err(RouteError::NoUpstream),
+                    None => return Err(RouteError::Unknown(name.into())),
+                }
+            }
+            None => {
+                let mut all = self.components.values();
+                match (all.next(), all.next()) {
+                    (Some(only), None) => only,
+                    (None, _) => return Err(RouteError::NoUpstream),
+                    (Some(_), Some(_)) => {
+                        return Err(RouteError::Ambiguous {
+                            components: self.components.keys().map(|k| k.to_string()).collect(),
+                        })
+                    }
+                }
+            }
+        };
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let n = copies.len();
+        let mut best: Option<&Arc<Upstream>> = None;
+        for i in 0..n {
+            let candidate = &copies[(start + i) % n];
+            if best.is_none_or(|b| {
+                candidate.outstanding.load(Ordering::Relaxed)
+                    < b.outstanding.load(Ordering::Relaxed)
+            }) {
+                best = Some(candidate);
+            }
+        }
+        let best = best.ok_or(RouteError::NoUpstream)?;
+        best.outstanding.fetch_add(1, Ordering::Relaxed);
+        Ok(best.clone())
+    }
+}
+
+/// A static upstream's URL as an authority ("host:port"): plain `http://`, a host, an explicit
+/// port, no path, query or user.
+pub fn parse_static_url(url: &str) -> Result<String, String> {
+    let allowed = "allowed: \"http://host:port\", e.g. \"http://127.0.0.1:9001\"";
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("\"{url}\" is not plain http; {allowed}"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let authority: http::uri::Authority = rest
+        .parse()
+        .map_err(|_| format!("\"{url}\" has no valid host and port; {allowed}"))?;
+    if rest.contains(['/', '?', '#', '@']) || authority.host().is_empty() {
+        return Err(format!(
+            "\"{url}\" must have no path, query or user; {allowed}"
+        ));
+    }
+    match authority.port_u16() {
+        Some(p) if p != 0 => Ok(authority.as_str().to_string()),
+        _ => Err(format!("\"{url}\" names no port; {allowed}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{ContainerInfo, GpuAllocation};
+
+    fn container(id: &str, component: &str, ip: Option<&str>, port: Option<u16>) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            short_id: id[..12].into(),
+            component: component.into(),
+            pid: 1,
+            cpu_limit_cores: None,
+            memory_reservation_bytes: None,
+            memory_limit_bytes: None,
+            gpus: GpuAllocation::None,
+            address: ip.map(|ip| ip.parse().unwrap()),
+            upstream_port: port,
+        }
+    }
+
+    fn inventory(containers: Vec<ContainerInfo>) -> Inventory {
+        Inventory {
+            containers: containers.into_iter().map(|c| (c.id.clone(), c)).collect(),
+        }
+    }
+
+    #[test]
+    fn static_urls_must_be_plain_http_with_a_port() {
+        assert_eq!(
+            parse_static_url("http://127.0.0.1:9001").unwrap(),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(parse_static_url("http://model:80/").unwrap(), "model:80");
+        for bad in [
+            "https://x:1",
+            "http://x",
+            "http://x:0",
+            "http://x:1/path",
+            "http://u@x:1",
+            "x:1",
+            "http://:1",
+        ] {
+            assert!(parse_static_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn containers_become_copies_at_their_address_and_port() {
+        let inv = inventory(vec![
+            container("aaaaaaaaaaaa0000", "a", Some("172.17.0.2"), None),
+            container("bbbbbbbbbbbb0000", "a", Some("172.17.0.3"), Some(9000)),
+            container("cccccccccccc0000", "b", None, None),
+        ]);
+        let statics = vec![(Arc::from("s"), "127.0.0.1:9001".to_string())];
+        let t = Table::build(&statics, &inv, 8080, &Table::default());
+        assert_eq!(t.copies("a"), 2);
+        assert_eq!(t.copies("b"), 0, "no address: not reachable");
+        assert_eq!(t.copies("s"), 1);
+        let mut seen: Vec<String> = (0..2)
+            .map(|_| t.choose(Some(b"a")).unwrap().authority.clone())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec!["172.17.0.2:8080", "172.17.0.3:9000"]);
+    }
+
+    #[test]
+    fn least_outstanding_wins_and_survives_a_rebuild() {
+        let inv = inventory(vec![
+            container("aaaaaaaaaaaa0000", "a", Some("10.0.0.1"), None),
+            container("bbbbbbbbbbbb0000", "a", Some("10.0.0.2"), None),
+        ]);
+        let t = Table::build(&[], &inv, 8080, &Table::default());
+        let first = t.choose(None).unwrap();
+        // The busy copy is avoided until the other one is as busy.
+        let second = t.choose(None).unwrap();
+        assert_ne!(first.authority, second.authority);
+        second.outstanding.fetch_sub(1, Ordering::Relaxed);
+        for _ in 0..5 {
+            let u = t.choose(None).unwrap();
+            assert_eq!(u.authority, second.authority);
+            u.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+        let rebuilt = Table::build(&[], &inv, 8080, &t);
+        let kept = rebuilt
+            .components
+            .get("a")
+            .unwrap()
+            .iter()
+            .find(|u| u.authority == first.authority)
+            .unwrap();
+        assert_eq!(kept.outstanding.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn routing_errors_say_what_to_do() {
+        let empty = Table::default();
+        assert_eq!(empty.choose(None).unwrap_err(), RouteError::NoUpstream);
+        let inv = inventory(vec![
+            container("aaaaaaaaaaaa0000", "a", Some("10.0.0.1"), None),
+            container("bbbbbbbbbbbb0000", "b", Some("10.0.0.2"), None),
+        ]);
+        let t = Table::build(&[], &inv, 8080, &Table::default());
+        let e = t.choose(None).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.message().contains("X-Amzn-SageMaker-Inference-Component"));
+        assert!(e.message().contains("a, b"));
+        let e = t.choose(Some(b"zzz")).unwrap_err();
+        assert_eq!((e.status(), e), (404, RouteError::Unknown("zzz".into())));
+        assert_eq!(t.choose(Some(b"\xff")).unwrap_err(), RouteError::BadHeader);
+        assert_eq!(t.choose(Some(b"b")).unwrap().authority, "10.0.0.2:8080");
+    }
+}

@@ -1,0 +1,663 @@
+//! The front door through the built binary: real HTTP upstreams (in-process hyper servers on
+//! 127.0.0.1, and a busybox `httpd` container on the local Docker engine), real clients, and the
+//! invocation metrics in the agent's EMF output, counted exactly.
+//!
+//! The Docker test needs an engine (see tests/containers.rs); `EMA_SKIP_DOCKER_TESTS=1` skips it.
+
+use std::convert::Infallible;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
+const NS: &str = "/aws/sagemaker/Invocations";
+const HEADER: &str = "X-Amzn-SageMaker-Inference-Component";
+/// Safety net for waits (not an assertion about speed).
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// The upstream `/slow` answers after this; the agent's response timeout is far shorter.
+const SLOW_ANSWER: Duration = Duration::from_secs(20);
+const RESPONSE_TIMEOUT_MS: u64 = 300;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes())).boxed()
+}
+
+/// An in-process model server. `/stream` sends "first\n", waits for `release`, sends "last\n".
+struct Upstream {
+    addr: SocketAddr,
+    release: Arc<tokio::sync::Notify>,
+}
+
+async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Response<Body> {
+    let status_body = |status: u16, text: &'static str| {
+        let mut r = Response::new(full(text));
+        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+        r
+    };
+    match req.uri().path() {
+        "/ok" => status_body(200, "hello\n"),
+        "/missing" => status_body(404, "no such thing\n"),
+        "/fail" => status_body(500, "model crashed\n"),
+        "/slow" => {
+            tokio::time::sleep(SLOW_ANSWER).await;
+            status_body(200, "late\n")
+        }
+        "/stream" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+                    .await;
+                release.notified().await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"last\n"))))
+                    .await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|frame| (frame, rx))
+            });
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        _ => status_body(400, "unknown path\n"),
+    }
+}
+
+async fn start_upstream() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let r = r.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let r = r.clone();
+                    async move { Ok::<_, Infallible>(model(req, r).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, release }
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The built agent with a front door; its EMF goes to a file, its log to another.
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Agent {
+    fn start(extra: &str, docker: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\nsample_interval_ms = 100\n\
+                 [output]\nemf_destination = \"file:{}\"\n\
+                 [gpu]\nenabled = false\n[admin]\nenabled = false\n{docker}\
+                 [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\nresponse_timeout_ms = {RESPONSE_TIMEOUT_MS}\n\
+                 instance_count = 2\nmax_request_body_bytes = 1024\n{extra}",
+                dir.path().join("emf.jsonl").display()
+            ),
+        )
+        .unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(AGENT)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut agent = Agent {
+            child,
+            dir,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        agent.addr = agent.wait_listening();
+        agent
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The address from the "front door listening" log line.
+    fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|l| l.contains("front door listening")) {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .unwrap_or_else(|| panic!("no address in {line}"));
+                return addr.parse().unwrap();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("agent exited with {status}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "agent never listened:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait for the exit (the partial windows are published), return the documents.
+    fn stop(&mut self) -> Vec<Value> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}:\n{}", self.stderr());
+        let text = std::fs::read_to_string(self.dir.path().join("emf.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn values(doc: &Value, metric: &str) -> Vec<f64> {
+    doc[metric]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_else(|| doc[metric].as_f64().into_iter().collect())
+}
+
+/// Every value of `metric` over the invocation documents `which` selects.
+fn all(docs: &[Value], which: impl Fn(&Value) -> bool, metric: &str) -> Vec<f64> {
+    docs.iter()
+        .filter(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == NS && which(d))
+        .flat_map(|d| values(d, metric))
+        .collect()
+}
+
+fn instance(d: &Value) -> bool {
+    d.get("InferenceComponentName").is_none()
+}
+
+fn copy_of(component: &'static str) -> impl Fn(&Value) -> bool {
+    move |d| d["InferenceComponentName"] == component && d.get("ContainerId").is_some()
+}
+
+fn sum(v: &[f64]) -> f64 {
+    v.iter().sum()
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request; returns the status and the body.
+async fn call(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    component: Option<&str>,
+) -> (u16, String) {
+    let mut req = Request::builder().uri(format!("http://{addr}{path}"));
+    if let Some(c) = component {
+        req = req.header(HEADER, c);
+    }
+    let response = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Raw bytes in, the status line out (for requests no HTTP client would send).
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT_LIMIT)).unwrap();
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn answers_faults_and_streams_are_counted_exactly() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let gone = closed_port();
+    let mut agent = Agent::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n\
+             [[proxy.upstream]]\ncomponent = \"model-gone\"\nurl = \"http://127.0.0.1:{gone}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let a = Some("model-a");
+    // Every request below is inside this span, so the front door's totals fit in it.
+    let started = Instant::now();
+    rt.block_on(async {
+        let c = client();
+        for _ in 0..5 {
+            assert_eq!(call(&c, addr, "/ok", a).await, (200, "hello\n".into()));
+        }
+        for _ in 0..2 {
+            assert_eq!(call(&c, addr, "/missing", a).await.0, 404);
+        }
+        assert_eq!(call(&c, addr, "/fail", a).await.0, 500);
+        assert_eq!(call(&c, addr, "/slow", a).await.0, 504, "timeout");
+        assert_eq!(
+            call(&c, addr, "/ok", Some("model-gone")).await.0,
+            502,
+            "refused"
+        );
+        let (status, message) = call(&c, addr, "/ok", None).await;
+        assert_eq!(status, 400, "two components and no header");
+        assert!(message.contains(HEADER), "{message}");
+        assert_eq!(call(&c, addr, "/ok", Some("nope")).await.0, 404, "unknown");
+
+        // A streamed answer is in flight until its last byte: a request made after its first
+        // chunk finds it still there (the copy's concurrency reaches 2).
+        let request = Request::builder()
+            .uri(format!("http://{addr}/stream"))
+            .header(HEADER, "model-a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = c.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers().get("transfer-encoding").is_some(),
+            "streamed through, not buffered"
+        );
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(
+            &first[..],
+            b"first\n",
+            "the first chunk arrives before the last is sent"
+        );
+        assert_eq!(call(&c, addr, "/ok", a).await.0, 200);
+        upstream.release.notify_one();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"last\n");
+    });
+    // Over the body limit (1024 bytes): refused before it reaches the model.
+    let big = format!(
+        "POST /ok HTTP/1.1\r\nHost: x\r\n{HEADER}: model-a\r\nContent-Length: 2048\r\n\r\n"
+    );
+    assert!(raw(addr, big.as_bytes()).contains(" 413 "));
+    // A chunked body that grows past the limit is cut off on its way to the model.
+    let chunk = "a".repeat(800);
+    let chunked = format!(
+        "POST /ok HTTP/1.1\r\nHost: x\r\n{HEADER}: model-a\r\nTransfer-Encoding: chunked\r\n\r\n\
+         320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let status = raw(addr, chunked.as_bytes());
+    assert!(status.contains(" 413 "), "{status}");
+    // Malformed, and a head over the limit: hyper answers, nothing reaches a model.
+    assert!(raw(addr, b"NOT HTTP AT ALL\r\n\r\n").contains(" 400 "));
+    let huge = format!(
+        "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    assert!(raw(addr, huge.as_bytes()).contains(" 431 "));
+    // The agent still serves after all that.
+    rt.block_on(async { assert_eq!(call(&client(), addr, "/ok", a).await.0, 200) });
+    let client_total_us = started.elapsed().as_secs_f64() * 1e6;
+
+    let docs = agent.stop();
+    // 5 ok, 2 missing, fail, slow, gone, no header, unknown, stream, ok during the stream,
+    // too large (declared), too large (chunked), ok at the end.
+    let invocations = all(&docs, instance, "Invocations");
+    assert_eq!(invocations.len(), 17, "{docs:?}");
+    assert!(invocations.iter().all(|v| *v == 1.0));
+    assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 6.0);
+    assert_eq!(all(&docs, instance, "Invocation4XXErrors").len(), 17);
+    assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 3.0);
+    assert_eq!(
+        sum(&all(&docs, instance, "InvocationModelErrors")),
+        5.0,
+        "404 x2, 500, timeout, refused"
+    );
+    assert_eq!(sum(&all(&docs, instance, "InvocationsPerInstance")), 8.5);
+
+    let copy = copy_of("model-a");
+    assert_eq!(all(&docs, &copy, "Invocations").len(), 14);
+    assert_eq!(sum(&all(&docs, &copy, "InvocationModelErrors")), 4.0);
+    let gone_copy = copy_of("model-gone");
+    assert_eq!(all(&docs, &gone_copy, "Invocations").len(), 1);
+    assert_eq!(sum(&all(&docs, &gone_copy, "InvocationModelErrors")), 1.0);
+    let per_copy = all(&docs, &copy, "InvocationsPerCopy");
+    assert!(per_copy.iter().all(|v| *v == 1.0), "one copy: 1 each");
+    let copy_doc = docs
+        .iter()
+        .find(|d| copy(d) && d.get("Invocations").is_some())
+        .unwrap();
+    assert_eq!(copy_doc["ContainerId"], upstream.addr.to_string());
+    assert_eq!(copy_doc["EndpointName"], "ep");
+    assert_eq!(copy_doc["InstanceId"], "test-host");
+
+    let concurrency = all(&docs, &copy, "ConcurrentRequestsPerCopy");
+    assert_eq!(
+        concurrency.iter().cloned().fold(0.0, f64::max),
+        2.0,
+        "the stream and the request made during it"
+    );
+    let per_model = all(
+        &docs,
+        |d| d["InferenceComponentName"] == "model-a" && d.get("ContainerId").is_none(),
+        "ConcurrentRequestsPerModel",
+    );
+    assert_eq!(per_model.iter().cloned().fold(0.0, f64::max), 2.0);
+
+    // Latencies: forwarded requests have a model latency (not the ones refused early);
+    // every request has an overhead; the timeout waited at least its limit; and the front
+    // door's total never exceeds what the clients measured (1 % quantisation allowed).
+    let model = all(&docs, instance, "ModelLatency");
+    let overhead = all(&docs, instance, "OverheadLatency");
+    assert_eq!(
+        model.len(),
+        14,
+        "forwarded: 14 to model-a less the declared 413, plus model-gone"
+    );
+    assert_eq!(overhead.len(), 17);
+    assert!(overhead.iter().all(|v| *v >= 0.0));
+    let longest = model.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        longest >= RESPONSE_TIMEOUT_MS as f64 * 1000.0 * 0.99,
+        "{longest}"
+    );
+    assert!(
+        sum(&model) + sum(&overhead) <= client_total_us * 1.01 + 2.0 * 17.0,
+        "{} + {} > {client_total_us}",
+        sum(&model),
+        sum(&overhead)
+    );
+    // Both encoders' contract: the copy's dimension sets per the spec.
+    let dims = &copy_doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"];
+    assert_eq!(
+        dims,
+        &serde_json::json!([
+            ["InferenceComponentName"],
+            [
+                "EndpointName",
+                "VariantName",
+                "InstanceId",
+                "InferenceComponentName",
+                "ContainerId"
+            ]
+        ])
+    );
+}
+
+#[test]
+fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
+    const CLIENTS: usize = 32;
+    const EACH: usize = 25;
+    const H2C: usize = 10;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let mut agent = Agent::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"only\"\nurl = \"http://{}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    rt.block_on(async {
+        let c = client();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..EACH {
+                    // No header: the endpoint's single component.
+                    assert_eq!(call(&c, addr, "/ok", None).await.0, 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        // A streamed (chunked upstream) answer over h2c too.
+        let response = h2
+            .request(
+                Request::builder()
+                    .uri(format!("http://{addr}/stream"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        upstream.release.notify_one();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"first\nlast\n");
+        for _ in 0..H2C {
+            let response = h2
+                .request(
+                    Request::builder()
+                        .uri(format!("http://{addr}/ok"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.version(), hyper::Version::HTTP_2);
+            assert_eq!(response.status(), 200);
+        }
+    });
+    let docs = agent.stop();
+    let total = CLIENTS * EACH + H2C + 1;
+    assert_eq!(all(&docs, instance, "Invocations").len(), total);
+    assert_eq!(all(&docs, copy_of("only"), "Invocations").len(), total);
+    assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 0.0);
+    assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 0.0);
+    let concurrency = all(&docs, copy_of("only"), "ConcurrentRequestsPerCopy");
+    let max = concurrency.iter().cloned().fold(0.0, f64::max);
+    assert!((1.0..=CLIENTS as f64).contains(&max), "{max}");
+    assert_eq!(all(&docs, instance, "ModelLatency").len(), total);
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Removes the container however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn a_container_found_through_its_label_is_reached_and_measured() {
+    if docker(&["version", "--format", "{{.Server.Version}}"]).is_err() {
+        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine");
+            return;
+        }
+        panic!("no Docker engine; start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
+    }
+    let image =
+        std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into());
+    if docker(&["image", "inspect", &image]).is_err() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
+        assert!(Command::new("sh").arg(script).status().unwrap().success());
+    }
+    let component = format!("proxy-test-{}", std::process::id());
+    // busybox httpd serves a file and a CGI script on 8081, which the port label announces.
+    let id = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "ema-test=1",
+        "--label",
+        &format!("sagemaker.inference-component={component}"),
+        "--label",
+        "endpoint-metrics-agent.upstream-port=8081",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www/cgi-bin && echo ping > /www/ping && \
+         printf '#!/bin/sh\\necho Status: 503\\necho\\necho busy\\n' > /www/cgi-bin/busy && \
+         chmod +x /www/cgi-bin/busy && exec httpd -f -p 8081 -h /www",
+    ])
+    .unwrap();
+    let _container = Container(id.clone());
+    let socket =
+        std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into());
+    let mut agent = Agent::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
+    let addr = agent.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (not_yet, ok) = rt.block_on(async {
+        let c = client();
+        let deadline = Instant::now() + WAIT_LIMIT;
+        let mut not_yet = 0usize;
+        // Until discovery has seen it, the component is unknown (404) or there is none (503).
+        loop {
+            let (status, body) = call(&c, addr, "/ping", Some(&component)).await;
+            if status == 200 {
+                assert_eq!(body, "ping\n");
+                break;
+            }
+            assert!(matches!(status, 404 | 503), "{status} {body}");
+            assert!(Instant::now() < deadline, "container never reachable");
+            not_yet += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for _ in 0..4 {
+            assert_eq!(call(&c, addr, "/ping", Some(&component)).await.0, 200);
+        }
+        let (status, body) = call(&c, addr, "/cgi-bin/busy", Some(&component)).await;
+        assert_eq!((status, body.as_str()), (503, "busy\n"));
+        (not_yet, 5usize)
+    });
+    let docs = agent.stop();
+    let short = &id[..12];
+    let copy = |d: &Value| d["InferenceComponentName"] == *component && d["ContainerId"] == short;
+    assert_eq!(
+        all(&docs, copy, "Invocations").len(),
+        ok + 1,
+        "{docs:?}\n{}",
+        agent.stderr()
+    );
+    assert_eq!(sum(&all(&docs, copy, "InvocationModelErrors")), 1.0);
+    assert_eq!(sum(&all(&docs, copy, "Invocation5XXErrors")), 1.0);
+    assert_eq!(all(&docs, instance, "Invocations").len(), ok + 1 + not_yet);
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
+/// Returns its port and the sockets holding the queue (close them to free it).
+fn never_accepting() -> (u16, Vec<std::net::TcpStream>, std::net::TcpListener) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a fresh descriptor we own; checked below.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        // Backlog 0: one connection fills the queue.
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let port = listener.local_addr().unwrap().port();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], port).into(),
+            Duration::from_millis(200),
+        ) {
+            held.push(s);
+        }
+    }
+    (port, held, listener)
+}
+
+#[test]
+fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
+    let (port, _held, _listener) = never_accepting();
+    let mut agent = Agent::start(
+        &format!(
+            "connect_timeout_ms = 200\n\
+             [[proxy.upstream]]\ncomponent = \"stuck\"\nurl = \"http://127.0.0.1:{port}\"\n"
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = rt.block_on(async { call(&client(), addr, "/", None).await });
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("accept"), "{body}");
+    let docs = agent.stop();
+    assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 1.0);
+    assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
+    assert!(agent.stderr().contains("proxy_upstream_timeouts"));
+}
