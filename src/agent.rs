@@ -268,16 +268,9 @@ pub async fn run(
         }
         if let Some(front_door) = &front_door {
             let series = front_door.drain();
-            let ctx = encode_context(&config, identity.clone());
-            let period = invocation_period(&config);
-            for batch in record_invocations(
-                &mut pipeline,
-                &mut invocations,
-                ctx,
-                period,
-                tick.wall_ms,
-                series,
-            ) {
+            let (tick_ms, own) = (tick.wall_ms, &mut invocations);
+            for batch in record_front_door(&config, &identity, &mut pipeline, own, tick_ms, series)
+            {
                 publish(&output.tx, batch);
             }
         }
@@ -288,17 +281,8 @@ pub async fn run(
     if let Some(front_door) = front_door {
         // The requests cut off by the shutdown are accounted too.
         let series = front_door.stop().await;
-        let ctx = encode_context(&config, identity.clone());
-        let period = invocation_period(&config);
-        let tick_ms = system_now_ms();
-        for batch in record_invocations(
-            &mut pipeline,
-            &mut invocations,
-            ctx,
-            period,
-            tick_ms,
-            series,
-        ) {
+        let (tick_ms, own) = (system_now_ms(), &mut invocations);
+        for batch in record_front_door(&config, &identity, &mut pipeline, own, tick_ms, series) {
             publish(&output.tx, batch);
         }
     }
@@ -353,6 +337,23 @@ pub fn record_invocations(
         }
     }
     closed
+}
+
+/// [`record_invocations`] with the context and period the current config gives (a reload may
+/// have changed either).
+fn record_front_door(
+    config: &Config,
+    identity: &Identity,
+    pipeline: &mut Pipeline,
+    own: &mut Option<Pipeline>,
+    tick_ms: u64,
+    series: Vec<(crate::catalog::SeriesKey, crate::aggregate::Stats)>,
+) -> Vec<Encoded> {
+    let period_seconds = invocation_period(config);
+    let mut ctx = encode_context(config, identity.clone());
+    // A 60 s invocation window is standard resolution even when the rest is high resolution.
+    ctx.storage_resolution = storage_resolution(period_seconds);
+    record_invocations(pipeline, own, ctx, period_seconds, tick_ms, series)
 }
 
 /// The publish period of invocation series: the publish frequency with enhanced metrics, else
@@ -551,6 +552,37 @@ mod tests {
         assert!(own.is_none());
         let docs = docs(p.flush());
         assert!(docs.iter().any(|d| d.contains("\"Invocations\"")));
+    }
+
+    #[test]
+    fn a_60_s_invocation_window_is_standard_resolution() {
+        let config = Config::parse(
+            "[endpoint]\nname = \"e\"\n[metrics]\npublish_frequency_seconds = 10\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let identity = ctx(false).identity;
+        let mut p = Pipeline::new(encode_context(&config, identity.clone()), 10, EMF);
+        let mut own = None;
+        let series = || {
+            vec![(
+                crate::catalog::SeriesKey {
+                    scope: Scope::Invocations,
+                    metric: Metric::Invocations,
+                },
+                crate::aggregate::Stats::new(1.0),
+            )]
+        };
+        assert!(
+            record_front_door(&config, &identity, &mut p, &mut own, 1_000, series()).is_empty()
+        );
+        let closed = record_front_door(&config, &identity, &mut p, &mut own, 61_000, series());
+        let v: serde_json::Value =
+            serde_json::from_str(&docs(closed.into_iter().next())[0]).unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["StorageResolution"],
+            60
+        );
     }
 
     #[test]
