@@ -18,8 +18,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+#[path = "common/docker.rs"]
+mod docker_cli;
 #[path = "common/fake_nvml.rs"]
 mod fake_nvml;
+
+use docker_cli::docker;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
 const COMPONENTS_NS: &str = "/aws/sagemaker/InferenceComponents";
@@ -36,21 +40,6 @@ fn engine_socket() -> String {
 
 fn image() -> String {
     std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
-}
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// True when the engine is usable (the image built if missing); false only when skipping is

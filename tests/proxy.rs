@@ -4,6 +4,9 @@
 //!
 //! The Docker test needs an engine (see tests/containers.rs); `EMA_SKIP_DOCKER_TESTS=1` skips it.
 
+#[path = "common/docker.rs"]
+mod docker_cli;
+
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use docker_cli::docker;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -505,21 +509,6 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
     let max = concurrency.iter().cloned().fold(0.0, f64::max);
     assert!((1.0..=CLIENTS as f64).contains(&max), "{max}");
     assert_eq!(all(&docs, instance, "ModelLatency").len(), total);
-}
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 /// Removes the container however the test ends.

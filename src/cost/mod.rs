@@ -304,15 +304,7 @@ impl CostModel {
     }
 
     pub fn new(price: InstancePrice, interval_ms: u64) -> CostModel {
-        let devices = (0..price.gpus.unwrap_or(0))
-            .map(|index| GpuDevice {
-                index,
-                uuid: String::new(),
-                utilization_percent: None,
-                memory_used_bytes: 0,
-                memory_total_bytes: 0,
-            })
-            .collect();
+        let devices = placeholder_devices(price.gpus.unwrap_or(0));
         CostModel {
             price,
             interval_ms,
@@ -423,6 +415,20 @@ pub fn samples(split: &Split, hourly_usd: f64, elapsed_ms: u64, out: &mut Vec<Sa
             accrued_usd(hourly_usd, idle, elapsed_ms),
         ));
     }
+}
+
+/// Without NVML, GPUs 0..n-1 stand in for the instance's GPUs, so `all`, counts and indices still
+/// resolve (UUIDs cannot).
+pub(crate) fn placeholder_devices(n: u32) -> Vec<GpuDevice> {
+    (0..n)
+        .map(|index| GpuDevice {
+            index,
+            uuid: String::new(),
+            utilization_percent: None,
+            memory_used_bytes: 0,
+            memory_total_bytes: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]

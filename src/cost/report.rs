@@ -58,15 +58,7 @@ pub fn report(
     // Without NVML, indices 0..N-1 stand for the instance's GPUs (as the running agent does).
     let fallback: Vec<GpuDevice>;
     let devices = if devices.is_empty() {
-        fallback = (0..instance_gpus)
-            .map(|index| GpuDevice {
-                index,
-                uuid: String::new(),
-                utilization_percent: None,
-                memory_used_bytes: 0,
-                memory_total_bytes: 0,
-            })
-            .collect();
+        fallback = super::placeholder_devices(instance_gpus);
         &fallback[..]
     } else {
         devices
