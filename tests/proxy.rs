@@ -555,6 +555,26 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
     ])
     .unwrap();
     let _container = Container(id.clone());
+    // Discovery can see the container before httpd listens (a refused connection, 502, would
+    // then be a model error): wait for httpd inside the container first.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    let probe = [
+        "exec",
+        &id,
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:8081/ping",
+    ];
+    while docker(&probe).as_deref() != Ok("ping") {
+        assert!(
+            Instant::now() < deadline,
+            "httpd never answered in the container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let socket =
         std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into());
     let mut agent = Agent::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
