@@ -39,6 +39,8 @@ fn full(text: &'static str) -> Body {
 struct Upstream {
     addr: SocketAddr,
     release: Arc<tokio::sync::Notify>,
+    /// Connections it accepted.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Response<Body> {
@@ -80,11 +82,14 @@ async fn start_upstream() -> Upstream {
     let addr = listener.local_addr().unwrap();
     let release = Arc::new(tokio::sync::Notify::new());
     let r = release.clone();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let r = r.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -97,7 +102,11 @@ async fn start_upstream() -> Upstream {
             });
         }
     });
-    Upstream { addr, release }
+    Upstream {
+        addr,
+        release,
+        accepted,
+    }
 }
 
 /// A port nothing listens on (bound, then closed).
@@ -660,4 +669,41 @@ fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
     assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 1.0);
     assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
     assert!(agent.stderr().contains("proxy_upstream_timeouts"));
+}
+
+#[test]
+fn one_request_after_another_reuses_one_upstream_connection() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let mut agent = Agent::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let a = Some("model-a");
+    rt.block_on(async {
+        let c = client();
+        // 200, 404 and 500 answers, and a streamed one read to its end: each hands its
+        // connection back for the next.
+        for _ in 0..3 {
+            assert_eq!(call(&c, addr, "/ok", a).await, (200, "hello\n".into()));
+            assert_eq!(call(&c, addr, "/missing", a).await.0, 404);
+            assert_eq!(call(&c, addr, "/fail", a).await.0, 500);
+            upstream.release.notify_one();
+            assert_eq!(
+                call(&c, addr, "/stream", a).await,
+                (200, "first\nlast\n".into())
+            );
+        }
+    });
+    assert_eq!(
+        upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "12 requests one after another, one upstream connection"
+    );
+    let docs = agent.stop();
+    assert_eq!(sum(&all(&docs, instance, "Invocations")), 12.0);
 }
