@@ -53,6 +53,16 @@ async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Res
         "/ok" => status_body(200, "hello\n"),
         "/missing" => status_body(404, "no such thing\n"),
         "/fail" => status_body(500, "model crashed\n"),
+        // The request target and Host as the model got them.
+        "/target" => {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            Response::new(Full::new(Bytes::from(format!("{} {host}", req.uri()))).boxed())
+        }
         "/slow" => {
             tokio::time::sleep(SLOW_ANSWER).await;
             status_body(200, "late\n")
@@ -698,12 +708,36 @@ fn one_request_after_another_reuses_one_upstream_connection() {
                 (200, "first\nlast\n".into())
             );
         }
+        // The model gets origin form; the client's Host passes through, and h2c (no Host)
+        // gets the copy's address.
+        assert_eq!(
+            call(&c, addr, "/target?q=1", a).await,
+            (200, format!("/target?q=1 {addr}"))
+        );
+        let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let response = h2
+            .request(
+                Request::builder()
+                    .uri(format!("http://{addr}/target?q=2"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("/target?q=2 {}", upstream.addr)
+        );
     });
     assert_eq!(
         upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
         1,
-        "12 requests one after another, one upstream connection"
+        "14 requests one after another, one upstream connection"
     );
     let docs = agent.stop();
-    assert_eq!(sum(&all(&docs, instance, "Invocations")), 12.0);
+    assert_eq!(sum(&all(&docs, instance, "Invocations")), 14.0);
 }

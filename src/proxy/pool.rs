@@ -174,3 +174,49 @@ async fn connect(authority: &str, timeout: Duration) -> Result<Sender, SendError
     tokio::spawn(connection);
     Ok(sender)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_kept_then_closed_after_the_idle_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // The kernel completes the connections (backlog); nothing needs to answer.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let authority = listener.local_addr().unwrap().to_string();
+            let pool = Pool::default();
+            for _ in 0..2 {
+                let sender = connect(&authority, Duration::from_secs(5)).await.unwrap();
+                pool.put(sender);
+            }
+            assert_eq!(pool.idle_count(), 2);
+            pool.reap(Instant::now());
+            assert_eq!(pool.idle_count(), 2, "not idle long enough yet");
+            pool.reap(Instant::now() + POOL_IDLE_TIMEOUT);
+            assert_eq!(pool.idle_count(), 0, "idle past the timeout");
+        });
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_connect_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let got = rt.block_on(connect(
+            &format!("127.0.0.1:{port}"),
+            Duration::from_secs(5),
+        ));
+        assert!(matches!(got, Err(SendError::Connect(_))), "{got:?}");
+    }
+}
