@@ -43,6 +43,8 @@ fn full(text: &'static str) -> Body {
 struct Upstream {
     addr: SocketAddr,
     release: Arc<tokio::sync::Notify>,
+    /// Connections it accepted.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Response<Body> {
@@ -55,6 +57,16 @@ async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Res
         "/ok" => status_body(200, "hello\n"),
         "/missing" => status_body(404, "no such thing\n"),
         "/fail" => status_body(500, "model crashed\n"),
+        // The request target and Host as the model got them.
+        "/target" => {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            Response::new(Full::new(Bytes::from(format!("{} {host}", req.uri()))).boxed())
+        }
         "/slow" => {
             tokio::time::sleep(SLOW_ANSWER).await;
             status_body(200, "late\n")
@@ -84,11 +96,14 @@ async fn start_upstream() -> Upstream {
     let addr = listener.local_addr().unwrap();
     let release = Arc::new(tokio::sync::Notify::new());
     let r = release.clone();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let r = r.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -101,7 +116,11 @@ async fn start_upstream() -> Upstream {
             });
         }
     });
-    Upstream { addr, release }
+    Upstream {
+        addr,
+        release,
+        accepted,
+    }
 }
 
 /// A port nothing listens on (bound, then closed).
@@ -669,4 +688,65 @@ fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
     assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 1.0);
     assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
     assert!(agent.stderr().contains("proxy_upstream_timeouts"));
+}
+
+#[test]
+fn one_request_after_another_reuses_one_upstream_connection() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let mut agent = Agent::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let a = Some("model-a");
+    rt.block_on(async {
+        let c = client();
+        // 200, 404 and 500 answers, and a streamed one read to its end: each hands its
+        // connection back for the next.
+        for _ in 0..3 {
+            assert_eq!(call(&c, addr, "/ok", a).await, (200, "hello\n".into()));
+            assert_eq!(call(&c, addr, "/missing", a).await.0, 404);
+            assert_eq!(call(&c, addr, "/fail", a).await.0, 500);
+            upstream.release.notify_one();
+            assert_eq!(
+                call(&c, addr, "/stream", a).await,
+                (200, "first\nlast\n".into())
+            );
+        }
+        // The model gets origin form; the client's Host passes through, and h2c (no Host)
+        // gets the copy's address.
+        assert_eq!(
+            call(&c, addr, "/target?q=1", a).await,
+            (200, format!("/target?q=1 {addr}"))
+        );
+        let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let response = h2
+            .request(
+                Request::builder()
+                    .uri(format!("http://{addr}/target?q=2"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("/target?q=2 {}", upstream.addr)
+        );
+    });
+    assert_eq!(
+        upstream.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "14 requests one after another, one upstream connection"
+    );
+    let docs = agent.stop();
+    assert_eq!(sum(&all(&docs, instance, "Invocations")), 14.0);
 }

@@ -9,6 +9,7 @@
 //! the connection, or the client went away.
 
 pub mod account;
+pub mod pool;
 pub mod route;
 
 use std::convert::Infallible;
@@ -21,13 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
@@ -37,6 +36,7 @@ use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
 use account::{Accounts, Outcome};
+use pool::{SendError, Sender};
 use route::{Table, Upstream, COMPONENT_HEADER};
 
 /// Request head limit (request line and headers). nginx allows 4 x 8 KiB by default; the
@@ -56,28 +56,27 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
 /// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
-const HOP_BY_HOP: [&str; 9] = [
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+/// Kept as header names, so removing them parses nothing per request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
 /// Stopping waits this long for the front door's tasks to end (within the agent's shutdown
 /// grace, `agent::SHUTDOWN_GRACE`).
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
-type UpstreamClient = Client<HttpConnector, Limited<Incoming>>;
-
 struct State {
     accounts: Arc<Accounts>,
     table: RwLock<Arc<Table>>,
-    client: UpstreamClient,
+    connect_timeout: Duration,
     response_timeout: Duration,
     max_request_body_bytes: u64,
 }
@@ -126,14 +125,6 @@ impl FrontDoor {
             .context("front door: non-blocking listener")?;
         let local_addr = listener.local_addr().context("front door: local address")?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let statics = static_upstreams(&config.upstream);
         let first = match &inventory {
             Some(rx) => Table::build(
@@ -152,7 +143,7 @@ impl FrontDoor {
         let state = Arc::new(State {
             accounts: Arc::new(Accounts::new(config.instance_count)),
             table: RwLock::new(Arc::new(first)),
-            client,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             max_request_body_bytes: config.max_request_body_bytes,
         });
@@ -191,8 +182,13 @@ impl FrontDoor {
     }
 
     /// The invocation series since the last call: the sampling loop calls this once a tick.
+    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`].
     pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
         let table = self.state.table();
+        let now = Instant::now();
+        for upstream in table.upstreams() {
+            upstream.pool.reap(now);
+        }
         self.state
             .accounts
             .drain(|component| table.copies(component))
@@ -307,23 +303,26 @@ async fn handle(
         return Ok(local(guard, 413, "request body too large\n".into()));
     }
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority.as_str())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => {
-            telemetry::warn_sampled(Counter::ProxyBadRequests, "request target not usable");
-            return Ok(local(guard, 400, "bad request target\n".into()));
+    // Copies get origin-form (`/path?query`); the request's own authority (h2c, or an HTTP/1
+    // absolute-form target) never picks a destination and is not passed on.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
+    }
+    // The client's Host passes through; without one (h2c carries :authority instead), the copy's.
+    if !parts.headers.contains_key(header::HOST) {
+        match HeaderValue::from_str(&upstream.authority) {
+            Ok(host) => {
+                parts.headers.insert(header::HOST, host);
+            }
+            Err(_) => {
+                telemetry::warn_sampled(Counter::ProxyBadRequests, "request target not usable");
+                return Ok(local(guard, 400, "bad request target\n".into()));
+            }
         }
-    };
+    }
     // h2c requests come in as HTTP/2; copies are spoken to in HTTP/1.1.
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -331,14 +330,20 @@ async fn handle(
     let upstream_req = Request::from_parts(parts, body);
 
     guard.model_started = Some(Instant::now());
-    let answer =
-        tokio::time::timeout(state.response_timeout, state.client.request(upstream_req)).await;
+    let answer = tokio::time::timeout(
+        state.response_timeout,
+        upstream
+            .pool
+            .send(&upstream.authority, state.connect_timeout, upstream_req),
+    )
+    .await;
     match answer {
-        Ok(Ok(response)) => {
+        Ok(Ok((response, sender))) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             guard.status = parts.status.as_u16();
             guard.model_error = !parts.status.is_success();
+            guard.connection = Some(sender);
             Ok(Response::from_parts(
                 parts,
                 Metered {
@@ -392,23 +397,20 @@ async fn handle(
 }
 
 /// What a failed upstream call means for the client.
-fn classify(e: &hyper_util::client::legacy::Error) -> (u16, &'static str) {
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(s) = source {
-        if s.is::<LengthLimitError>() {
-            return (413, "request body too large\n");
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return (504, "the model did not accept the connection in time\n");
+fn classify(e: &SendError) -> (u16, &'static str) {
+    match e {
+        SendError::ConnectTimeout => (504, "the model did not accept the connection in time\n"),
+        SendError::Connect(_) => (502, "the model refused the connection\n"),
+        SendError::Send(e) => {
+            let mut source: Option<&(dyn StdError + 'static)> = e.source();
+            while let Some(s) = source {
+                if s.is::<LengthLimitError>() {
+                    return (413, "request body too large\n");
+                }
+                source = s.source();
             }
+            (502, "the model closed the connection without an answer\n")
         }
-        source = s.source();
-    }
-    if e.is_connect() {
-        (502, "the model refused the connection\n")
-    } else {
-        (502, "the model closed the connection without an answer\n")
     }
 }
 
@@ -428,19 +430,21 @@ fn clamp_usize(n: u64) -> usize {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
+    // send one, so the common case allocates nothing).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .filter(|s| !s.is_empty())
+            .collect();
+        for name in &named {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -469,6 +473,10 @@ struct InFlight {
     model_ended: Option<Instant>,
     status: u16,
     model_error: bool,
+    /// The connection the answer came on; back to its copy's pool once the answer's body was
+    /// read to the end (`reusable`), else closed.
+    connection: Option<Sender>,
+    reusable: bool,
 }
 
 impl InFlight {
@@ -482,6 +490,8 @@ impl InFlight {
             model_ended: None,
             status: 0,
             model_error: false,
+            connection: None,
+            reusable: false,
         }
     }
 }
@@ -505,6 +515,11 @@ impl Drop for InFlight {
             upstream
                 .outstanding
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(connection) = self.connection.take() {
+                if self.reusable {
+                    upstream.pool.put(connection);
+                }
+            }
         }
     }
 }
@@ -538,6 +553,7 @@ impl Body for Metered {
                     Poll::Ready(None) => {
                         if let Some(g) = this.guard.as_mut() {
                             g.model_ended = Some(Instant::now());
+                            g.reusable = true;
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -574,6 +590,18 @@ impl Body for Metered {
         match &self.inner {
             Inner::Upstream(body) => body.size_hint(),
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // An answer with no body (or whose end the server did not poll for) is read to the end
+        // too; an answer cut short leaves its connection unusable.
+        if let (Inner::Upstream(body), Some(g)) = (&self.inner, self.guard.as_mut()) {
+            if body.is_end_stream() {
+                g.reusable = true;
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Upstream {
     pub authority: String,
     /// Requests sent to it and not yet finished.
     pub outstanding: AtomicUsize,
+    /// Its idle keep-alive connections.
+    pub pool: crate::proxy::pool::Pool,
 }
 
 /// Why a request has no upstream.
@@ -99,6 +101,7 @@ impl Table {
                         key,
                         authority,
                         outstanding: AtomicUsize::new(0),
+                        pool: Default::default(),
                     })
                 });
             components.entry(component).or_default().push(upstream);
@@ -129,6 +132,11 @@ impl Table {
     /// How many copies `component` has.
     pub fn copies(&self, component: &str) -> usize {
         self.components.get(component).map_or(0, Vec::len)
+    }
+
+    /// Every copy of every component.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.components.values().flatten()
     }
 
     pub fn is_empty(&self) -> bool {
