@@ -487,33 +487,15 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
         for t in tasks {
             t.await.unwrap();
         }
-        let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+        let h2 = h2c_client();
         // A streamed (chunked upstream) answer over h2c too.
-        let response = h2
-            .request(
-                Request::builder()
-                    .uri(format!("http://{addr}/stream"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = h2c_get(&h2, addr, "/stream").await;
         assert_eq!(response.status(), 200);
         upstream.release.notify_one();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"first\nlast\n");
         for _ in 0..H2C {
-            let response = h2
-                .request(
-                    Request::builder()
-                        .uri(format!("http://{addr}/ok"))
-                        .body(Full::new(Bytes::new()))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let response = h2c_get(&h2, addr, "/ok").await;
             assert_eq!(response.version(), hyper::Version::HTTP_2);
             assert_eq!(response.status(), 200);
         }
@@ -723,18 +705,8 @@ fn one_request_after_another_reuses_one_upstream_connection() {
             call(&c, addr, "/target?q=1", a).await,
             (200, format!("/target?q=1 {addr}"))
         );
-        let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-        let response = h2
-            .request(
-                Request::builder()
-                    .uri(format!("http://{addr}/target?q=2"))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let h2 = h2c_client();
+        let response = h2c_get(&h2, addr, "/target?q=2").await;
         assert_eq!(response.status(), 200);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
@@ -749,4 +721,23 @@ fn one_request_after_another_reuses_one_upstream_connection() {
     );
     let docs = agent.stop();
     assert_eq!(sum(&all(&docs, instance, "Invocations")), 14.0);
+}
+
+/// A client that speaks HTTP/2 without TLS (h2c) from the first byte.
+fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn h2c_get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+) -> Response<Incoming> {
+    let request = Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.request(request).await.unwrap()
 }
