@@ -3,7 +3,7 @@
 //! upstreams are in it, so the front door is not an open proxy.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -117,10 +117,8 @@ impl Table {
         for c in inventory.containers.values() {
             let Some(address) = c.address else { continue };
             let port = c.upstream_port.unwrap_or(default_port);
-            let authority = match address {
-                IpAddr::V4(a) => format!("{a}:{port}"),
-                IpAddr::V6(a) => format!("[{a}]:{port}"),
-            };
+            // "a.b.c.d:port" or "[v6]:port", as a URI authority wants it.
+            let authority = SocketAddr::new(address, port).to_string();
             add(c.component.clone(), c.short_id.clone(), authority);
         }
         Table {
@@ -137,10 +135,6 @@ impl Table {
     /// Every copy of every component.
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.components.values().flatten()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.components.is_empty()
     }
 
     /// The copy a request goes to, given its component header, with its outstanding count
@@ -272,6 +266,15 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, vec!["172.17.0.2:8080", "172.17.0.3:9000"]);
+        // An IPv6 address is bracketed, as a URI authority needs.
+        let v6 = inventory(vec![container(
+            "dddddddddddd0000",
+            "c",
+            Some("fd00::2"),
+            None,
+        )]);
+        let t = Table::build(&[], &v6, 8080, &Table::default());
+        assert_eq!(t.choose(Some(b"c")).unwrap().authority, "[fd00::2]:8080");
     }
 
     #[test]
