@@ -310,6 +310,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::sample_value;
     use crate::collectors::gpu::{GpuDevice, GpuProcess};
     use crate::discovery::{ContainerInfo, GpuAllocation};
 
@@ -420,13 +421,6 @@ mod tests {
         }
     }
 
-    fn find(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
-        samples
-            .iter()
-            .find(|s| &s.key.scope == scope && s.key.metric == metric)
-            .map(|s| s.value)
-    }
-
     const GIB: u64 = 1 << 30;
 
     #[test]
@@ -464,20 +458,20 @@ mod tests {
 
         let sa = container_scope(&"model-a".into(), &"aaaaaaaaaaaa".into());
         assert_eq!(
-            find(&out, &sa, Metric::GpuUtilizationNormalized),
+            sample_value(&out, &sa, Metric::GpuUtilizationNormalized),
             Some(40.0)
         );
         assert_eq!(
-            find(&out, &sa, Metric::GpuMemoryUtilizationNormalized),
+            sample_value(&out, &sa, Metric::GpuMemoryUtilizationNormalized),
             Some(6.0 * 100.0 / 32.0)
         );
         let sb = container_scope(&"model-b".into(), &"bbbbbbbbbbbb".into());
         assert_eq!(
-            find(&out, &sb, Metric::GpuUtilizationNormalized),
+            sample_value(&out, &sb, Metric::GpuUtilizationNormalized),
             Some(20.0)
         );
         assert_eq!(
-            find(&out, &sb, Metric::GpuMemoryUtilizationNormalized),
+            sample_value(&out, &sb, Metric::GpuMemoryUtilizationNormalized),
             Some(25.0)
         );
 
@@ -493,7 +487,7 @@ mod tests {
             gpu_index: 0,
         };
         let g0 = Scope::Gpu { index: 0 };
-        let mem = |s: &Scope, m| find(&out, s, m).unwrap();
+        let mem = |s: &Scope, m| sample_value(&out, s, m).unwrap();
         let shares = mem(&a0, Metric::GpuMemoryUtilizationNormalized)
             + mem(&b0, Metric::GpuMemoryUtilizationNormalized)
             + mem(&g0, Metric::GpuMemoryUtilizationUnattributed);
@@ -507,7 +501,7 @@ mod tests {
             + mem(&g0, Metric::GpuUtilizationUnattributed);
         assert_eq!(util, 90.0, "reconciles with GPU 0's utilization");
         assert_eq!(
-            find(
+            sample_value(
                 &out,
                 &Scope::Gpu { index: 1 },
                 Metric::GpuMemoryUtilizationUnattributed
@@ -515,7 +509,7 @@ mod tests {
             Some(12.5)
         );
         assert_eq!(
-            find(
+            sample_value(
                 &out,
                 &Scope::Instance,
                 Metric::GpuMemoryUtilizationUnattributed
@@ -618,14 +612,17 @@ mod tests {
             &mut out,
         );
         let s = container_scope(&"model-c".into(), &"cccccccccccc".into());
-        assert_eq!(find(&out, &s, Metric::GpuUtilizationNormalized), Some(70.0));
         assert_eq!(
-            find(&out, &s, Metric::GpuMemoryUtilizationNormalized),
+            sample_value(&out, &s, Metric::GpuUtilizationNormalized),
+            Some(70.0)
+        );
+        assert_eq!(
+            sample_value(&out, &s, Metric::GpuMemoryUtilizationNormalized),
             Some(25.0)
         );
         // No device utilization known: no utilization remainder, memory remainder still.
         assert_eq!(
-            find(
+            sample_value(
                 &out,
                 &Scope::Gpu { index: 0 },
                 Metric::GpuUtilizationUnattributed
@@ -633,7 +630,7 @@ mod tests {
             None
         );
         assert_eq!(
-            find(
+            sample_value(
                 &out,
                 &Scope::Gpu { index: 0 },
                 Metric::GpuMemoryUtilizationUnattributed
@@ -656,7 +653,7 @@ mod tests {
         let report = attribute_gpu(&reading, &inventory, &pids, &mut out);
         assert_eq!(report.unattributed_processes, 1);
         assert_eq!(
-            find(
+            sample_value(
                 &out,
                 &Scope::Gpu { index: 0 },
                 Metric::GpuUtilizationUnattributed

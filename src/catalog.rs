@@ -429,6 +429,15 @@ pub fn storage_resolution(publish_frequency_seconds: u64) -> u32 {
     }
 }
 
+/// The value of the first sample of `metric` about `scope` (tests read collectors' output so).
+#[cfg(test)]
+pub(crate) fn sample_value(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| &s.key.scope == scope && s.key.metric == metric)
+        .map(|s| s.value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

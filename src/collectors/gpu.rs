@@ -133,6 +133,7 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::sample_value;
 
     fn device(index: u32, util: Option<f64>, used: u64, total: u64) -> GpuDevice {
         GpuDevice {
@@ -142,13 +143,6 @@ mod tests {
             memory_used_bytes: used,
             memory_total_bytes: total,
         }
-    }
-
-    fn value(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
-        samples
-            .iter()
-            .find(|s| &s.key.scope == scope && s.key.metric == metric)
-            .map(|s| s.value)
     }
 
     #[test]
@@ -163,17 +157,26 @@ mod tests {
         let mut out = Vec::new();
         reading.samples(&mut out);
         let gpu1 = Scope::Gpu { index: 1 };
-        assert_eq!(value(&out, &gpu1, Metric::GpuUtilization), Some(50.0));
-        assert_eq!(value(&out, &gpu1, Metric::GpuMemoryUtilization), Some(20.0));
-        let i = Scope::Instance;
-        assert_eq!(value(&out, &i, Metric::GpuUtilization), Some(80.0));
         assert_eq!(
-            value(&out, &i, Metric::GpuUtilizationNormalized),
+            sample_value(&out, &gpu1, Metric::GpuUtilization),
+            Some(50.0)
+        );
+        assert_eq!(
+            sample_value(&out, &gpu1, Metric::GpuMemoryUtilization),
+            Some(20.0)
+        );
+        let i = Scope::Instance;
+        assert_eq!(sample_value(&out, &i, Metric::GpuUtilization), Some(80.0));
+        assert_eq!(
+            sample_value(&out, &i, Metric::GpuUtilizationNormalized),
             Some(40.0)
         );
-        assert_eq!(value(&out, &i, Metric::GpuMemoryUtilization), Some(30.0));
         assert_eq!(
-            value(&out, &i, Metric::GpuMemoryUtilizationNormalized),
+            sample_value(&out, &i, Metric::GpuMemoryUtilization),
+            Some(30.0)
+        );
+        assert_eq!(
+            sample_value(&out, &i, Metric::GpuMemoryUtilizationNormalized),
             Some(15.0)
         );
         assert_eq!(out.len(), 8);
@@ -188,16 +191,16 @@ mod tests {
         let mut out = Vec::new();
         reading.samples(&mut out);
         assert_eq!(
-            value(&out, &Scope::Gpu { index: 0 }, Metric::GpuUtilization),
+            sample_value(&out, &Scope::Gpu { index: 0 }, Metric::GpuUtilization),
             None
         );
         assert_eq!(
-            value(&out, &Scope::Instance, Metric::GpuUtilizationNormalized),
+            sample_value(&out, &Scope::Instance, Metric::GpuUtilizationNormalized),
             Some(60.0),
             "divided by the GPUs that have a value"
         );
         assert_eq!(
-            value(
+            sample_value(
                 &out,
                 &Scope::Instance,
                 Metric::GpuMemoryUtilizationNormalized

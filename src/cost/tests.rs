@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::catalog::sample_value;
 use crate::discovery::{ContainerInfo, GpuAllocation};
 
 fn gpus(n: u32) -> Vec<GpuDevice> {
@@ -48,13 +49,6 @@ fn config(extra: &str) -> Config {
 
 const G6_12XL: &str = "instance_type = \"ml.g6.12xlarge\"\n";
 
-fn find(samples: &[Sample], scope: &Scope, metric: Metric) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| &s.key.scope == scope && s.key.metric == metric)
-        .map(|s| s.value)
-}
-
 fn component(name: &str) -> Scope {
     Scope::Component {
         component: name.into(),
@@ -98,14 +92,14 @@ fn the_spec_example_costs_0_016_per_10_s() {
     let mut out = Vec::new();
     model.tick(10_000, Some(&gpus(4)), &inv, &GpuUse::new(), &mut out);
     let s = component("model");
-    assert_eq!(find(&out, &s, Metric::GpusAllocated), Some(4.0));
-    assert_eq!(find(&out, &s, Metric::CostPerHour), Some(5.752));
-    let accrued = find(&out, &s, Metric::CostAccrued).unwrap();
+    assert_eq!(sample_value(&out, &s, Metric::GpusAllocated), Some(4.0));
+    assert_eq!(sample_value(&out, &s, Metric::CostPerHour), Some(5.752));
+    let accrued = sample_value(&out, &s, Metric::CostAccrued).unwrap();
     assert_eq!(accrued, 5.752 * 10_000.0 / 3_600_000.0);
     assert!((accrued - 5.752 * 10.0 / 3600.0).abs() < 1e-15, "{accrued}");
     assert_eq!(format!("{accrued:.3}"), "0.016");
     assert_eq!(
-        find(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
+        sample_value(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
         Some(0.0)
     );
     // Ten ticks of 1 s sum to the same 10 s.
@@ -169,7 +163,8 @@ fn a_shared_gpu_is_split_between_its_copies_and_the_total_is_the_instance_price(
         .sum();
     assert!((per_hour - 5.752).abs() < 1e-12, "{per_hour}");
     assert!(
-        (find(&out, &component("shared"), Metric::CostPerHour).unwrap() - 5.752 / 6.0).abs()
+        (sample_value(&out, &component("shared"), Metric::CostPerHour).unwrap() - 5.752 / 6.0)
+            .abs()
             < 1e-12
     );
     let accrued: f64 = out
@@ -231,7 +226,7 @@ fn accrual_follows_real_elapsed_time_across_missed_ticks() {
     for t in [1000u64, 2000, 5000, 6000] {
         let mut out = Vec::new();
         model.tick(t, Some(&gpus(4)), &inv, &GpuUse::new(), &mut out);
-        accrued.push(find(&out, &component("m"), Metric::CostAccrued).unwrap());
+        accrued.push(sample_value(&out, &component("m"), Metric::CostAccrued).unwrap());
     }
     let per_s = 5.752 * 0.5 / 3600.0;
     for (got, seconds) in accrued.iter().zip([1.0, 1.0, 3.0, 1.0]) {
@@ -246,11 +241,11 @@ fn without_nvml_the_price_s_gpu_count_stands_for_the_devices() {
     let mut out = Vec::new();
     model.tick(1000, None, &inv, &GpuUse::new(), &mut out);
     assert_eq!(
-        find(&out, &component("m"), Metric::CostPerHour),
+        sample_value(&out, &component("m"), Metric::CostPerHour),
         Some(5.752 * 0.5)
     );
     assert_eq!(
-        find(&out, &Scope::Instance, Metric::IdleGpuCostAccrued),
+        sample_value(&out, &Scope::Instance, Metric::IdleGpuCostAccrued),
         None,
         "no measured use"
     );
@@ -264,9 +259,12 @@ fn without_nvml_the_price_s_gpu_count_stands_for_the_devices() {
     model.tick(1000, None, &inv, &GpuUse::new(), &mut out);
     assert!(out.is_empty(), "nothing to divide the price by yet");
     model.tick(2000, Some(&gpus(2)), &inv, &GpuUse::new(), &mut out);
-    assert_eq!(find(&out, &component("m"), Metric::CostPerHour), Some(1.0));
     assert_eq!(
-        find(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
+        sample_value(&out, &component("m"), Metric::CostPerHour),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
         Some(1.0)
     );
 }
@@ -419,11 +417,11 @@ fn more_gpus_held_than_priced_is_counted_once_per_episode() {
     }
     assert_eq!(telemetry::get(Counter::CostGpusOverallocated), before + 1);
     assert_eq!(
-        find(&out, &component("m"), Metric::CostPerHour),
+        sample_value(&out, &component("m"), Metric::CostPerHour),
         Some(1.1267 * 2.0)
     );
     assert_eq!(
-        find(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
+        sample_value(&out, &Scope::Instance, Metric::UnallocatedGpuCostPerHour),
         Some(0.0),
         "never negative"
     );
