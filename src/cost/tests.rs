@@ -151,32 +151,20 @@ fn a_shared_gpu_is_split_between_its_copies_and_the_total_is_the_instance_price(
     // In dollars per hour and per 10 s, against the instance price.
     let mut out = Vec::new();
     samples(&s, 5.752, 10_000, &mut out);
-    let per_hour: f64 = out
-        .iter()
-        .filter(|x| {
-            matches!(
-                x.key.metric,
-                Metric::CostPerHour | Metric::UnallocatedGpuCostPerHour
-            )
-        })
-        .map(|x| x.value)
-        .sum();
+    let total = |metrics: [Metric; 2]| -> f64 {
+        out.iter()
+            .filter(|x| metrics.contains(&x.key.metric))
+            .map(|x| x.value)
+            .sum()
+    };
+    let per_hour = total([Metric::CostPerHour, Metric::UnallocatedGpuCostPerHour]);
     assert!((per_hour - 5.752).abs() < 1e-12, "{per_hour}");
     assert!(
         (sample_value(&out, &component("shared"), Metric::CostPerHour).unwrap() - 5.752 / 6.0)
             .abs()
             < 1e-12
     );
-    let accrued: f64 = out
-        .iter()
-        .filter(|x| {
-            matches!(
-                x.key.metric,
-                Metric::CostAccrued | Metric::UnallocatedGpuCostAccrued
-            )
-        })
-        .map(|x| x.value)
-        .sum();
+    let accrued = total([Metric::CostAccrued, Metric::UnallocatedGpuCostAccrued]);
     assert!((accrued - 5.752 * 10.0 / 3600.0).abs() < 1e-15, "{accrued}");
 }
 
