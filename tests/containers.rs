@@ -629,28 +629,14 @@ fn plan_counts_the_model_copies_discovery_finds() {
         ]);
     }
     containers.run(&[&image, "sleep", "120"]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let text = one_shot(
+        "plan",
+        &format!(
             "[endpoint]\nname = \"plan-test\"\ninstance_id = \"test-host\"\n\
              [metrics]\nenhanced = true\n[gpu]\nenabled = false\n\
              [docker]\nsocket = \"{}\"\ncomponent_label = \"{label}\"\ncomponent_env = \"{env}\"\n",
             engine_socket()
         ),
-    )
-    .unwrap();
-    let out = Command::new(AGENT)
-        .args(["plan", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         text.starts_with("host: 0 GPUs, 3 containers in 2 components;"),
@@ -840,26 +826,12 @@ fn gpu_cost_is_split_by_allocation_and_published_per_component() {
     let endpoint = "instance_type = \"ml.g6.12xlarge\"\n";
 
     // The `cost` subcommand, from what discovery and NVML show now.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let text = one_shot(
+        "cost",
+        &format!(
             "[endpoint]\nname = \"cost-test\"\n{endpoint}{gpu}[docker]\nsocket = \"{}\"\n{docker_keys}",
             engine_socket()
         ),
-    )
-    .unwrap();
-    let out = Command::new(AGENT)
-        .args(["cost", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         text.starts_with("instance: ml.g6.12xlarge, $5.752 per hour"),
@@ -1007,4 +979,23 @@ fn gpu_cost_is_split_by_allocation_and_published_per_component() {
             "{v}"
         );
     }
+}
+
+/// Runs a one-shot subcommand (`plan`, `cost`) with `config` as its file; its stdout, once it
+/// has exited 0.
+fn one_shot(subcommand: &str, config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(AGENT)
+        .args([subcommand, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{subcommand}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
