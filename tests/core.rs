@@ -70,6 +70,18 @@ impl Agent {
         }
         s
     }
+
+    /// Everything it wrote on stdout (started with `Stdio::piped()`), once it has exited.
+    fn stdout(&mut self) -> String {
+        let mut s = String::new();
+        self.0
+            .stdout
+            .take()
+            .expect("stdout piped")
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
 }
 
 impl Drop for Agent {
@@ -239,15 +251,7 @@ fn plain_run_prints_only_emf_on_stdout_and_stops_on_sigint() {
     let (code, took) = agent.wait(Duration::from_secs(10));
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_secs(5));
-    let mut stdout = String::new();
-    agent
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let docs = documents(&stdout);
+    let docs = documents(&agent.stdout());
     assert!(!docs.is_empty(), "the partial window is flushed on SIGINT");
     for doc in &docs {
         check_host_document(doc, false);
@@ -407,15 +411,7 @@ fn run_briefly(config: &str) -> (Vec<Value>, String) {
     std::thread::sleep(Duration::from_secs(2));
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)).0, Some(0));
-    let mut stdout = String::new();
-    agent
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    (documents(&stdout), agent.stderr())
+    (documents(&agent.stdout()), agent.stderr())
 }
 
 fn with_endpoint_keys(keys: &str) -> String {
