@@ -256,12 +256,25 @@ fn assert_consistent(points: &[(u64, f64, f64, f64)]) {
     }
 }
 
-/// Sleeps until 7 s into a 10 s window: past the half in which closed windows are sent.
-async fn sleep_until_quiet_part_of_window() {
+/// Cuts the forwarder at a moment no request is in flight: 7 s into a window (closed windows
+/// are sent in the first half of the next one, but an answer can be slow under load) with the
+/// spool empty (every closed window is written there first and removed once CloudWatch
+/// answered), trying window after window.
+async fn cut_when_nothing_is_in_flight(proxy: &mut Proxy, dir: &Path) {
     const QUIET_FROM_MS: u64 = 7_000;
-    let into = now_ms() % (PERIOD_S * 1000);
-    let wait = (QUIET_FROM_MS + PERIOD_S * 1000 - into) % (PERIOD_S * 1000);
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    const TRIES: usize = 6;
+    for _ in 0..TRIES {
+        let into = now_ms() % (PERIOD_S * 1000);
+        let wait = (QUIET_FROM_MS + PERIOD_S * 1000 - into) % (PERIOD_S * 1000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if spool_files(dir) == 0 {
+            proxy.down().await;
+            return;
+        }
+        // Past the quiet moment: wait for the next window's.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    panic!("a window stayed unanswered in the spool for {TRIES} windows before the outage");
 }
 
 fn total(points: &[(u64, f64, f64, f64)], from_ms: u64) -> f64 {
@@ -420,11 +433,10 @@ async fn outage_kill_and_restart_lose_and_duplicate_nothing() {
     // Run 1: one window through, then CloudWatch goes away, windows spool, then SIGKILL.
     let agent = Agent::start(&config, &proxy.url(), dir.path().join("run1.log"));
     sleep_s(12).await;
-    // Cut where no request can be in flight: a closed window is sent within the first half of
-    // the next one. A request CloudWatch stored whose answer the cut loses would be sent again
-    // (PutMetricData has no idempotency key; docs/cloudwatch.md), which is not what this tests.
-    sleep_until_quiet_part_of_window().await;
-    proxy.down().await;
+    // Cut only when no request is in flight. A request CloudWatch stored whose answer the cut
+    // loses would be sent again (PutMetricData has no idempotency key; docs/cloudwatch.md),
+    // which is not what this tests.
+    cut_when_nothing_is_in_flight(&mut proxy, dir.path()).await;
     let outage_start = now_ms();
     sleep_s(14).await;
     assert!(
