@@ -1,108 +1,85 @@
-//! Pure attribution: `/proc/<pid>/cgroup` text -> container ID, and GPU processes -> container ->
-//! inference component.
-//!
-//! NVML reports host PIDs. A PID's cgroup names its container in every runtime the agent knows:
-//! the ID is a 64-hex path component, bare (`/docker/<id>`, containerd's `/default/<id>`,
-//! Kubernetes cgroupfs `/kubepods/burstable/pod<uid>/<id>`) or inside a systemd scope
-//! (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`).
+//! Attribution: GPU processes -> container -> inference component. NVML reports host PIDs;
+//! [`PidContainers`] maps them to containers through `/proc/<pid>/cgroup` (parsed by
+//! `cgroup_path`), and [`attribute_gpu`] turns one GPU reading into per-copy samples.
 //!
 //! GPU use by a process that maps to no known model copy is not dropped: per GPU, what the
 //! device reports beyond the model copies' share is published as an unattributed series, so the
 //! per-container shares plus the unattributed share add up to the per-GPU total.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::catalog::{Metric, Sample, Scope};
-use crate::collectors::gpu::GpuReading;
-use crate::discovery::Inventory;
+use crate::cgroup_path::container_id_from_cgroup;
+use crate::collectors::gpu::{GpuDevice, GpuReading};
+use crate::discovery::{GpuAllocation, Inventory};
 
-/// Length of a full container ID (hex of a SHA-256).
-pub const CONTAINER_ID_HEX_CHARS: usize = 64;
+/// Each copy's SM utilization (0..100) per GPU: (full container ID, NVML index), as of the last
+/// GPU attribution. The utilization-weighted cost view (`cost`) splits GPU time by it.
+pub type GpuUse = BTreeMap<(String, u32), f64>;
 
-/// Length of the short ID that `ContainerId` carries (Docker's `stringid.TruncateID`).
-pub const SHORT_ID_CHARS: usize = 12;
-
-/// Prefixes systemd-driven runtimes put before the ID in a scope unit name.
-const SCOPE_PREFIXES: [&str; 4] = ["docker-", "cri-containerd-", "crio-", "libpod-"];
-
-/// The 12-character short form of a container ID.
-pub fn short_id(id: &str) -> &str {
-    id.get(..SHORT_ID_CHARS).unwrap_or(id)
+/// Host PID -> full container ID, for the PIDs NVML reports, cached while a PID stays in the
+/// GPU readings (a PID keeps its cgroup for its life; a reused one reappears as new only after
+/// it left the readings, when it is read again).
+#[derive(Debug, Default)]
+pub struct PidContainers {
+    map: HashMap<u32, String>,
+    /// PIDs in no container (host processes), so they are not re-read each sample.
+    outside: HashSet<u32>,
 }
 
-/// The cgroup paths of one process, from its `/proc/<pid>/cgroup`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CgroupPaths<'a> {
-    /// The cgroup v2 (unified) path: the `0::` line.
-    pub unified: Option<&'a str>,
-    /// The v1 memory controller's path.
-    pub memory: Option<&'a str>,
-    /// The v1 line carrying `cpuacct`: its controller list (the mount's directory name, e.g.
-    /// `cpu,cpuacct`) and path.
-    pub cpuacct: Option<(&'a str, &'a str)>,
-}
-
-/// Splits `/proc/<pid>/cgroup` text into the paths the agent uses. Malformed lines are skipped.
-pub fn cgroup_paths(text: &str) -> CgroupPaths<'_> {
-    let mut paths = CgroupPaths::default();
-    for line in text.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(hierarchy), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if hierarchy == "0" && controllers.is_empty() {
-            paths.unified = Some(path);
-            continue;
-        }
-        for controller in controllers.split(',') {
-            match controller {
-                "memory" => paths.memory = Some(path),
-                "cpuacct" => paths.cpuacct = Some((controllers, path)),
-                _ => {}
+impl PidContainers {
+    /// Resolves `pids` through `<proc_root>/<pid>/cgroup` and forgets PIDs no longer listed.
+    pub fn resolve(&mut self, proc_root: &Path, pids: &[u32]) -> &HashMap<u32, String> {
+        self.map.retain(|pid, _| pids.contains(pid));
+        self.outside.retain(|pid| pids.contains(pid));
+        for &pid in pids {
+            if self.map.contains_key(&pid) || self.outside.contains(&pid) {
+                continue;
+            }
+            let path = proc_root.join(pid.to_string()).join("cgroup");
+            // A process gone since NVML listed it belongs to nobody now.
+            let id = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| container_id_from_cgroup(&t).map(str::to_string));
+            match id {
+                Some(id) => {
+                    self.map.insert(pid, id);
+                }
+                None => {
+                    self.outside.insert(pid);
+                }
             }
         }
+        &self.map
     }
-    paths
 }
 
-/// The container a process belongs to, from its `/proc/<pid>/cgroup` text: the v2 line first,
-/// then the v1 memory controller (a hybrid host's `0::` line may be `/`), then any line.
-pub fn container_id_from_cgroup(text: &str) -> Option<&str> {
-    let paths = cgroup_paths(text);
-    paths
-        .unified
-        .and_then(container_id_from_path)
-        .or_else(|| paths.memory.and_then(container_id_from_path))
-        .or_else(|| {
-            text.lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .find_map(container_id_from_path)
-        })
-}
-
-/// The innermost container ID in a cgroup path (nested runtimes: the last one is the process's).
-pub fn container_id_from_path(path: &str) -> Option<&str> {
-    path.rsplit('/').find_map(container_id_from_component)
-}
-
-fn container_id_from_component(component: &str) -> Option<&str> {
-    let unit = component.strip_suffix(".scope").unwrap_or(component);
-    // conmon (podman's monitor) lives in `libpod-conmon-<id>.scope`: not the container itself.
-    if unit.contains("conmon") {
-        return None;
-    }
-    let id = SCOPE_PREFIXES
-        .iter()
-        .find_map(|p| unit.strip_prefix(p))
-        .unwrap_or(unit);
-    is_container_id(id).then_some(id)
-}
-
-fn is_container_id(s: &str) -> bool {
-    s.len() == CONTAINER_ID_HEX_CHARS && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// The NVML indices of the allocated GPUs present in `devices`, ascending. Identifiers that
+/// match no device (a MIG instance ID, a GPU gone) are left out.
+pub fn allocated_gpus(allocation: &GpuAllocation, devices: &[GpuDevice]) -> Vec<u32> {
+    let mut indices: Vec<u32> = match allocation {
+        GpuAllocation::None => Vec::new(),
+        GpuAllocation::All => devices.iter().map(|d| d.index).collect(),
+        GpuAllocation::Count(n) => {
+            let mut all: Vec<u32> = devices.iter().map(|d| d.index).collect();
+            all.sort_unstable();
+            all.truncate(*n as usize);
+            all
+        }
+        GpuAllocation::Devices(ids) => devices
+            .iter()
+            .filter(|d| {
+                ids.iter()
+                    .any(|id| *id == d.uuid || id.parse::<u32>().ok() == Some(d.index))
+            })
+            .map(|d| d.index)
+            .collect(),
+    };
+    indices.sort_unstable();
+    indices.dedup();
+    indices
 }
 
 /// What the GPU attribution of one reading found, besides the samples.
@@ -110,9 +87,8 @@ fn is_container_id(s: &str) -> bool {
 pub struct GpuAttributionReport {
     /// GPU processes whose PID maps to no model copy (host processes, other containers).
     pub unattributed_processes: u64,
-    /// Each copy's SM utilization (0..100) per GPU: (full container ID, NVML index). The
-    /// utilization-weighted cost view (`cost`) splits GPU time by it.
-    pub sm_percent: BTreeMap<(String, u32), f64>,
+    /// Each copy's SM utilization per GPU (see [`GpuUse`]).
+    pub sm_percent: GpuUse,
 }
 
 /// Per-container GPU use, and the unattributed remainder, from one GPU reading.
@@ -163,7 +139,7 @@ pub fn attribute_gpu(
             .filter(|(cid, _)| *cid == id.as_str())
             .map(|(_, i)| *i)
             .collect();
-        let allocated = info.gpus.resolve(&reading.devices);
+        let allocated = allocated_gpus(&info.gpus, &reading.devices);
         let gpus = if allocated.is_empty() {
             used.clone()
         } else {
@@ -289,7 +265,7 @@ pub fn gpu_reservation(reading: &GpuReading, inventory: &Inventory) -> Option<f6
     let mut reserved: Vec<u32> = inventory
         .containers
         .values()
-        .flat_map(|c| c.gpus.resolve(&reading.devices))
+        .flat_map(|c| allocated_gpus(&c.gpus, &reading.devices))
         .collect();
     reserved.sort_unstable();
     reserved.dedup();
@@ -311,81 +287,9 @@ fn percent(part: u64, whole: u64) -> f64 {
 mod tests {
     use super::*;
     use crate::catalog::sample_value;
-    use crate::collectors::gpu::{GpuDevice, GpuProcess};
-    use crate::discovery::{ContainerInfo, GpuAllocation};
-
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cgroup/proc");
-
-    fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{FIXTURES}/{name}/cgroup")).unwrap()
-    }
-
-    #[test]
-    fn every_runtime_layout_names_its_container() {
-        let cases = [
-            (
-                "docker-cgroupfs-v1",
-                "b335296f4e067f587ea22d5e8d0533a18ab9898701b6b4ffd2e3a2fdb7e5f6e8",
-            ),
-            (
-                "docker-systemd-v2",
-                "4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8",
-            ),
-            (
-                "containerd-v2",
-                "9a8b7c6d5e4f30211223344556677889900aabbccddeeff00112233445566778",
-            ),
-            (
-                "crio-v2",
-                "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00",
-            ),
-            (
-                "podman-v2",
-                "deadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeef",
-            ),
-            (
-                "kubepods-cgroupfs-v1",
-                "1234567890abcdef1234567890abcdef1234567890abcdef1234567890abcdef",
-            ),
-            (
-                "kubepods-systemd-v2",
-                "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd",
-            ),
-            (
-                "hybrid-root-unified",
-                "0123456789012345678901234567890123456789012345678901234567890123",
-            ),
-        ];
-        for (name, id) in cases {
-            assert_eq!(container_id_from_cgroup(&fixture(name)), Some(id), "{name}");
-        }
-    }
-
-    #[test]
-    fn host_processes_and_monitors_are_in_no_container() {
-        assert_eq!(container_id_from_cgroup(&fixture("host-v1")), None);
-        assert_eq!(container_id_from_cgroup(&fixture("host-v2")), None);
-        assert_eq!(container_id_from_cgroup(&fixture("podman-conmon-v2")), None);
-        assert_eq!(container_id_from_cgroup(""), None);
-        assert_eq!(container_id_from_cgroup("garbage\n::\n0::"), None);
-        // 63 and 65 hex characters are not IDs.
-        assert_eq!(
-            container_id_from_path(&format!("/docker/{}", "a".repeat(63))),
-            None
-        );
-        assert_eq!(
-            container_id_from_path(&format!("/docker/{}", "a".repeat(65))),
-            None
-        );
-    }
-
-    #[test]
-    fn v1_paths_name_the_cpuacct_mount() {
-        let text = fixture("kubepods-cgroupfs-v1");
-        let p = cgroup_paths(&text);
-        assert_eq!(p.cpuacct.map(|c| c.0), Some("cpu,cpuacct"));
-        assert!(p.memory.unwrap().starts_with("/kubepods/"));
-    }
+    use crate::cgroup_path::short_id;
+    use crate::collectors::gpu::GpuProcess;
+    use crate::discovery::ContainerInfo;
 
     fn device(index: u32, util: Option<f64>, used: u64, total: u64) -> GpuDevice {
         GpuDevice {
@@ -521,7 +425,7 @@ mod tests {
 
     #[test]
     fn per_gpu_container_and_unattributed_series_are_published_with_their_dimensions() {
-        use crate::agent::Pipeline;
+        use crate::pipeline::Pipeline;
         let a = "a".repeat(64);
         let mut inventory = Inventory::default();
         inventory
@@ -663,5 +567,48 @@ mod tests {
         assert!(out
             .iter()
             .all(|s| !matches!(s.key.scope, Scope::Container { .. })));
+    }
+
+    #[test]
+    fn pid_table_maps_gpu_pids_to_containers() {
+        let proc_root = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cgroup/v1/proc"
+        ));
+        let mut table = PidContainers::default();
+        let map = table.resolve(proc_root, &[4242, 4343, 1]);
+        assert_eq!(
+            map.get(&4242).map(String::as_str),
+            Some("b335296f4e067f587ea22d5e8d0533a18ab9898701b6b4ffd2e3a2fdb7e5f6e8")
+        );
+        assert_eq!(
+            map.get(&4343).map(String::as_str),
+            Some("4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8")
+        );
+        assert_eq!(map.get(&1), None);
+        let map = table.resolve(proc_root, &[4343]);
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn allocations_resolve_to_present_gpus() {
+        let d: Vec<GpuDevice> = (0..4)
+            .map(|index| GpuDevice {
+                index,
+                uuid: format!("GPU-{index}aa"),
+                utilization_percent: None,
+                memory_used_bytes: 0,
+                memory_total_bytes: 1,
+            })
+            .collect();
+        assert_eq!(allocated_gpus(&GpuAllocation::All, &d), vec![0, 1, 2, 3]);
+        assert_eq!(allocated_gpus(&GpuAllocation::Count(2), &d), vec![0, 1]);
+        assert_eq!(
+            allocated_gpus(&GpuAllocation::Count(9), &d),
+            vec![0, 1, 2, 3]
+        );
+        let listed = GpuAllocation::from_visible_devices("3, GPU-1aa,MIG-xyz,7");
+        assert_eq!(allocated_gpus(&listed, &d), vec![1, 3]);
+        assert!(allocated_gpus(&GpuAllocation::None, &d).is_empty());
     }
 }

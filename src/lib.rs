@@ -1,14 +1,19 @@
 //! endpoint-metrics-agent: SageMaker-style enhanced metrics for GPU inference hosts.
 //!
-//! The pipeline: `collectors` -> samples (`catalog`) -> `aggregate` (per window of the `clock`)
-//! -> `encode` -> `sinks`, wired in `agent`.
+//! The pipeline, in the order data flows: `discovery` (the model copies) -> `collectors` (passive
+//! readers on their own threads) -> `attribution` (GPU processes to copies) and `cost` -> `sources`
+//! (one call shape per tick) -> `pipeline` (publish windows: `aggregate` then `encode`) ->
+//! `sinks`. `proxy` (the front door) is a source too; `agent` wires the stages and `main` parses
+//! the command line. `catalog` holds every published name, `config` every setting.
 #![deny(clippy::print_stdout)]
 
 pub mod admin;
 pub mod agent;
 pub mod aggregate;
 pub mod attribution;
+pub mod backoff;
 pub mod catalog;
+pub mod cgroup_path;
 pub mod clock;
 pub mod collectors;
 pub mod config;
@@ -17,11 +22,14 @@ pub mod discovery;
 pub mod encode;
 pub mod identity;
 pub mod logging;
+pub mod pipeline;
 pub mod plan;
 pub mod proxy;
 pub mod reload;
 pub mod sd_notify;
 pub mod self_metrics;
-pub mod service;
+pub mod shutdown;
 pub mod sinks;
+pub mod sources;
+pub mod supervisor;
 pub mod telemetry;

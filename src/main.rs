@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
-use endpoint_metrics_agent::plan::{discover, plan, HostShape};
+use endpoint_metrics_agent::plan::{plan, HostShape};
+use endpoint_metrics_agent::sources::snapshot;
 use endpoint_metrics_agent::{admin, agent, cost, logging};
 
 #[derive(Parser)]
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(discover(&c)),
+                    Ok(runtime) => HostShape::found(&runtime.block_on(snapshot(&c))),
                     Err(e) => {
                         eprintln!("error: cannot build the async runtime: {e}");
                         return ExitCode::FAILURE;
@@ -173,17 +174,17 @@ fn cost_report(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let (devices, inventory) = match tokio::runtime::Builder::new_current_thread()
+    let found = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(cost::report::discover(&config)),
+        Ok(runtime) => runtime.block_on(snapshot(&config)),
         Err(e) => {
             eprintln!("error: cannot build the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match cost::report::report(price, &devices, &inventory) {
+    match cost::report::report(price, &found.devices, &found.inventory) {
         Some(report) => {
             // A report for a person, asked for explicitly: stdout.
             #[allow(clippy::print_stdout)]

@@ -241,7 +241,7 @@ fn context(config: &Config) -> EncodeContext {
         variant_name: config.endpoint.variant.clone(),
         instance_id,
     };
-    crate::agent::encode_context(config, identity)
+    crate::pipeline::encode_context(config, identity)
 }
 
 /// The monthly cost of `n` custom metrics under the tiered price.
@@ -259,40 +259,18 @@ pub fn metric_cost(n: u64) -> f64 {
     cost
 }
 
-/// How long `plan` waits for the Docker engine's first inventory.
-const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// What the agent finds on this host now, through its own collectors: the GPUs one NVML reading
-/// sees, and the model copies and components Docker discovery lists. A source that is disabled
-/// or absent counts zero.
-pub async fn discover(config: &Config) -> HostShape {
-    let gpus = if config.gpu.enabled {
-        let options = crate::collectors::gpu::GpuOptions::new(
-            &config.gpu.nvml_library,
-            config.metrics.sample_interval_ms,
-        );
-        let mut nvml = crate::collectors::gpu::NvmlCollector::new(options);
-        nvml.read(crate::clock::system_now_ms()).devices.len() as u32
-    } else {
-        0
-    };
-    let (mut containers, mut components) = (0, 0);
-    if config.docker.enabled {
-        let mut inventory = crate::discovery::docker::spawn(config.docker.clone());
-        let _ = tokio::time::timeout(DISCOVERY_WAIT, inventory.changed()).await;
-        let found = inventory.borrow().clone();
-        containers = found.containers.len() as u32;
-        components = found
-            .containers
-            .values()
-            .map(|c| c.component.clone())
-            .collect::<BTreeSet<_>>()
-            .len() as u32;
-    }
-    HostShape {
-        gpus,
-        containers,
-        components,
+impl HostShape {
+    /// The shape of what the agent's own sources found on this host now.
+    pub fn found(snapshot: &crate::sources::Snapshot) -> HostShape {
+        let copies = snapshot.inventory.containers.values();
+        HostShape {
+            gpus: snapshot.devices.len() as u32,
+            containers: snapshot.inventory.containers.len() as u32,
+            components: copies
+                .map(|c| c.component.clone())
+                .collect::<BTreeSet<_>>()
+                .len() as u32,
+        }
     }
 }
 

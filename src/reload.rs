@@ -7,11 +7,12 @@
 
 use std::path::Path;
 
-use crate::agent::{encode_context, Pipeline, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE};
 use crate::catalog::Identity;
 use crate::config::Config;
 use crate::logging;
+use crate::pipeline::Windows;
 use crate::sd_notify::Notifier;
+use crate::shutdown::Deadline;
 use crate::sinks::{Output, Sink};
 use crate::telemetry::{self, Counter};
 
@@ -135,7 +136,7 @@ pub async fn apply(
     path: &Path,
     config: &mut Config,
     identity: &Identity,
-    pipeline: &mut Pipeline,
+    windows: &mut Windows,
     output: &mut Output,
     notifier: &Notifier,
 ) {
@@ -153,7 +154,7 @@ pub async fn apply(
         }
     };
     let mut plan = plan(config, &new);
-    let mut encoding = pipeline.encoding();
+    let mut encoding = windows.encoding();
     if plan.output_changed() && (config.publishes_to_cloudwatch() || new.publishes_to_cloudwatch())
     {
         // A CloudWatch sink owns the spool directory; a second one opened beside the draining
@@ -166,16 +167,13 @@ pub async fn apply(
         plan.needs_restart.push("output");
     }
     if plan.output_changed() {
-        match Sink::open(&plan.effective, &identity.instance_id, SHUTDOWN_GRACE).await {
+        match Sink::open(&plan.effective, &identity.instance_id).await {
             Ok(sink) => {
                 encoding = sink.encoding();
                 tracing::info!(destination = %sink.describe(), "EMF destination changed");
                 // The old sink drains what it holds in the background.
-                let old = std::mem::replace(
-                    output,
-                    Output::start(sink, PUBLISH_QUEUE_WINDOWS, SHUTDOWN_GRACE),
-                );
-                tokio::spawn(old.finish(SHUTDOWN_GRACE));
+                let old = std::mem::replace(output, Output::start(sink));
+                tokio::spawn(old.finish(Deadline::start()));
             }
             Err(e) => {
                 tracing::error!(destination = %plan.effective.output.emf_destination, error = format!("{e:#}"), "cannot open the new EMF destination; keeping the old one");
@@ -190,7 +188,7 @@ pub async fn apply(
         }
     }
     tracing::debug!(settings = %plan.effective.summary(), "effective configuration after reload");
-    pipeline.set_context(encode_context(&plan.effective, identity.clone()), encoding);
+    windows.reconfigure(&plan.effective, identity.clone(), encoding);
     *config = plan.effective;
     telemetry::add(Counter::ConfigReloads, 1);
     tracing::info!(file = %path.display(), applied = ?plan.applied, "configuration reloaded; the current window is kept");

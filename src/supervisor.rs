@@ -1,6 +1,6 @@
-//! Running as a service: what the sampling loop tells the outside world. systemd notifications
-//! (ready, watchdog, reloading, stopping), the admin endpoint, the self-metrics samples and the
-//! SIGHUP stream. The loop in `agent` calls into this with a few lines at each point.
+//! What the process supervisor (systemd, Docker's health check) sees of the agent: sd_notify
+//! (ready, watchdog, reloading, stopping), the admin endpoint (`/healthz`, `/metrics`) and the
+//! SIGHUP stream. The loop in `agent` calls into this at each point of the agent's life.
 
 use std::time::Duration;
 
@@ -9,11 +9,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::admin::{self, HealthLimits};
-use crate::catalog::Sample;
 use crate::clock::system_now_ms;
 use crate::config::Config;
 use crate::sd_notify::Notifier;
-use crate::self_metrics::{Process, WindowFigures};
 use crate::telemetry::{self, Gauge};
 
 /// The watchdog is fed only while the loop has ticked within this many sampling periods (plus
@@ -28,20 +26,19 @@ pub enum Event {
     None,
 }
 
-pub struct Service {
+pub struct Supervisor {
     pub notifier: Notifier,
     admin: Option<JoinHandle<()>>,
     watchdog: Option<Interval>,
     hangup: Option<Signal>,
-    figures: WindowFigures,
     last_tick: Instant,
     tick_stale_after: Duration,
 }
 
-impl Service {
+impl Supervisor {
     /// Binds the admin endpoint and installs the SIGHUP handler. Neither failing stops the
     /// agent: both are logged and counted, the metrics keep flowing.
-    pub async fn start(config: &Config) -> Service {
+    pub async fn start(config: &Config) -> Supervisor {
         telemetry::set(Gauge::StartedMs, system_now_ms());
         telemetry::set(Gauge::Ready, 0);
         let m = &config.metrics;
@@ -74,12 +71,11 @@ impl Service {
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         });
-        Service {
+        Supervisor {
             notifier,
             admin,
             watchdog,
             hangup,
-            figures: WindowFigures::new(),
             last_tick: Instant::now(),
             tick_stale_after: Duration::from_millis(m.sample_interval_ms) * WATCHDOG_TICK_PERIODS
                 + Duration::from_secs(1),
@@ -131,22 +127,11 @@ impl Service {
         }
     }
 
-    /// Called once per tick: notes the tick and the depth of the queue to the sink, and on the
-    /// last tick of a window adds the agent's own samples (with `[self_metrics] enabled`).
-    pub fn on_tick(
-        &mut self,
-        config: &Config,
-        tick_ms: u64,
-        queued_windows: usize,
-        out: &mut Vec<Sample>,
-    ) {
+    /// Called once per tick: notes that the loop turned (for the watchdog) and the depth of
+    /// the queue to the sink.
+    pub fn ticked(&mut self, queued_windows: usize) {
         self.last_tick = Instant::now();
         telemetry::set(Gauge::QueuedWindows, queued_windows as u64);
-        let period_ms = config.metrics.publish_frequency_seconds * 1000;
-        // The tick on a window boundary is the last one of the window it closes.
-        if config.self_metrics.enabled && period_ms > 0 && tick_ms % period_ms == 0 {
-            self.figures.samples(&Process::read(), out);
-        }
     }
 
     pub fn stopping(&mut self) {
@@ -164,23 +149,13 @@ mod tests {
     use std::path::Path;
 
     #[tokio::test]
-    async fn self_samples_come_on_the_last_tick_of_a_window_only_when_enabled() {
-        let text = "[endpoint]\nname = \"e\"\ninstance_id = \"i\"\n[metrics]\npublish_frequency_seconds = 10\n\
-                    [admin]\nenabled = false\n[self_metrics]\nenabled = true\n";
-        let mut config = Config::parse(text, Path::new("t.toml")).unwrap();
-        let mut service = Service::start(&config).await;
-        let mut out = Vec::new();
-        service.on_tick(&config, 1_700_000_009_000, 3, &mut out);
-        assert!(out.is_empty(), "not the window's last tick");
+    async fn a_tick_sets_the_queue_gauge() {
+        let text = "[endpoint]\nname = \"e\"\ninstance_id = \"i\"\n[admin]\nenabled = false\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let mut supervisor = Supervisor::start(&config).await;
+        supervisor.ticked(3);
         assert_eq!(telemetry::gauge(Gauge::QueuedWindows), 3);
-        service.on_tick(&config, 1_700_000_010_000, 0, &mut out);
-        assert_eq!(out.len(), 9);
-        assert!(out
-            .iter()
-            .all(|s| s.key.scope == crate::catalog::Scope::Agent));
-        config.self_metrics.enabled = false;
-        out.clear();
-        service.on_tick(&config, 1_700_000_020_000, 0, &mut out);
-        assert!(out.is_empty(), "disabled");
+        supervisor.ticked(0);
+        assert_eq!(telemetry::gauge(Gauge::QueuedWindows), 0);
     }
 }

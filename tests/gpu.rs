@@ -325,6 +325,19 @@ fn a_lost_gpu_stops_its_series_and_comes_back_after_re_initialisation() {
     assert!(process(&reading, 1, 2001).is_some());
 }
 
+/// Asks the worker as the GPU source does: at the tick, answered by the tick's deadline.
+async fn ask(
+    worker: &mut Worker<GpuReading>,
+    tick_ms: u64,
+    timeout: Duration,
+) -> Option<GpuReading> {
+    worker.ask(tick_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    worker
+        .answer_or_count(deadline, Counter::GpuReadsMissed)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
     let fake = FakeNvml::new();
@@ -332,18 +345,18 @@ async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
         "{}hang nvmlDeviceGetUtilizationRates 1500 1\n",
         devices(1)
     ));
-    let mut worker = Some(Worker::spawn("gpu-test", collector(&fake)).unwrap());
+    let mut worker = Worker::spawn("gpu-test", collector(&fake)).unwrap();
     let missed = telemetry::get(Counter::GpuReadsMissed);
     let timeout = Duration::from_millis(200);
     let t = system_now_ms();
-    assert_eq!(gpu::read(worker.as_mut(), t, timeout).await, None);
-    assert_eq!(gpu::read(worker.as_mut(), t + 1, timeout).await, None);
-    assert!(telemetry::get(Counter::GpuReadsMissed) >= missed + 2);
+    assert_eq!(ask(&mut worker, t, timeout).await, None);
+    assert_eq!(ask(&mut worker, t + 1, timeout).await, None);
+    assert_eq!(telemetry::get(Counter::GpuReadsMissed), missed + 2);
     // The hang ends; the next tick reads again (the stale reply is dropped).
     let mut recovered = None;
     for i in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(r) = gpu::read(worker.as_mut(), t + 2 + i, timeout).await {
+        if let Some(r) = ask(&mut worker, t + 2 + i, timeout).await {
             recovered = Some(r);
             break;
         }

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::attribution::{cgroup_paths, container_id_from_cgroup, CgroupPaths};
 use crate::catalog::{Metric, Sample, Scope};
+use crate::cgroup_path::{cgroup_paths, container_id_from_cgroup, CgroupPaths};
 use crate::discovery::{ContainerInfo, Inventory};
 
 /// A cgroup collector error: which file, and why.
@@ -508,40 +508,12 @@ fn open_v1(cpu_dir: &Path, memory_dir: &Path) -> Result<CgroupFiles, CgroupError
     })
 }
 
-/// Host PID -> full container ID, for the PIDs NVML reports, cached while a PID stays in the
-/// GPU readings (a PID keeps its cgroup for its life; a reused one reappears as new only after
-/// it left the readings, when it is read again).
-#[derive(Debug, Default)]
-pub struct PidContainers {
-    map: HashMap<u32, String>,
-    /// PIDs in no container (host processes), so they are not re-read each sample.
-    outside: HashMap<u32, ()>,
-}
-
-impl PidContainers {
-    /// Resolves `pids` through `<proc_root>/<pid>/cgroup` and forgets PIDs no longer listed.
-    pub fn resolve(&mut self, proc_root: &Path, pids: &[u32]) -> &HashMap<u32, String> {
-        self.map.retain(|pid, _| pids.contains(pid));
-        self.outside.retain(|pid, _| pids.contains(pid));
-        for &pid in pids {
-            if self.map.contains_key(&pid) || self.outside.contains_key(&pid) {
-                continue;
-            }
-            let path = proc_root.join(pid.to_string()).join("cgroup");
-            // A process gone since NVML listed it belongs to nobody now.
-            let id = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|t| container_id_from_cgroup(&t).map(str::to_string));
-            match id {
-                Some(id) => {
-                    self.map.insert(pid, id);
-                }
-                None => {
-                    self.outside.insert(pid, ());
-                }
-            }
-        }
-        &self.map
+impl crate::collectors::worker::Collect for CgroupCollector {
+    type Reading = (ContainerReading, Vec<CgroupError>);
+    fn collect(&mut self, _tick_ms: u64) -> Self::Reading {
+        let mut errors = Vec::new();
+        let reading = self.read(&mut errors);
+        (reading, errors)
     }
 }
 
@@ -767,17 +739,5 @@ mod tests {
         let r = c.read_at(0, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(usage(&r, C).memory_used_bytes, Some(100 * MIB));
-    }
-
-    #[test]
-    fn pid_table_maps_gpu_pids_to_containers() {
-        let proc_root = Path::new(FIXTURES).join("v1/proc");
-        let mut table = PidContainers::default();
-        let map = table.resolve(&proc_root, &[4242, 4343, 1]);
-        assert_eq!(map.get(&4242).map(String::as_str), Some(A));
-        assert_eq!(map.get(&4343).map(String::as_str), Some(B));
-        assert_eq!(map.get(&1), None);
-        let map = table.resolve(&proc_root, &[4343]);
-        assert_eq!(map.len(), 1);
     }
 }

@@ -37,11 +37,8 @@ mod nvml;
 
 pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_MIN_INTERVAL_MS};
 
-use std::time::Duration;
-
 use crate::catalog::{Metric, Sample, Scope};
 use crate::collectors::worker::Worker;
-use crate::telemetry::Counter;
 
 impl GpuDevice {
     /// Memory used / total in percent; None where the total is unknown (0).
@@ -115,19 +112,6 @@ pub fn spawn(
     options.process_min_interval_ms = config.process_interval_ms;
     let collector = NvmlCollector::new(options);
     Worker::spawn("gpu", collector).map(Some)
-}
-
-/// Asks the GPU worker for the reading of tick `tick_ms`. None: no GPU data for this tick (a
-/// hanging NVML call, logged and counted; or GPU metrics disabled). The caller must not reuse an
-/// older reading in its place.
-pub async fn read(
-    worker: Option<&mut Worker<GpuReading>>,
-    tick_ms: u64,
-    timeout: Duration,
-) -> Option<GpuReading> {
-    worker?
-        .read_or_count(tick_ms, timeout, Counter::GpuReadsMissed)
-        .await
 }
 
 #[cfg(test)]

@@ -273,6 +273,15 @@ fn disk_utilization(path: &CString) -> io::Result<Option<f64>> {
     Ok(Some(used as f64 / denominator as f64 * 100.0))
 }
 
+impl crate::collectors::worker::Collect for HostCollector {
+    type Reading = (HostReading, Vec<HostError>);
+    fn collect(&mut self, _tick_ms: u64) -> Self::Reading {
+        let mut errors = Vec::new();
+        let reading = self.read(&mut errors);
+        (reading, errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

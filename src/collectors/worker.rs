@@ -9,6 +9,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::telemetry::{self, Counter};
 
@@ -35,7 +36,19 @@ pub struct Worker<R> {
     name: &'static str,
     requests: std_mpsc::SyncSender<u64>,
     replies: mpsc::UnboundedReceiver<(u64, R)>,
+    /// A request is on the thread and its reply not yet taken.
     busy: bool,
+    /// What [`Worker::ask`] did for the tick being answered.
+    asked: Asked,
+}
+
+/// What asking a worker for a tick's reading did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Asked {
+    Nothing,
+    Tick(u64),
+    Stalled,
+    Gone,
 }
 
 impl<R: Send + 'static> Worker<R> {
@@ -63,6 +76,7 @@ impl<R: Send + 'static> Worker<R> {
             requests,
             replies,
             busy: false,
+            asked: Asked::Nothing,
         })
     }
 
@@ -70,15 +84,61 @@ impl<R: Send + 'static> Worker<R> {
         self.name
     }
 
-    /// [`Worker::read`] for the sampling loop: the reading, or None with the reason logged and
-    /// counted under `missed`, so every caller accounts for a missing tick the same way.
-    pub async fn read_or_count(
-        &mut self,
-        tick_ms: u64,
-        timeout: Duration,
-        missed: Counter,
-    ) -> Option<R> {
-        let reason = match self.read(tick_ms, timeout).await {
+    /// Starts the reading of tick `tick_ms` on the worker's thread and returns at once, so
+    /// every source of a tick reads at the same time; [`Worker::answer`] collects it.
+    pub fn ask(&mut self, tick_ms: u64) {
+        if self.busy {
+            // The stuck read may have finished since; its result is stale, drop it.
+            match self.replies.try_recv() {
+                Ok(_) => self.busy = false,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.asked = Asked::Stalled;
+                    return;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.asked = Asked::Gone;
+                    return;
+                }
+            }
+        }
+        if self.requests.try_send(tick_ms).is_err() {
+            self.asked = Asked::Gone;
+            return;
+        }
+        self.busy = true;
+        self.asked = Asked::Tick(tick_ms);
+    }
+
+    /// Waits until `deadline` at the latest for the reading [`Worker::ask`] started.
+    pub async fn answer(&mut self, deadline: Instant) -> Outcome<R> {
+        let tick_ms = match std::mem::replace(&mut self.asked, Asked::Nothing) {
+            Asked::Tick(tick_ms) => tick_ms,
+            Asked::Stalled => return Outcome::Stalled,
+            Asked::Gone | Asked::Nothing => return Outcome::Gone,
+        };
+        let wait = async {
+            loop {
+                match self.replies.recv().await {
+                    Some((t, reading)) if t == tick_ms => return Some(reading),
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Some(reading)) => {
+                self.busy = false;
+                Outcome::Reading(reading)
+            }
+            Ok(None) => Outcome::Gone,
+            Err(_) => Outcome::TimedOut,
+        }
+    }
+
+    /// [`Worker::answer`] for the sampling loop: the reading, or None with the reason logged
+    /// and counted under `missed`, so every source accounts for a missing tick the same way.
+    pub async fn answer_or_count(&mut self, deadline: Instant, missed: Counter) -> Option<R> {
+        let reason = match self.answer(deadline).await {
             Outcome::Reading(reading) => return Some(reading),
             Outcome::TimedOut => "did not finish in time",
             Outcome::Stalled => "is still stuck from an earlier tick",
@@ -94,35 +154,8 @@ impl<R: Send + 'static> Worker<R> {
 
     /// Asks for the reading of tick `tick_ms` and waits at most `timeout` for it.
     pub async fn read(&mut self, tick_ms: u64, timeout: Duration) -> Outcome<R> {
-        if self.busy {
-            // The stuck read may have finished since; its result is stale, drop it.
-            match self.replies.try_recv() {
-                Ok(_) => self.busy = false,
-                Err(mpsc::error::TryRecvError::Empty) => return Outcome::Stalled,
-                Err(mpsc::error::TryRecvError::Disconnected) => return Outcome::Gone,
-            }
-        }
-        if self.requests.try_send(tick_ms).is_err() {
-            return Outcome::Gone;
-        }
-        self.busy = true;
-        let wait = async {
-            loop {
-                match self.replies.recv().await {
-                    Some((t, reading)) if t == tick_ms => return Some(reading),
-                    Some(_) => continue,
-                    None => return None,
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Some(reading)) => {
-                self.busy = false;
-                Outcome::Reading(reading)
-            }
-            Ok(None) => Outcome::Gone,
-            Err(_) => Outcome::TimedOut,
-        }
+        self.ask(tick_ms);
+        self.answer(Instant::now() + timeout).await
     }
 }
 
@@ -164,22 +197,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_or_count_counts_a_missing_tick_under_the_given_counter() {
+    async fn a_missing_answer_is_counted_under_the_given_counter() {
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let mut w = Worker::spawn("slow", Slow(delay.clone())).unwrap();
         let missed = Counter::GpuReadsMissed;
         let before = telemetry::get(missed);
-        assert_eq!(
-            w.read_or_count(1, Duration::from_secs(5), missed).await,
-            Some(1)
-        );
+        w.ask(1);
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert_eq!(w.answer_or_count(soon(), missed).await, Some(1));
         assert_eq!(telemetry::get(missed), before, "a reading counts nothing");
         *delay.lock().unwrap() = Duration::from_millis(300);
-        assert_eq!(
-            w.read_or_count(2, Duration::from_millis(20), missed).await,
-            None
-        );
-        assert!(telemetry::get(missed) > before);
+        w.ask(2);
+        let short = Instant::now() + Duration::from_millis(20);
+        assert_eq!(w.answer_or_count(short, missed).await, None);
+        assert_eq!(telemetry::get(missed), before + 1);
     }
 
     struct Panics;

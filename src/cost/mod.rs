@@ -24,6 +24,8 @@ pub mod report;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::attribution::allocated_gpus;
+pub use crate::attribution::GpuUse;
 use crate::catalog::{Metric, Sample, Scope};
 use crate::collectors::gpu::GpuDevice;
 use crate::config::Config;
@@ -49,9 +51,6 @@ pub const INSTANCE_METRICS: [Metric; 3] = [
     Metric::UnallocatedGpuCostAccrued,
     Metric::IdleGpuCostAccrued,
 ];
-
-/// SM utilization (0..100) of each model copy on each GPU: (full container ID, NVML index).
-pub type GpuUse = BTreeMap<(String, u32), f64>;
 
 /// Where the price came from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -182,7 +181,7 @@ pub fn split(
     let mut holders: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
     let mut allocations: Vec<(&str, &Arc<str>, Vec<u32>)> = Vec::new();
     for (id, info) in &inventory.containers {
-        let gpus = info.gpus.resolve(devices);
+        let gpus = allocated_gpus(&info.gpus, devices);
         for &g in &gpus {
             holders.entry(g).or_default().push(id.as_str());
         }

@@ -4,13 +4,9 @@
 use std::fmt;
 
 use crate::collectors::gpu::GpuDevice;
-use crate::config::Config;
 use crate::discovery::Inventory;
 
 use super::{split, GpuUse, InstancePrice, Split};
-
-/// How long `cost` waits for the Docker engine's first inventory (as `plan` does).
-const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The report: price, GPUs and the split.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,28 +15,6 @@ pub struct Report {
     /// GPUs NVML shows (0 without a driver).
     pub gpus_seen: u32,
     pub split: Split,
-}
-
-/// The GPUs one NVML reading shows and the model copies discovery lists now. A source that is
-/// disabled or absent gives nothing.
-pub async fn discover(config: &Config) -> (Vec<GpuDevice>, Inventory) {
-    let devices = if config.gpu.enabled {
-        let options = crate::collectors::gpu::GpuOptions::new(
-            &config.gpu.nvml_library,
-            config.metrics.sample_interval_ms,
-        );
-        let mut nvml = crate::collectors::gpu::NvmlCollector::new(options);
-        nvml.read(crate::clock::system_now_ms()).devices
-    } else {
-        Vec::new()
-    };
-    let mut inventory = Inventory::default();
-    if config.docker.enabled {
-        let mut watch = crate::discovery::docker::spawn(config.docker.clone());
-        let _ = tokio::time::timeout(DISCOVERY_WAIT, watch.changed()).await;
-        inventory = (**watch.borrow()).clone();
-    }
-    (devices, inventory)
 }
 
 /// The split of `price` over `devices` and `inventory` (None: no GPUs to divide the price by).

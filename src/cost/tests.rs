@@ -259,7 +259,7 @@ fn without_nvml_the_price_s_gpu_count_stands_for_the_devices() {
 
 #[test]
 fn component_series_publish_under_the_component_sets() {
-    use crate::agent::Pipeline;
+    use crate::pipeline::Pipeline;
     let inv = inventory(&[("a", "model-a", GpuAllocation::All)]);
     let mut out = Vec::new();
     samples(

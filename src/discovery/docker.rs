@@ -16,10 +16,10 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::attribution::short_id;
+use crate::backoff::Backoff;
+use crate::cgroup_path::short_id;
 use crate::config::DockerConfig;
 use crate::discovery::{ContainerInfo, GpuAllocation, Inventory};
-use crate::sinks::backoff::Backoff;
 use crate::telemetry::{self, Counter};
 
 /// A full list every this often catches anything the event stream missed ("every few minutes").

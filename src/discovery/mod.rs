@@ -1,15 +1,35 @@
 //! Discovery: which containers on the host are model copies, and what each one reserves.
 //!
-//! [`docker`] keeps an [`Inventory`] current from the engine's events and publishes each new
-//! version through a `tokio::sync::watch` channel; the cgroup collector and GPU attribution read
-//! the latest version each sample.
+//! A stage of its own: [`start`] runs [`docker`], which keeps an [`Inventory`] current from the
+//! engine's events and publishes each new version through a `tokio::sync::watch` channel. The
+//! agent hands that receiver to the container source (cgroups and GPU attribution read the
+//! latest version each sample, and cost prices the same one through the tick) and to the front
+//! door (its upstream table).
 
 pub mod docker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::collectors::gpu::GpuDevice;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Starts discovery; None when `[docker] enabled = false`. Must run inside the runtime
+/// (discovery is a task on it).
+pub fn start(config: &Config) -> Option<watch::Receiver<Arc<Inventory>>> {
+    let docker = &config.docker;
+    if !docker.enabled {
+        return None;
+    }
+    tracing::info!(
+        socket = %docker.socket,
+        component_label = %docker.component_label,
+        component_env = %docker.component_env,
+        "container discovery started"
+    );
+    Some(docker::spawn(docker.clone()))
+}
 
 /// The model copies (containers of inference components) running on the host.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,63 +100,21 @@ impl GpuAllocation {
             ),
         }
     }
-
-    /// The NVML indices of the allocated GPUs present in `devices`, ascending. Identifiers that
-    /// match no device (a MIG instance ID, a GPU gone) are left out.
-    pub fn resolve(&self, devices: &[GpuDevice]) -> Vec<u32> {
-        let mut indices: Vec<u32> = match self {
-            GpuAllocation::None => Vec::new(),
-            GpuAllocation::All => devices.iter().map(|d| d.index).collect(),
-            GpuAllocation::Count(n) => {
-                let mut all: Vec<u32> = devices.iter().map(|d| d.index).collect();
-                all.sort_unstable();
-                all.truncate(*n as usize);
-                all
-            }
-            GpuAllocation::Devices(ids) => devices
-                .iter()
-                .filter(|d| {
-                    ids.iter()
-                        .any(|id| *id == d.uuid || id.parse::<u32>().ok() == Some(d.index))
-                })
-                .map(|d| d.index)
-                .collect(),
-        };
-        indices.sort_unstable();
-        indices.dedup();
-        indices
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn devices(n: u32) -> Vec<GpuDevice> {
-        (0..n)
-            .map(|index| GpuDevice {
-                index,
-                uuid: format!("GPU-{index}aa"),
-                utilization_percent: None,
-                memory_used_bytes: 0,
-                memory_total_bytes: 1,
-            })
-            .collect()
-    }
-
     #[test]
-    fn allocations_resolve_to_present_gpus() {
-        let d = devices(4);
-        assert_eq!(GpuAllocation::All.resolve(&d), vec![0, 1, 2, 3]);
-        assert_eq!(GpuAllocation::Count(2).resolve(&d), vec![0, 1]);
-        assert_eq!(GpuAllocation::Count(9).resolve(&d), vec![0, 1, 2, 3]);
-        assert_eq!(
-            GpuAllocation::from_visible_devices("3, GPU-1aa,MIG-xyz,7").resolve(&d),
-            vec![1, 3]
-        );
+    fn visible_devices_values_parse_to_allocations() {
         assert_eq!(
             GpuAllocation::from_visible_devices("all"),
             GpuAllocation::All
+        );
+        assert_eq!(
+            GpuAllocation::from_visible_devices("3, GPU-1aa,,7"),
+            GpuAllocation::Devices(vec!["3".into(), "GPU-1aa".into(), "7".into()])
         );
         for none in ["", "none", "void"] {
             assert_eq!(
@@ -144,6 +122,5 @@ mod tests {
                 GpuAllocation::None
             );
         }
-        assert!(GpuAllocation::None.resolve(&d).is_empty());
     }
 }

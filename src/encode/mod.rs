@@ -82,6 +82,42 @@ pub fn put_metric_data_counted(
     requests
 }
 
+/// [`emf::encode`] of a whole window, counting and logging what the EMF limits left out (the
+/// twin of [`put_metric_data_counted`]).
+pub fn emf_counted(window: &Window, ctx: &EncodeContext, max_document_bytes: usize) -> Vec<String> {
+    use crate::telemetry::{warn, Counter};
+    let mut documents = Vec::new();
+    let report = emf::encode(
+        &groups(window, ctx),
+        window.start_ms,
+        ctx.storage_resolution,
+        ctx.log_group.as_deref(),
+        max_document_bytes,
+        &mut documents,
+    );
+    warn(
+        Counter::EmfGroupsSkipped,
+        report.groups_skipped,
+        "EMF group outside the limits",
+    );
+    warn(
+        Counter::EmfDimensionSetsDropped,
+        report.dimension_sets_dropped,
+        "EMF dimension set outside the limits",
+    );
+    warn(
+        Counter::EmfMetricsSkipped,
+        report.metrics_skipped,
+        "EMF metric outside the limits",
+    );
+    warn(
+        Counter::EmfValuesSkipped,
+        report.values_skipped,
+        "non-finite EMF value",
+    );
+    documents
+}
+
 /// One namespace and one set of dimension values, with the metrics published under them.
 /// The encoders' input: generic over names so limits can be tested with any shape.
 #[derive(Clone, Debug)]

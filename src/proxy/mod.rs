@@ -69,10 +69,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Stopping waits this long for the front door's tasks to end (within the agent's shutdown
-/// grace, `agent::SHUTDOWN_GRACE`).
-pub const STOP_GRACE: Duration = Duration::from_millis(500);
-
 struct State {
     accounts: Arc<Accounts>,
     table: RwLock<Arc<Table>>,
@@ -89,8 +85,8 @@ impl State {
 
 /// The running front door.
 pub struct FrontDoor {
-    /// Dropping or sending it stops the front door's thread.
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropping it stops the front door's thread at once; sending a deadline stops it by then.
+    stop: Option<tokio::sync::oneshot::Sender<Instant>>,
     /// Says when the thread has dropped every connection (their requests accounted).
     stopped: Option<std::sync::mpsc::Receiver<()>>,
     state: Arc<State>,
@@ -151,24 +147,27 @@ impl FrontDoor {
             let _enter = runtime.enter();
             tokio::net::TcpListener::from_std(listener).context("front door: listener")?
         };
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<Instant>();
         let (stopped_tx, stopped) = std::sync::mpsc::channel::<()>();
         let served = state.clone();
         let port = config.upstream_port;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || {
-                runtime.block_on(async move {
+                let stop_by = runtime.block_on(async move {
                     if let Some(rx) = inventory {
                         tokio::spawn(follow_inventory(rx, statics, port, served.clone()));
                     }
                     tokio::select! {
-                        () = serve(listener, served) => {}
-                        _ = stop_rx => {}
+                        () = serve(listener, served) => None,
+                        stop_by = stop_rx => stop_by.ok(),
                     }
                 });
                 // Drops every connection task, so their requests are accounted.
-                runtime.shutdown_timeout(STOP_GRACE);
+                let left = stop_by.map_or(Duration::ZERO, |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
+                runtime.shutdown_timeout(left);
                 let _ = stopped_tx.send(());
             })
             .context("starting the front door's thread")?;
@@ -194,16 +193,18 @@ impl FrontDoor {
             .drain(|component| table.copies(component))
     }
 
-    /// Stops serving within [`STOP_GRACE`]: open connections are dropped, and the requests in
-    /// them accounted. Returns the series since the last drain.
-    pub async fn stop(mut self) -> Vec<(SeriesKey, Stats)> {
+    /// Stops serving by `stop_by` (the front door's share of the shutdown deadline): open
+    /// connections are dropped, and the requests in them accounted. Returns the series since
+    /// the last drain.
+    pub async fn stop(mut self, stop_by: tokio::time::Instant) -> Vec<(SeriesKey, Stats)> {
+        let stop_by = stop_by.into_std();
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(stop_by);
         }
         if let Some(stopped) = self.stopped.take() {
             // Waiting blocks; not on the sampling loop's thread.
-            let waited =
-                tokio::task::spawn_blocking(move || stopped.recv_timeout(2 * STOP_GRACE)).await;
+            let left = stop_by.saturating_duration_since(Instant::now());
+            let waited = tokio::task::spawn_blocking(move || stopped.recv_timeout(left)).await;
             if !matches!(waited, Ok(Ok(()))) {
                 tracing::warn!("front door: its thread did not stop in time");
             }

@@ -16,13 +16,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::cloudwatch::{MetricsTarget, SendError};
 use super::cloudwatch_logs::{self, LogsTarget};
 use super::spool::{Item, Key, LogEvent, Payload, Spool};
+use crate::backoff::Backoff;
 use crate::clock::system_now_ms;
 use crate::encode::limits::MAX_DATA_AGE_MS;
 use crate::encode::Encoded;
+use crate::shutdown::DeadlineCell;
 use crate::telemetry::{self, Counter};
 
 /// First retry delay after a failure; doubles up to `Settings::retry_max`.
@@ -110,8 +111,6 @@ pub struct Settings {
     pub period: Duration,
     /// The longest pause between retries.
     pub retry_max: Duration,
-    /// After the channel closes, how long to keep sending before leaving the rest on disk.
-    pub drain_for: Duration,
 }
 
 struct Fresh {
@@ -131,13 +130,14 @@ struct Delivery {
     seed: u64,
 }
 
-/// Sends windows from `rx` until it closes, then sends what is pending for at most
-/// `settings.drain_for`; whatever is left stays in the spool for the next start.
+/// Sends windows from `rx` until it closes, then sends what is pending until the deadline in
+/// `stop` (less the drain margin); whatever is left stays in the spool for the next start.
 pub async fn run(
     target: Target,
     spool: Spool,
     mut rx: mpsc::Receiver<Encoded>,
     settings: Settings,
+    stop: DeadlineCell,
 ) {
     let mut d = Delivery {
         target,
@@ -182,7 +182,7 @@ pub async fn run(
                 Ok(encoded) => d.accept(encoded),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    d.drain().await;
+                    d.drain(stop.get().sinks_stop_sending()).await;
                     return;
                 }
             }
@@ -193,7 +193,7 @@ pub async fn run(
             d.send_backlog().await;
         }
     }
-    d.drain().await;
+    d.drain(stop.get().sinks_stop_sending()).await;
 }
 
 impl Delivery {
@@ -334,9 +334,8 @@ impl Delivery {
         self.retry_at = Some(Instant::now() + delay);
     }
 
-    /// Shutting down: send the current window(s) now, within `drain_for`; the rest stays spooled.
-    async fn drain(&mut self) {
-        let deadline = Instant::now() + self.settings.drain_for;
+    /// Shutting down: send the current window(s) now, until `deadline`; the rest stays spooled.
+    async fn drain(&mut self, deadline: Instant) {
         while let Some(front) = self.fresh.front() {
             if self.retry_at.is_some_and(|t| Instant::now() < t) {
                 break;
@@ -454,8 +453,15 @@ mod tests {
         Settings {
             period: Duration::from_secs(10),
             retry_max: Duration::from_secs(1),
-            drain_for: Duration::from_millis(500),
         }
+    }
+
+    /// Half a second to drain after the close, as a stopping agent's sink has at least.
+    fn stop_soon() -> DeadlineCell {
+        let cell = DeadlineCell::default();
+        let at = Instant::now() + Duration::from_millis(500) + crate::shutdown::DRAIN_MARGIN;
+        cell.set(crate::shutdown::Deadline(at));
+        cell
     }
 
     /// An HTTP endpoint that answers every request with `status` and counts the requests.
@@ -509,7 +515,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let mut settings = settings();
         settings.period = Duration::from_millis(1);
-        let task = tokio::spawn(run(target_at(addr), spool, rx, settings));
+        let task = tokio::spawn(run(target_at(addr), spool, rx, settings, stop_soon()));
         tx.send(Encoded::PutMetricData {
             window_start_ms: system_now_ms(),
             requests: vec![Request {
@@ -561,7 +567,13 @@ mod tests {
             .unwrap();
         let before = telemetry::get(Counter::SpoolItemsExpired);
         let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(unreachable_target(), spool, rx, settings()));
+        let task = tokio::spawn(run(
+            unreachable_target(),
+            spool,
+            rx,
+            settings(),
+            stop_soon(),
+        ));
         // The backlog is replayed while the channel is open; shutdown does not replay it.
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tx);
@@ -575,7 +587,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(unreachable_target(), spool, rx, settings()));
+        let task = tokio::spawn(run(
+            unreachable_target(),
+            spool,
+            rx,
+            settings(),
+            stop_soon(),
+        ));
         let now = system_now_ms();
         tx.send(Encoded::PutMetricData {
             window_start_ms: now - 20_000,

@@ -15,10 +15,11 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::config::EmfDestination;
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, UDP_MAX_DOCUMENT_BYTES};
 use crate::encode::Encoded;
+use crate::shutdown::DeadlineCell;
 use crate::telemetry::{self, Counter, Gauge};
 
 /// Batches kept while the destination is unreachable: about an hour of a large host's windows.
@@ -177,16 +178,17 @@ fn joined(batch: &[String]) -> Vec<u8> {
     buf
 }
 
-/// Writes batches from `rx` until it closes, then writes what is still pending, for at most
-/// `drain_deadline` after the close if the destination is failing.
-pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, drain_for: Duration) {
+/// Writes batches from `rx` until it closes, then writes what is still pending, until the
+/// deadline in `stop` if the destination is failing.
+pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, stop: DeadlineCell) {
     let mut pending: VecDeque<Batch> = VecDeque::new();
     let mut pending_bytes = 0usize;
     let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
     let mut retry_at: Option<Instant> = None;
-    let mut closed_at: Option<Instant> = None;
+    // Set when `rx` closes: keep retrying until then.
+    let mut drain_until: Option<Instant> = None;
     loop {
-        if closed_at.is_none() {
+        if drain_until.is_none() {
             let received = match retry_at {
                 Some(at) if !pending.is_empty() => tokio::select! {
                     b = rx.recv() => Some(b),
@@ -216,11 +218,11 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, drain_f
                         }
                     }
                 }
-                Some(None) => closed_at = Some(Instant::now()),
+                Some(None) => drain_until = Some(stop.get().sinks_stop_sending()),
                 None => {}
             }
         } else if let Some(at) = retry_at {
-            let deadline = closed_at.map(|c| c + drain_for).unwrap_or(at);
+            let deadline = drain_until.unwrap_or(at);
             if at > deadline {
                 break;
             }
@@ -261,7 +263,7 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, drain_f
         }
         // Windows held back by a failing destination (the one just written is not counted).
         telemetry::set(Gauge::SpooledWindows, pending.len() as u64);
-        if closed_at.is_some() && pending.is_empty() {
+        if drain_until.is_some() && pending.is_empty() {
             break;
         }
     }
@@ -276,6 +278,14 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, drain_f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stop deadline that leaves `drain` for the drain after the close.
+    fn stop_in(drain: Duration) -> DeadlineCell {
+        let cell = DeadlineCell::default();
+        let at = Instant::now() + drain + crate::shutdown::DRAIN_MARGIN;
+        cell.set(crate::shutdown::Deadline(at));
+        cell
+    }
     use tokio::io::AsyncBufReadExt;
 
     fn emf(documents: Batch) -> Encoded {
@@ -294,7 +304,7 @@ mod tests {
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(writer, rx, Duration::from_secs(1)));
+        let task = tokio::spawn(run(writer, rx, stop_in(Duration::from_secs(1))));
         tx.send(emf(vec!["{\"a\":1}".into(), "{\"b\":2}".into()]))
             .await
             .unwrap();
@@ -317,7 +327,7 @@ mod tests {
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(writer, rx, Duration::from_secs(10)));
+        let task = tokio::spawn(run(writer, rx, stop_in(Duration::from_secs(10))));
         tx.send(emf(vec!["{\"n\":1}".into()])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         tx.send(emf(vec!["{\"n\":2}".into()])).await.unwrap();
@@ -360,7 +370,7 @@ mod tests {
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
         let before = telemetry::get(Counter::EmfDocumentsDropped);
-        let task = tokio::spawn(run(writer, rx, Duration::from_millis(500)));
+        let task = tokio::spawn(run(writer, rx, stop_in(Duration::from_millis(500))));
         tx.send(emf(vec!["{}".into()])).await.unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), task)

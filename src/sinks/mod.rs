@@ -4,7 +4,6 @@
 //! listener) or CloudWatch itself (PutMetricData, or EMF through CloudWatch Logs) behind the
 //! spool.
 
-pub mod backoff;
 pub mod cloudwatch;
 pub mod cloudwatch_logs;
 pub mod delivery;
@@ -18,13 +17,13 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, OutputFormat};
 use crate::encode::{Encoded, Encoding};
+use crate::shutdown::{Deadline, DeadlineCell};
 use delivery::{Settings, Target};
 use emf_writer::EmfWriter;
 use spool::Spool;
 
-/// The CloudWatch sinks stop sending this long before the agent's grace period ends, so the
-/// requests still in memory are on disk in time (they already are: this is margin).
-const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// Windows waiting for the sink; past this the sink is stuck and new windows are dropped, counted.
+pub const PUBLISH_QUEUE_WINDOWS: usize = 64;
 
 #[derive(Debug)]
 pub enum Sink {
@@ -39,7 +38,7 @@ pub enum Sink {
 impl Sink {
     /// Opens the configured sink. Errors here stop the agent at start: a file or spool folder that
     /// cannot be opened, or no AWS Region.
-    pub async fn open(config: &Config, instance_id: &str, grace: Duration) -> anyhow::Result<Sink> {
+    pub async fn open(config: &Config, instance_id: &str) -> anyhow::Result<Sink> {
         if !config.publishes_to_cloudwatch() {
             let writer = EmfWriter::open(&config.emf_destination())
                 .await
@@ -75,7 +74,6 @@ impl Sink {
             settings: Settings {
                 period: Duration::from_secs(config.metrics.publish_frequency_seconds),
                 retry_max: Duration::from_secs(o.retry_max_seconds),
-                drain_for: grace.saturating_sub(DRAIN_MARGIN),
             },
         })
     }
@@ -106,15 +104,15 @@ impl Sink {
         }
     }
 
-    /// Publishes windows from `rx` until it closes, then drains within `grace`.
-    pub async fn run(self, rx: mpsc::Receiver<Encoded>, grace: Duration) {
+    /// Publishes windows from `rx` until it closes, then drains by the deadline in `stop`.
+    pub async fn run(self, rx: mpsc::Receiver<Encoded>, stop: DeadlineCell) {
         match self {
             Sink::CloudWatch {
                 target,
                 spool,
                 settings,
-            } => delivery::run(target, spool, rx, settings).await,
-            Sink::Emf(writer) => emf_writer::run(writer, rx, grace).await,
+            } => delivery::run(target, spool, rx, settings, stop).await,
+            Sink::Emf(writer) => emf_writer::run(writer, rx, stop).await,
         }
     }
 }
@@ -124,15 +122,16 @@ impl Sink {
 pub struct Output {
     pub tx: mpsc::Sender<Encoded>,
     task: tokio::task::JoinHandle<()>,
+    stop: DeadlineCell,
 }
 
 impl Output {
-    /// Starts `sink` behind a channel of `queue_windows` windows; `grace` bounds its drain at
-    /// the end.
-    pub fn start(sink: Sink, queue_windows: usize, grace: Duration) -> Self {
-        let (tx, rx) = mpsc::channel::<Encoded>(queue_windows);
-        let task = tokio::spawn(sink.run(rx, grace));
-        Output { tx, task }
+    /// Starts `sink` behind a channel of [`PUBLISH_QUEUE_WINDOWS`] windows.
+    pub fn start(sink: Sink) -> Self {
+        let (tx, rx) = mpsc::channel::<Encoded>(PUBLISH_QUEUE_WINDOWS);
+        let stop = DeadlineCell::default();
+        let task = tokio::spawn(sink.run(rx, stop.clone()));
+        Output { tx, task, stop }
     }
 
     /// Windows waiting in the channel.
@@ -140,10 +139,11 @@ impl Output {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Closes the channel and waits (within the grace period) for the sink to drain.
-    pub async fn finish(self, grace: Duration) {
+    /// Closes the channel and waits, until `deadline` at the latest, for the sink to drain.
+    pub async fn finish(self, deadline: Deadline) {
+        self.stop.set(deadline);
         drop(self.tx);
-        if tokio::time::timeout(grace + DRAIN_MARGIN, self.task)
+        if tokio::time::timeout_at(deadline.0, self.task)
             .await
             .is_err()
         {

@@ -21,8 +21,8 @@ use nvml_wrapper::struct_wrappers::device::{ProcessInfo, ProcessUtilizationSampl
 use nvml_wrapper::{Device, Nvml};
 
 use super::{GpuDevice, GpuProcess, GpuReading};
+use crate::backoff::Backoff;
 use crate::collectors::worker::Collect;
-use crate::sinks::backoff::Backoff;
 use crate::telemetry::{self, Counter};
 
 /// Processes are listed, and their SM utilization read, at most once per this period (every
