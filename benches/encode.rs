@@ -49,7 +49,7 @@ fn samples(tick: usize) -> impl Iterator<Item = Sample> {
 }
 
 fn window() -> Window {
-    let mut agg = Aggregator::new();
+    let mut agg = Aggregator::new(endpoint_metrics_agent::aggregate::DataPoints::EverySample);
     for tick in 0..SAMPLES_PER_WINDOW {
         for s in samples(tick) {
             agg.record(s).unwrap();
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
     });
     let tick: Vec<Sample> = samples(0).collect();
     c.bench_function("record_one_tick_2000_series", |b| {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(endpoint_metrics_agent::aggregate::DataPoints::EverySample);
         for t in 0..SAMPLES_PER_WINDOW {
             for s in samples(t) {
                 agg.record(s).unwrap();

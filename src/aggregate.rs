@@ -1,11 +1,44 @@
-//! Samples to per-window statistics. Pure and synchronous: the async driver in `agent` feeds it.
+//! Samples to per-window statistics. Pure and synchronous: `pipeline` feeds it.
 //!
-//! Each series keeps minimum, maximum, sum, count and its distribution (distinct values with counts),
-//! so the encoders can publish every sample and CloudWatch percentiles stay exact.
+//! SageMaker's data shape ([`DataPoints::Period`], the default): a utilization, reservation or
+//! cost series gets exactly one data point per publish period, its mean (or, for what accrues,
+//! its sum), whatever the sampling interval; per-request series (invocations) keep one data
+//! point per request. [`DataPoints::EverySample`] keeps every sample's value for every series
+//! (the distribution: distinct values with counts), so percentiles inside a period are exact.
+//! Which value a series gets is the catalog's ([`Metric::period_value`]).
 
 use std::collections::HashMap;
 
-use crate::catalog::{Sample, SeriesKey};
+use serde::Deserialize;
+
+use crate::catalog::{Metric, PeriodValue, Sample, SeriesKey};
+
+/// How many data points a utilization, reservation or cost series gets per publish period
+/// (`[metrics] data_points`). Per-request series always keep one per request.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataPoints {
+    /// One: the period's mean (sum for accrued cost). SageMaker's shape, which its recipes
+    /// (`SampleCount` counts instances and GPUs) rely on.
+    #[default]
+    Period,
+    /// Every sample's value, for percentiles inside a period. Breaks those recipes.
+    EverySample,
+}
+
+impl DataPoints {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPoints::Period => "period",
+            DataPoints::EverySample => "every_sample",
+        }
+    }
+
+    /// Whether a series of `metric` keeps its distribution under this setting.
+    pub fn keeps_every_value(self, metric: Metric) -> bool {
+        self == DataPoints::EverySample || metric.period_value() == PeriodValue::Each
+    }
+}
 
 /// Statistics of one series over one window.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,8 +93,30 @@ impl Stats {
         }
     }
 
+    /// Adds a value to the totals only (a series that publishes one data point per period
+    /// needs no distribution).
+    pub fn record_total(&mut self, value: f64) {
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// Adds another's totals only (see [`Stats::record_total`]).
+    pub fn merge_total(&mut self, other: &Stats) {
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     pub fn mean(&self) -> f64 {
         self.sum / self.count as f64
+    }
+
+    /// The period's one data point: the statistics of the single value `value`.
+    fn single(value: f64) -> Stats {
+        Stats::new(value)
     }
 }
 
@@ -86,11 +141,15 @@ pub enum RecordError {
 #[derive(Debug, Default)]
 pub struct Aggregator {
     series: HashMap<SeriesKey, Stats>,
+    data_points: DataPoints,
 }
 
 impl Aggregator {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(data_points: DataPoints) -> Self {
+        Aggregator {
+            series: HashMap::new(),
+            data_points,
+        }
     }
 
     /// Records one sample. Non-finite values are refused: CloudWatch rejects them.
@@ -98,8 +157,10 @@ impl Aggregator {
         if !sample.value.is_finite() {
             return Err(RecordError::NotFinite);
         }
+        let every = self.data_points.keeps_every_value(sample.key.metric);
         match self.series.get_mut(&sample.key) {
-            Some(stats) => stats.record(sample.value),
+            Some(stats) if every => stats.record(sample.value),
+            Some(stats) => stats.record_total(sample.value),
             None => {
                 self.series.insert(sample.key, Stats::new(sample.value));
             }
@@ -113,8 +174,10 @@ impl Aggregator {
         if !(stats.min.is_finite() && stats.max.is_finite() && stats.sum.is_finite()) {
             return Err(RecordError::NotFinite);
         }
+        let every = self.data_points.keeps_every_value(key.metric);
         match self.series.get_mut(&key) {
-            Some(current) => current.merge(stats),
+            Some(current) if every => current.merge(stats),
+            Some(current) => current.merge_total(stats),
             None => {
                 self.series.insert(key, stats.clone());
             }
@@ -131,9 +194,24 @@ impl Aggregator {
         self.series.is_empty()
     }
 
-    /// Closes the current window and starts an empty one.
+    /// Closes the current window and starts an empty one. A series that publishes one data
+    /// point per period gets it here: the mean of its samples, or their sum.
     pub fn flush(&mut self, start_ms: u64, period_seconds: u64) -> Window {
-        let mut series: Vec<(SeriesKey, Stats)> = self.series.drain().collect();
+        let data_points = self.data_points;
+        let mut series: Vec<(SeriesKey, Stats)> = self
+            .series
+            .drain()
+            .map(|(key, stats)| {
+                if data_points.keeps_every_value(key.metric) {
+                    return (key, stats);
+                }
+                let value = match key.metric.period_value() {
+                    PeriodValue::Sum => stats.sum,
+                    PeriodValue::Mean | PeriodValue::Each => stats.mean(),
+                };
+                (key, Stats::single(value))
+            })
+            .collect();
         series.sort_by(|a, b| a.0.cmp(&b.0));
         Window {
             start_ms,
@@ -154,7 +232,7 @@ mod tests {
 
     #[test]
     fn keeps_min_max_sum_count_and_distribution() {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(DataPoints::EverySample);
         for v in [3.0, 1.0, 3.0, 2.5, 1.0, 3.0] {
             agg.record(sample(Metric::CpuUtilization, v)).unwrap();
         }
@@ -171,7 +249,7 @@ mod tests {
 
     #[test]
     fn series_are_kept_apart_and_sorted() {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(DataPoints::EverySample);
         agg.record(sample(Metric::MemoryUtilization, 5.0)).unwrap();
         agg.record(Sample::new(
             Scope::Gpu { index: 1 },
@@ -205,7 +283,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_are_refused() {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(DataPoints::EverySample);
         assert_eq!(
             agg.record(sample(Metric::CpuUtilization, f64::NAN)),
             Err(RecordError::NotFinite)
@@ -219,7 +297,7 @@ mod tests {
 
     #[test]
     fn negative_zero_and_zero_are_distinct_in_order_but_both_kept() {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(DataPoints::EverySample);
         agg.record(sample(Metric::CpuUtilization, 0.0)).unwrap();
         agg.record(sample(Metric::CpuUtilization, 0.0)).unwrap();
         let stats = &agg.flush(0, 10).series[0].1;
@@ -228,7 +306,7 @@ mod tests {
 
     #[test]
     fn merged_stats_join_recorded_samples() {
-        let mut agg = Aggregator::new();
+        let mut agg = Aggregator::new(DataPoints::EverySample);
         agg.record(sample(Metric::Invocations, 1.0)).unwrap();
         let mut pre = Stats::new(1.0);
         pre.record(1.0);

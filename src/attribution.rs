@@ -450,6 +450,7 @@ mod tests {
                 crate::encode::Encoding::Emf {
                     max_document_bytes: 256 * 1024,
                 },
+                crate::aggregate::DataPoints::EverySample,
             );
             p.record(1000, samples.clone());
             let Some(crate::encode::Encoded::Emf { documents, .. }) = p.flush() else {
@@ -464,23 +465,26 @@ mod tests {
         let on = docs(true);
         let per_gpu = on
             .iter()
-            .find(|d| d["ContainerId"] == "aaaaaaaaaaaa" && d["GpuId"] == "0")
+            .find(|d| d["ContainerId"] == "aaaaaaaaaaaa" && d["GpuId"] == "gpu_0")
             .expect("a per-container per-GPU document");
         assert_eq!(
             dims(per_gpu),
-            serde_json::json!([[
-                "EndpointName",
-                "VariantName",
-                "InstanceId",
-                "InferenceComponentName",
-                "ContainerId",
-                "GpuId"
-            ]])
+            serde_json::json!([
+                [
+                    "EndpointName",
+                    "VariantName",
+                    "InstanceId",
+                    "InferenceComponentName",
+                    "ContainerId",
+                    "GpuId"
+                ],
+                ["InferenceComponentName", "GpuId"]
+            ])
         );
         assert_eq!(per_gpu["GPUMemoryUtilizationNormalized"][0], 12.5);
         let gpu = on
             .iter()
-            .find(|d| d.get("ContainerId").is_none() && d["GpuId"] == "0")
+            .find(|d| d.get("ContainerId").is_none() && d["GpuId"] == "gpu_0")
             .expect("a per-GPU document");
         assert_eq!(gpu["GPUMemoryUtilizationUnattributed"][0], 12.5);
         assert_eq!(gpu["GPUUtilizationUnattributed"][0], 10.0);

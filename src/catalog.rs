@@ -188,6 +188,67 @@ impl Metric {
     }
 }
 
+/// How a series becomes data points in a publish period (the spec's "Data shape").
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PeriodValue {
+    /// One data point, the mean of the period's samples: utilization, reservation, prices per
+    /// hour, GPUs held, the agent's own figures.
+    Mean,
+    /// One data point, the sum of the period's samples: what accrues (cost over time).
+    Sum,
+    /// Every value: one data point per request, so `SampleCount` and `Sum` count requests and
+    /// percentiles work (invocation metrics).
+    Each,
+}
+
+impl Metric {
+    /// How a series of this metric is published per period (see [`PeriodValue`]).
+    pub fn period_value(self) -> PeriodValue {
+        match self {
+            Metric::CostAccrued
+            | Metric::CostAccruedUtilizationWeighted
+            | Metric::UnallocatedGpuCostAccrued
+            | Metric::IdleGpuCostAccrued => PeriodValue::Sum,
+            Metric::Invocations
+            | Metric::Invocation4xxErrors
+            | Metric::Invocation5xxErrors
+            | Metric::InvocationModelErrors
+            | Metric::ModelLatency
+            | Metric::OverheadLatency
+            | Metric::InvocationsPerInstance
+            | Metric::InvocationsPerCopy
+            | Metric::ConcurrentRequestsPerModel
+            | Metric::ConcurrentRequestsPerCopy => PeriodValue::Each,
+            Metric::CpuUtilization
+            | Metric::CpuUtilizationNormalized
+            | Metric::MemoryUtilization
+            | Metric::MemoryUtilizationNormalized
+            | Metric::DiskUtilization
+            | Metric::GpuUtilization
+            | Metric::GpuMemoryUtilization
+            | Metric::GpuUtilizationNormalized
+            | Metric::GpuMemoryUtilizationNormalized
+            | Metric::CpuReservation
+            | Metric::GpuReservation
+            | Metric::MemoryReservation
+            | Metric::GpuUtilizationUnattributed
+            | Metric::GpuMemoryUtilizationUnattributed
+            | Metric::AgentCpuTime
+            | Metric::AgentResidentMemory
+            | Metric::AgentSamplesTaken
+            | Metric::AgentSamplesMissed
+            | Metric::AgentPublishLatency
+            | Metric::AgentErrors
+            | Metric::AgentQueuedWindows
+            | Metric::AgentSpooledWindows
+            | Metric::AgentDroppedPoints
+            | Metric::GpusAllocated
+            | Metric::CostPerHour
+            | Metric::UnallocatedGpuCostPerHour => PeriodValue::Mean,
+        }
+    }
+}
+
 /// What a series describes. Carries the dimension values that are not the same for the whole host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
@@ -284,6 +345,9 @@ const COMPONENT_INSTANCE: &[Dim] = &[
     InstanceId,
     InferenceComponentName,
 ];
+/// Per-GPU component series are also published per component and GPU (the recipes'
+/// `GetMetricStatistics` on `{InferenceComponentName, GpuId}`).
+const COMPONENT_GPU: &[Dim] = &[InferenceComponentName, Gpu];
 const COMPONENT_CONTAINER_GPU: &[Dim] = &[
     EndpointName,
     VariantName,
@@ -318,7 +382,7 @@ impl Scope {
             (Scope::Container { .. }, false) => &[COMPONENT],
             (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
             (Scope::ContainerGpu { .. }, false) => &[],
-            (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU],
+            (Scope::ContainerGpu { .. }, true) => &[COMPONENT_CONTAINER_GPU, COMPONENT_GPU],
             // One agent per instance: the instance is always named, enhanced or not.
             (Scope::Agent, _) => &[AGENT],
             // Across instances CloudWatch adds a component's figures up; per instance with
@@ -344,7 +408,7 @@ impl Scope {
                     gpu_index: index, ..
                 },
                 Gpu,
-            ) => Some(index.to_string()),
+            ) => Some(gpu_dimension_value(*index)),
             (Scope::Container { component, .. }, InferenceComponentName)
             | (Scope::ContainerGpu { component, .. }, InferenceComponentName)
             | (Scope::Component { component }, InferenceComponentName)
@@ -360,6 +424,12 @@ impl Scope {
             _ => None,
         }
     }
+}
+
+/// The per-GPU dimension value: `gpu_<NVML index>`, as the launch post's companion code builds
+/// it (`f"gpu_{gpu_id}"`) and its recipes query it.
+pub fn gpu_dimension_value(index: u32) -> String {
+    format!("gpu_{index}")
 }
 
 /// The host-wide dimension values.
@@ -470,7 +540,12 @@ mod tests {
             gpu_index: 2,
         };
         assert_eq!(scope.namespace(), Namespace::InferenceComponents);
-        assert_eq!(scope.dimension_value(Gpu).as_deref(), Some("2"));
+        assert_eq!(scope.dimension_value(Gpu).as_deref(), Some("gpu_2"));
+        assert_eq!(
+            scope.dimension_sets(true)[1],
+            &[InferenceComponentName, Gpu][..],
+            "the recipes' per-component per-GPU set"
+        );
         assert_eq!(
             scope.dimension_value(InferenceComponentName).as_deref(),
             Some("model-a")

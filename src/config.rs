@@ -166,6 +166,11 @@ pub struct MetricsConfig {
     /// Namespace of the per-container (model copy) metrics.
     #[serde(default = "default_components_namespace")]
     pub components_namespace: String,
+    /// Data points per publish period for utilization, reservation and cost series: `period`
+    /// (one, SageMaker's shape) or `every_sample` (one per sample, for percentiles inside a
+    /// period). Invocation series always get one per request.
+    #[serde(default)]
+    pub data_points: crate::aggregate::DataPoints,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -415,6 +420,7 @@ impl Default for MetricsConfig {
             disk_path: default_disk_path(),
             endpoints_namespace: default_endpoints_namespace(),
             components_namespace: default_components_namespace(),
+            data_points: Default::default(),
         }
     }
 }
@@ -712,7 +718,7 @@ impl Config {
         let m = &self.metrics;
         format!(
             "endpoint: {} / {} (instance {}, type {})\n\
-             metrics: enhanced={} publish every {} s, sample every {} ms, disk {}\n\
+             metrics: enhanced={} publish every {} s, sample every {} ms, data points {}, disk {}\n\
              namespaces: {} | {}\n\
              output: {:?} to {}\n\
              gpu: {} ({}, dimension {})\n\
@@ -727,6 +733,7 @@ impl Config {
             m.enhanced,
             m.publish_frequency_seconds,
             m.sample_interval_ms,
+            m.data_points.as_str(),
             m.disk_path.display(),
             m.endpoints_namespace,
             m.components_namespace,

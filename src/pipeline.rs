@@ -6,7 +6,7 @@
 //! and the invocation window, which is the same one with enhanced metrics and 60 s without
 //! ("without enhanced metrics the frequency applies to utilization metrics only").
 
-use crate::aggregate::{Aggregator, RecordError, Stats};
+use crate::aggregate::{Aggregator, DataPoints, RecordError, Stats};
 use crate::catalog::{storage_resolution, Identity, Sample, SeriesKey};
 use crate::clock::window_start_ms;
 use crate::config::{Config, EmfDestination};
@@ -23,9 +23,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(ctx: EncodeContext, period_seconds: u64, encoding: Encoding) -> Self {
+    pub fn new(
+        ctx: EncodeContext,
+        period_seconds: u64,
+        encoding: Encoding,
+        data_points: DataPoints,
+    ) -> Self {
         Pipeline {
-            aggregator: Aggregator::new(),
+            aggregator: Aggregator::new(data_points),
             window_start_ms: None,
             period_seconds,
             ctx,
@@ -120,7 +125,7 @@ impl Windows {
         let ctx = encode_context(config, identity.clone());
         let period = config.metrics.publish_frequency_seconds;
         let mut windows = Windows {
-            samples: Pipeline::new(ctx.clone(), period, encoding),
+            samples: Pipeline::new(ctx.clone(), period, encoding, config.metrics.data_points),
             invocations: None,
             invocation_period_seconds: period,
             invocation_ctx: ctx,
@@ -178,7 +183,9 @@ impl Windows {
             closed.extend(self.invocations.take().and_then(|mut p| p.flush()));
             if own_window {
                 let (ctx, encoding) = (self.invocation_ctx.clone(), self.encoding());
-                self.invocations = Some(Pipeline::new(ctx, period, encoding));
+                // Invocation series keep every request's value whatever `data_points` says.
+                let every = DataPoints::EverySample;
+                self.invocations = Some(Pipeline::new(ctx, period, encoding, every));
             }
         }
         match self.invocations.as_mut() {
@@ -241,6 +248,7 @@ mod tests {
     const EMF: Encoding = Encoding::Emf {
         max_document_bytes: 256 * 1024,
     };
+    const EVERY: DataPoints = DataPoints::EverySample;
 
     fn docs(encoded: Option<Encoded>) -> Vec<String> {
         match encoded {
@@ -279,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_boundary_tick_closes_the_window_with_its_samples() {
-        let mut p = Pipeline::new(ctx(false), 10, EMF);
+        let mut p = Pipeline::new(ctx(false), 10, EMF, EVERY);
         for t in 1..=10u64 {
             let batch = p.record(
                 t * 1000,
@@ -322,7 +330,7 @@ mod tests {
                 Sample::new(Scope::Gpu { index: 0 }, Metric::GpuUtilization, 50.0),
             ]
         };
-        let mut off = Pipeline::new(ctx(false), 60, EMF);
+        let mut off = Pipeline::new(ctx(false), 60, EMF, EVERY);
         off.record(1000, samples());
         let docs = docs(off.flush());
         assert_eq!(
@@ -330,12 +338,12 @@ mod tests {
             1,
             "per-GPU series are not published without enhanced metrics"
         );
-        let mut on = Pipeline::new(ctx(true), 60, EMF);
+        let mut on = Pipeline::new(ctx(true), 60, EMF, EVERY);
         on.record(1000, samples());
         let docs = super::tests::docs(on.flush());
         assert_eq!(docs.len(), 2);
         let gpu: serde_json::Value = serde_json::from_str(&docs[1]).unwrap();
-        assert_eq!(gpu["GpuId"], "0");
+        assert_eq!(gpu["GpuId"], "gpu_0");
         assert_eq!(gpu["InstanceId"], "i-1");
         assert_eq!(
             gpu["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
@@ -398,10 +406,82 @@ mod tests {
         );
     }
 
+    fn values(doc: &serde_json::Value, metric: &str) -> Vec<f64> {
+        match &doc[metric] {
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_f64()).collect(),
+            v => v.as_f64().into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn by_default_a_window_publishes_one_data_point_per_series_its_mean_or_its_sum() {
+        let mut p = Pipeline::new(ctx(false), 10, EMF, DataPoints::Period);
+        let component = Scope::Component {
+            component: "ic".into(),
+        };
+        for t in 1..=10u64 {
+            let samples = [
+                Sample::new(Scope::Instance, Metric::CpuUtilization, t as f64),
+                Sample::new(component.clone(), Metric::CostAccrued, 0.25),
+                Sample::new(component.clone(), Metric::CostPerHour, 9.0),
+            ];
+            assert!(p.record(t * 1000, samples).is_none());
+        }
+        let docs = docs(p.flush());
+        let doc = |metric: &str| {
+            docs.iter()
+                .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+                .find(|v| !v[metric].is_null())
+                .unwrap_or_else(|| panic!("{metric} in {docs:?}"))
+        };
+        assert_eq!(
+            values(&doc("CPUUtilization"), "CPUUtilization"),
+            [5.5],
+            "the mean"
+        );
+        assert_eq!(values(&doc("CostAccrued"), "CostAccrued"), [2.5], "the sum");
+        assert_eq!(
+            values(&doc("CostPerHour"), "CostPerHour"),
+            [9.0],
+            "the mean"
+        );
+    }
+
+    #[test]
+    fn invocations_keep_a_data_point_per_request_in_the_default_shape() {
+        let mut w = Windows::new(&config("enhanced = true\n"), ctx(true).identity, EMF);
+        let mut requests = Stats::new(1.0);
+        requests.record(1.0);
+        requests.record(1.0);
+        let key = SeriesKey {
+            scope: Scope::Invocations,
+            metric: Metric::Invocations,
+        };
+        let cpu = || [Sample::new(Scope::Instance, Metric::CpuUtilization, 1.0)];
+        let mut closed = Vec::new();
+        w.record(
+            1_000,
+            cpu(),
+            vec![(key.clone(), requests.clone())],
+            &mut closed,
+        );
+        w.record(2_000, cpu(), vec![(key, requests)], &mut closed);
+        w.flush(&mut closed);
+        let docs = all_docs(closed);
+        let doc = |metric: &str| {
+            docs.iter()
+                .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+                .find(|v| !v[metric].is_null())
+                .unwrap()
+        };
+        assert_eq!(values(&doc("Invocations"), "Invocations").len(), 6);
+        assert_eq!(values(&doc("CPUUtilization"), "CPUUtilization"), [1.0]);
+    }
+
     #[test]
     fn non_finite_samples_are_counted_not_recorded() {
         let before = telemetry::get(Counter::SampleValuesRejected);
-        let mut p = Pipeline::new(ctx(false), 60, EMF);
+        let mut p = Pipeline::new(ctx(false), 60, EMF, EVERY);
         let nan = Sample::new(Scope::Instance, Metric::CpuUtilization, f64::NAN);
         p.record(1000, [nan]);
         assert!(p.flush().is_none());

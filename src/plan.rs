@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::aggregate::{Aggregator, Window};
+use crate::aggregate::{Aggregator, DataPoints, Window};
 use crate::catalog::{Identity, Metric, Sample, Scope};
 use crate::config::{Config, EmfDestination, OutputFormat};
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
-use crate::encode::{emf, groups, put_metric_data, EncodeContext};
+use crate::encode::{emf, groups, put_metric_data, EncodeContext, MetricGroup};
 use crate::sinks::cloudwatch_logs;
 use crate::sinks::spool::LogEvent;
 
@@ -133,6 +133,18 @@ pub struct Plan {
     pub metric_cost: f64,
     pub request_cost: f64,
     pub ingestion_cost: f64,
+    /// `[metrics] data_points` in force.
+    pub data_points: DataPoints,
+    /// The same host under the other `data_points` setting, for comparison.
+    pub other: OtherShape,
+}
+
+/// What the other `[metrics] data_points` setting would send per window (same series).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtherShape {
+    pub data_points: DataPoints,
+    pub requests_per_window: u64,
+    pub log_bytes_per_window: u64,
 }
 
 impl Plan {
@@ -218,7 +230,7 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
     if config.proxy.enabled {
         invocation_scopes(shape, components, &mut scopes);
     }
-    let mut aggregator = Aggregator::new();
+    let mut aggregator = Aggregator::new(m.data_points);
     for (scope, metrics) in scopes {
         for metric in metrics {
             for i in 0..samples {
@@ -274,40 +286,19 @@ impl HostShape {
     }
 }
 
-/// What `config` publishes from a host of `shape`, and its monthly cost.
-pub fn plan(config: &Config, shape: &HostShape) -> Plan {
-    let ctx = context(config);
-    let window = full_window(config, shape);
-    let groups = groups(&window, &ctx);
-    let mut series = BTreeSet::new();
-    for g in &groups {
-        for set in &g.dimension_sets {
-            let dimensions: Vec<(String, String)> = set
-                .iter()
-                .filter_map(|n| g.dimensions.iter().find(|(d, _)| d == n))
-                .map(|(n, v)| (n.to_string(), v.clone()))
-                .collect();
-            for metric in &g.metrics {
-                series.insert(Series {
-                    namespace: g.namespace.to_string(),
-                    metric: metric.name.to_string(),
-                    dimensions: dimensions.clone(),
-                });
-            }
-        }
-    }
-    let period = config.metrics.publish_frequency_seconds;
-    let windows_per_month = SECONDS_PER_MONTH / period;
-    let (output, requests_per_window, log_bytes_per_window) = match config.output.format {
+/// What one window of `groups` costs to send under `config`'s output: (a description, requests
+/// or PutLogEvents calls per window, EMF bytes per window).
+fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (String, u64, u64) {
+    match config.output.format {
         OutputFormat::PutMetricData => {
             let mut requests = Vec::new();
-            put_metric_data::encode(&groups, 0, ctx.storage_resolution, &mut requests);
+            put_metric_data::encode(groups, 0, ctx.storage_resolution, &mut requests);
             ("put_metric_data".to_string(), requests.len() as u64, 0)
         }
         OutputFormat::Emf => {
             let mut docs = Vec::new();
             emf::encode(
-                &groups,
+                groups,
                 0,
                 ctx.storage_resolution,
                 ctx.log_group.as_deref(),
@@ -337,6 +328,47 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
                 bytes as u64,
             )
         }
+    }
+}
+
+/// What `config` publishes from a host of `shape`, and its monthly cost.
+pub fn plan(config: &Config, shape: &HostShape) -> Plan {
+    let ctx = context(config);
+    let window = full_window(config, shape);
+    let groups = groups(&window, &ctx);
+    let mut series = BTreeSet::new();
+    for g in &groups {
+        for set in &g.dimension_sets {
+            let dimensions: Vec<(String, String)> = set
+                .iter()
+                .filter_map(|n| g.dimensions.iter().find(|(d, _)| d == n))
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect();
+            for metric in &g.metrics {
+                series.insert(Series {
+                    namespace: g.namespace.to_string(),
+                    metric: metric.name.to_string(),
+                    dimensions: dimensions.clone(),
+                });
+            }
+        }
+    }
+    let period = config.metrics.publish_frequency_seconds;
+    let windows_per_month = SECONDS_PER_MONTH / period;
+    let (output, requests_per_window, log_bytes_per_window) = volume(config, &groups, &ctx);
+    let other = {
+        let mut other = config.clone();
+        other.metrics.data_points = match config.metrics.data_points {
+            DataPoints::Period => DataPoints::EverySample,
+            DataPoints::EverySample => DataPoints::Period,
+        };
+        let window = full_window(&other, shape);
+        let (_, requests, bytes) = volume(&other, &crate::encode::groups(&window, &ctx), &ctx);
+        OtherShape {
+            data_points: other.metrics.data_points,
+            requests_per_window: requests,
+            log_bytes_per_window: bytes,
+        }
     };
     let requests_per_month = requests_per_window * windows_per_month;
     let request_cost = if config.output.format == OutputFormat::PutMetricData {
@@ -357,6 +389,8 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
         log_bytes_per_window,
         request_cost,
         ingestion_cost,
+        data_points: config.metrics.data_points,
+        other,
     }
 }
 
@@ -403,6 +437,15 @@ impl fmt::Display for Plan {
                 (self.log_bytes_per_window * self.windows_per_month) as f64 / 1e9
             )?;
         }
+        let o = &self.other;
+        writeln!(
+            f,
+            "data points:              {} (with {}: {} requests and {} EMF bytes per window)",
+            describe_data_points(self.data_points),
+            o.data_points.as_str(),
+            o.requests_per_window,
+            o.log_bytes_per_window
+        )?;
         writeln!(
             f,
             "\nestimated CloudWatch cost per month (us-east-1 list prices):"
@@ -428,6 +471,13 @@ impl fmt::Display for Plan {
             "  total                              ${:>9.2}",
             self.total_cost()
         )
+    }
+}
+
+fn describe_data_points(d: DataPoints) -> &'static str {
+    match d {
+        DataPoints::Period => "period, one per series per window (SageMaker's shape)",
+        DataPoints::EverySample => "every_sample, one per sample",
     }
 }
 
@@ -507,17 +557,39 @@ mod tests {
         // Instance: (4 host + 4 GPU + 3 reservation + 2 unattributed) x 2 sets = 26; per GPU:
         // (2 + 2 unattributed) x 8 = 32; containers: 2 components x 4 metrics
         // ({InferenceComponentName}) + 4 containers x 4 metrics (enhanced set) = 24; per
-        // container GPU: 4 x 2 GPUs x 2 = 16.
-        assert_eq!(p.series.len(), 26 + 32 + 24 + 16, "{p}");
+        // container GPU: 4 x 2 GPUs x 2 = 16, and as many {InferenceComponentName,GpuId} = 16
+        // (each GPU is held by one copy).
+        assert_eq!(p.series.len(), 26 + 32 + 24 + 16 + 16, "{p}");
         assert_eq!(p.windows_per_month, 259_200);
         assert_eq!(p.requests_per_window, 2, "one per namespace: {p}");
         assert!((p.request_cost - 5.184).abs() < 1e-9);
-        assert!((p.metric_cost - 98.0 * 0.30).abs() < 1e-9);
+        assert!((p.metric_cost - 114.0 * 0.30).abs() < 1e-9);
         let text = p.to_string();
         assert!(
             text.contains("GPUUtilization  {EndpointName,VariantName,InstanceId,GpuId}  x8"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn plan_shows_what_every_sample_would_send_beside_the_default_shape() {
+        let c = config("[metrics]\nenhanced = true\npublish_frequency_seconds = 60\n");
+        let p = plan(&c, &EIGHT_GPUS);
+        assert_eq!(p.data_points, DataPoints::Period);
+        assert_eq!(p.other.data_points, DataPoints::EverySample);
+        // 60 values a series instead of one: several times the bytes (names and dimensions are
+        // the same), the same series.
+        assert!(
+            p.other.log_bytes_per_window > 3 * p.log_bytes_per_window,
+            "{p}"
+        );
+        let text = p.to_string();
+        assert!(text.contains("data points:              period"), "{text}");
+        assert!(text.contains("with every_sample:"), "{text}");
+        let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
+        let q = plan(&every, &EIGHT_GPUS);
+        assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);
+        assert_eq!(q.series.len(), p.series.len());
     }
 
     #[test]
@@ -527,7 +599,7 @@ mod tests {
         );
         let p = plan(&c, &EIGHT_GPUS);
         // 3 instance cost metrics x 2 sets; 2 components x 4 metrics x 2 sets.
-        assert_eq!(p.series.len(), 98 + 6 + 16, "{p}");
+        assert_eq!(p.series.len(), 114 + 6 + 16, "{p}");
         let text = p.to_string();
         assert!(
             text.contains(

@@ -275,6 +275,7 @@ fn component_series_publish_under_the_component_sets() {
             crate::encode::Encoding::Emf {
                 max_document_bytes: 256 * 1024,
             },
+            crate::aggregate::DataPoints::EverySample,
         );
         p.record(1000, out.clone());
         let Some(crate::encode::Encoded::Emf { documents, .. }) = p.flush() else {
