@@ -67,7 +67,9 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), now_ms())
 }
 
-/// A temp folder with the fixture /proc and a config with `output` lines added.
+/// A temp folder with the fixture /proc and a config with `output` lines added. Every sample is
+/// a data point here (`data_points = "every_sample"`): counting samples proves that delivery
+/// loses and duplicates nothing at the finest grain.
 fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let proc = dir.path().join("proc");
@@ -87,7 +89,7 @@ fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
         &config,
         format!(
             "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-             [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\n\
+             [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\ndata_points = \"every_sample\"\n\
              [output]\nspool_dir = \"{}\"\nretry_max_seconds = 2\n{output}\n\
              [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n",
             dir.path().join("spool").display(),
