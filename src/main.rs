@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use endpoint_metrics_agent::plan::{plan, HostShape};
 use endpoint_metrics_agent::sources::snapshot;
-use endpoint_metrics_agent::{admin, agent, cost, logging};
+use endpoint_metrics_agent::{admin, agent, cost, dashboard, logging, top};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,33 @@ enum Command {
     /// Exit 78 when the configuration is invalid or gives no price.
     Cost {
         /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Print a CloudWatch dashboard body (JSON) for the configured endpoint and the components
+    /// found now (or named), on the metrics this host publishes; `--put NAME` saves it with
+    /// PutDashboard instead (standard AWS credential chain and Region).
+    Dashboard {
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// An inference component to chart (repeat for more; default: those found now).
+        #[arg(long = "component")]
+        components: Vec<String>,
+        /// GPUs per instance (default: what NVML shows now).
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Save the body as this dashboard with PutDashboard.
+        #[arg(long)]
+        put: Option<String>,
+        /// Print the widget list instead of the body.
+        #[arg(long)]
+        list: bool,
+    },
+    /// A live view of the running agent (its admin endpoint's /snapshot), refreshed every
+    /// sample: `s` sorts, `r` reverses, `q` quits. Piped, it prints one snapshot and exits.
+    Top {
+        /// The configuration file (its `[admin] listen` is read).
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -124,6 +151,20 @@ fn main() -> ExitCode {
             }
         },
         Command::Cost { config } => cost_report(&config),
+        Command::Dashboard {
+            config,
+            components,
+            gpus,
+            put,
+            list,
+        } => ExitCode::from(dashboard::run(&dashboard::Args {
+            config,
+            components,
+            gpus,
+            put,
+            list,
+        })),
+        Command::Top { config } => ExitCode::from(top::run(&config)),
         Command::Healthcheck { config } => match admin::healthcheck(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(code) => ExitCode::from(code),
