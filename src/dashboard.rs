@@ -443,7 +443,11 @@ impl<'a> Builder<'a> {
                 .extend(self.row(Ns::Endpoints, metric, None, json!({})));
         }
         self.add(host);
-        let mut gpus = Graph::new("GPU utilization and memory (instance, %)", "Average", p);
+        let mut gpus = Graph::new(
+            "GPU utilization, memory and reservation (instance, %)",
+            "Average",
+            p,
+        );
         for metric in [
             Metric::GpuUtilizationNormalized,
             Metric::GpuMemoryUtilizationNormalized,

@@ -22,6 +22,9 @@ use crate::live::{CopyRow, LiveView, SNAPSHOT_VERSION};
 /// sample is faster than anyone reads, and each redraw is a request to the agent).
 pub const MIN_REFRESH: Duration = Duration::from_millis(500);
 
+/// The component column is at most this wide on screen (longer names are cut there).
+const MAX_COMPONENT_COLUMN: usize = 40;
+
 /// Exit statuses: 0 done, 1 the agent could not be read, 78 a bad configuration.
 const EXIT_UNREACHABLE: u8 = 1;
 
@@ -443,10 +446,18 @@ fn draw(frame: &mut Frame<'_>, screen: &Screen) {
     .header(Row::new(GPU_HEADERS).style(bold))
     .block(Block::bordered().title("GPUs"));
     frame.render_widget(gpu_table, gpus);
+    // The component column as wide as its longest name, within reason; the figures after it.
+    let component_width = view
+        .copies
+        .iter()
+        .map(|c| c.component.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(COPY_HEADERS[0].len(), MAX_COMPONENT_COLUMN) as u16;
     let copy_table = Table::new(
         copy_rows(view, screen.order).into_iter().map(Row::new),
         [
-            Constraint::Min(12),
+            Constraint::Length(component_width),
             Constraint::Length(12),
             Constraint::Length(8),
             Constraint::Length(6),
