@@ -110,7 +110,8 @@ impl Agent {
     }
 
     /// With extra `[endpoint]` keys, sections of the caller's (after `[admin]`) and extra
-    /// `[docker]` keys.
+    /// `[docker]` keys. Every sample is a data point (`data_points = "every_sample"`): these tests
+    /// check each sample against the cgroup files and wait for full windows by their samples.
     fn start_full(socket: &str, endpoint_extra: &str, gpu: &str, docker_extra: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("emf.jsonl");
@@ -119,7 +120,7 @@ impl Agent {
             &config,
             format!(
                 "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n{endpoint_extra}\
-                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
+                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\ndata_points = \"every_sample\"\n\
                  [output]\nemf_destination = \"file:{}\"\n\
                  [admin]\nenabled = false\n{gpu}\
                  [docker]\nsocket = \"{socket}\"\n{docker_extra}",
@@ -748,12 +749,12 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     assert!(all_near(&b_sm, 25.0), "model-b SM: {b_sm:?}");
     // Per GPU (enhanced): each copy on its own GPU only.
     assert!(all_near(
-        &container_values(&a, "GPUMemoryUtilizationNormalized", Some("0")),
+        &container_values(&a, "GPUMemoryUtilizationNormalized", Some("gpu_0")),
         20.0
     ));
-    assert!(container_values(&a, "GPUMemoryUtilizationNormalized", Some("1")).is_empty());
+    assert!(container_values(&a, "GPUMemoryUtilizationNormalized", Some("gpu_1")).is_empty());
     assert!(all_near(
-        &container_values(&b, "GPUMemoryUtilizationNormalized", Some("1")),
+        &container_values(&b, "GPUMemoryUtilizationNormalized", Some("gpu_1")),
         10.0
     ));
     // The rest of GPU 0's memory (this test's 4 GiB and 0 unlisted) is unattributed: the copies'
@@ -761,7 +762,7 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     let gpu0 = in_window
         .iter()
         .find(|d| {
-            namespace(d) == ENDPOINTS_NS && d["GpuId"] == "0" && d.get("ContainerId").is_none()
+            namespace(d) == ENDPOINTS_NS && d["GpuId"] == "gpu_0" && d.get("ContainerId").is_none()
         })
         .expect("GPU 0's own document");
     assert!(all_near(&values(gpu0, "GPUMemoryUtilization"), 25.0));

@@ -23,9 +23,14 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
 }
 
 fn config(enhanced: bool, destination: &str) -> String {
+    config_with(enhanced, destination, "")
+}
+
+/// [`config`] with extra `[metrics]` keys.
+fn config_with(enhanced: bool, destination: &str, metrics: &str) -> String {
     format!(
         "[endpoint]\nname = \"core-test\"\nvariant = \"AllTraffic\"\ninstance_id = \"test-host\"\n\
-         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n\
+         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n{metrics}\
          [output]\nemf_destination = \"{destination}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n"
     )
 }
@@ -172,9 +177,11 @@ fn num_cpus() -> usize {
 fn enhanced_run_to_a_file_publishes_aligned_full_windows_and_flushes_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("emf.log");
+    // Every sample a data point, so the windows' samples can be counted.
+    let every = "data_points = \"every_sample\"\n";
     let cfg = write_config(
         dir.path(),
-        &config(true, &format!("file:{}", out.display())),
+        &config_with(true, &format!("file:{}", out.display()), every),
     );
     let mut agent = Agent::start(&cfg, Stdio::null());
     // Wait for two closed windows: the first is partial (started mid-window), the second full.
@@ -239,6 +246,53 @@ fn enhanced_run_to_a_file_publishes_aligned_full_windows_and_flushes_on_sigterm(
         .unwrap();
     let n = last["MemoryUtilization"].as_array().unwrap().len();
     assert!((1..20).contains(&n), "partial window holds {n} samples");
+}
+
+#[test]
+fn by_default_each_window_has_one_data_point_per_series_its_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("emf.log");
+    let cfg = write_config(
+        dir.path(),
+        &config(true, &format!("file:{}", out.display())),
+    );
+    let mut agent = Agent::start(&cfg, Stdio::null());
+    // The first closed window is partial (started mid-window); the second is full.
+    let deadline = Instant::now() + Duration::from_secs(35);
+    let docs = loop {
+        let docs = documents(&std::fs::read_to_string(&out).unwrap_or_default());
+        if timestamps(&docs).len() >= 2 {
+            break docs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no two windows in time: {docs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    agent.signal(libc::SIGTERM);
+    agent.wait(Duration::from_secs(10));
+    let full = &docs[docs.len() - 1];
+    check_host_document(full, true);
+    let one = |name: &str| -> f64 {
+        let values = full[name].as_array().unwrap();
+        assert_eq!(
+            values.len(),
+            1,
+            "{name}: one data point for 20 samples: {full}"
+        );
+        values[0].as_f64().unwrap()
+    };
+    // Means of the same 20 samples: the normalized one is the other over the CPUs.
+    let cpus = num_cpus() as f64;
+    let (cpu, normalized) = (one("CPUUtilization"), one("CPUUtilizationNormalized"));
+    assert!(
+        (cpu / cpus - normalized).abs() < 1e-9,
+        "{cpu} / {cpus} != {normalized}"
+    );
+    for name in ["MemoryUtilization", "DiskUtilization"] {
+        one(name);
+    }
 }
 
 #[test]

@@ -374,6 +374,8 @@ struct Run {
 
 /// Runs the agent with `[gpu]` pointing at `library` until `done(docs)` holds (or 30 s), then
 /// SIGTERM, and returns every EMF document it wrote and its log.
+/// Every sample is a data point here (`data_points = "every_sample"`): these tests follow the
+/// script sample by sample (a hang costs its ticks, recovery shows in the next ones).
 fn run_agent(
     library: &str,
     extra_gpu: &str,
@@ -387,7 +389,7 @@ fn run_agent(
         &config,
         format!(
             "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-             [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\n\
+             [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\ndata_points = \"every_sample\"\n\
              [output]\nemf_destination = \"file:{}\"\n\
              [log]\nlevel = \"info\"\n\
              [docker]\nenabled = false\n[admin]\nenabled = false\n\
@@ -472,7 +474,7 @@ fn the_binary_publishes_per_gpu_and_instance_values_from_the_script() {
     let run = run_agent(&fake.library_str(), "", true, has("GPUUtilization"));
     let d = &run.docs;
     for i in 0..4u32 {
-        let gpu = i.to_string();
+        let gpu = format!("gpu_{i}");
         assert_all(
             &values(d, "GPUUtilization", "GpuId", Some(&gpu)),
             f64::from(10 + i),
@@ -507,7 +509,7 @@ fn the_binary_publishes_per_gpu_and_instance_values_from_the_script() {
     );
     let gpu_doc = d
         .iter()
-        .find(|doc| doc.get("GpuId") == Some(&Value::from("3")))
+        .find(|doc| doc.get("GpuId") == Some(&Value::from("gpu_3")))
         .unwrap();
     assert_eq!(gpu_doc["InstanceId"], "test-host");
     assert_eq!(

@@ -46,6 +46,8 @@ instance_id = "i-ops-test"
 publish_frequency_seconds = 10
 sample_interval_ms = 1000
 endpoints_namespace = "{endpoints_namespace}"
+# Every sample a data point: the reload test counts the samples a window kept.
+data_points = "every_sample"
 
 [output]
 emf_destination = "file:{}"
