@@ -25,3 +25,5 @@ pub mod self_metrics;
 pub mod service;
 pub mod sinks;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -168,6 +168,7 @@ mod tests {
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let mut w = Worker::spawn("slow", Slow(delay.clone())).unwrap();
         let missed = Counter::GpuReadsMissed;
+        let _counters = crate::testing::counters().await;
         let before = telemetry::get(missed);
         assert_eq!(
             w.read_or_count(1, Duration::from_secs(5), missed).await,
@@ -179,7 +180,7 @@ mod tests {
             w.read_or_count(2, Duration::from_millis(20), missed).await,
             None
         );
-        assert!(telemetry::get(missed) > before);
+        assert_eq!(telemetry::get(missed), before + 1);
     }
 
     struct Panics;
