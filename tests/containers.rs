@@ -12,7 +12,6 @@ mod common;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,42 +19,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::agent::{namespace, now_ms, one_shot, timestamp_ms, values, Agent, Workdir};
-use common::docker::docker;
+use common::docker::{docker, docker_ready, engine_socket, image};
 use common::fake_nvml;
 
 const COMPONENTS_NS: &str = "/aws/sagemaker/InferenceComponents";
 const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// The engine's socket, for the agent and the relay (the `docker` CLI follows `DOCKER_HOST`).
-fn engine_socket() -> String {
-    std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into())
-}
-
-fn image() -> String {
-    std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
-}
-
-/// True when the engine is usable (the image built if missing); false only when skipping is
-/// asked for. Otherwise an unreachable engine fails the test.
-fn docker_ready() -> bool {
-    static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
-    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
-        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
-            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine: {e}");
-            return false;
-        }
-        panic!("no Docker engine ({e}); start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
-    }
-    let mut built = IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !*built && docker(&["image", "inspect", &image()]).is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
-        let status = Command::new("sh").arg(script).status().unwrap();
-        assert!(status.success(), "scripts/setup/docker-image.sh failed");
-    }
-    *built = true;
-    true
-}
 
 /// Containers this test started; removed however the test ends.
 #[derive(Default)]

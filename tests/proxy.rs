@@ -9,14 +9,12 @@ mod common;
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::agent::{Agent, Logs, Workdir, WAIT_LIMIT};
-use common::docker::docker;
+use common::docker::{docker, docker_ready, engine_socket, image, RemoveOnDrop};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -460,30 +458,12 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
     assert_eq!(all(&docs, instance, "ModelLatency").len(), total);
 }
 
-/// Removes the container however the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
 #[test]
 fn a_container_found_through_its_label_is_reached_and_measured() {
-    if docker(&["version", "--format", "{{.Server.Version}}"]).is_err() {
-        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
-            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine");
-            return;
-        }
-        panic!("no Docker engine; start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
+    if !docker_ready() {
+        return;
     }
-    let image =
-        std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into());
-    if docker(&["image", "inspect", &image]).is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
-        assert!(Command::new("sh").arg(script).status().unwrap().success());
-    }
+    let image = image();
     let component = format!("proxy-test-{}", std::process::id());
     // busybox httpd serves a file and a CGI script on 8081, which the port label announces.
     let id = docker(&[
@@ -503,7 +483,7 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
          chmod +x /www/cgi-bin/busy && exec httpd -f -p 8081 -h /www",
     ])
     .unwrap();
-    let _container = Container(id.clone());
+    let _container = RemoveOnDrop(vec![id.clone()]);
     // Discovery can see the container before httpd listens (a refused connection, 502, would
     // then be a model error): wait for httpd inside the container first.
     let deadline = Instant::now() + WAIT_LIMIT;
@@ -524,8 +504,7 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let socket =
-        std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into());
+    let socket = engine_socket();
     let agent = FrontDoor::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
     let addr = agent.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
