@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::agent::{binary, body, free_port, get, http, now_ms, prometheus_value, Workdir};
-use crate::{config_text, start, WAIT};
+use crate::{config_text, sample_count, start, WAIT};
 
 /// utime + stime of a process, from /proc, in seconds.
 fn cpu_seconds_of(pid: u32) -> f64 {
@@ -94,7 +94,25 @@ fn health_and_metrics_are_served_over_http_while_the_agent_runs() {
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
-    agent.stop().success();
+    // Stopped, the same counters are exact against what it wrote: one per EMF line, and one
+    // sample per host MemoryUtilization value.
+    let stopped = agent.stop().success();
+    let docs = stopped.documents();
+    assert_eq!(
+        stopped.logs.final_counter("emf_documents_written"),
+        docs.len() as u64
+    );
+    let memory_samples: usize = docs
+        .iter()
+        .filter(|d| d.get("MemoryUtilization").is_some())
+        .map(|d| sample_count(d, "MemoryUtilization"))
+        .sum();
+    assert_eq!(
+        stopped.logs.final_counter("samples_taken"),
+        memory_samples as u64,
+        "{}",
+        stopped.logs.text()
+    );
 }
 
 #[test]
