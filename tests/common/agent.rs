@@ -520,13 +520,11 @@ impl Logs {
 
     /// Every counter from the "stopped" line the agent writes last (after its final flush).
     pub fn final_counters(&self) -> BTreeMap<String, u64> {
-        let line = self
-            .lines()
+        self.lines()
             .filter(|l| l.field("counters").is_some() && l.message().contains("stopped"))
             .last()
             .unwrap_or_else(|| panic!("no \"stopped\" line with counters:\n{}", self.text()))
-            .field_list("counters");
-        line
+            .field_list("counters")
     }
 
     /// One counter from the "stopped" line.
