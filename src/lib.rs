@@ -33,3 +33,5 @@ pub mod sinks;
 pub mod sources;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
