@@ -368,7 +368,7 @@ pub fn invocation_period(config: &Config) -> u64 {
 
 pub(crate) fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
     let m = &config.metrics;
-    let log_group = match config.emf_destination() {
+    let log_group = match config.output.emf_destination {
         crate::config::EmfDestination::Tcp(_) | crate::config::EmfDestination::Udp(_) => {
             config.output.log_group.clone()
         }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod aggregate;
 pub mod attribution;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod collectors;
 pub mod config;

@@ -340,8 +340,7 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
                 .iter()
                 .map(|d| d.len() + LOGS_EVENT_OVERHEAD_BYTES)
                 .sum();
-            let destination = config.emf_destination();
-            let calls = if destination == EmfDestination::CloudWatchLogs {
+            let calls = if config.output.emf_destination == EmfDestination::CloudWatchLogs {
                 let events = docs
                     .into_iter()
                     .map(|message| LogEvent {

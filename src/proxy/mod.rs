@@ -215,11 +215,7 @@ impl FrontDoor {
 fn static_upstreams(upstreams: &[StaticUpstream]) -> Vec<(Arc<str>, String)> {
     upstreams
         .iter()
-        .filter_map(|u| {
-            // Validated at load.
-            let authority = route::parse_static_url(&u.url).ok()?;
-            Some((Arc::from(u.component.trim()), authority))
-        })
+        .map(|u| (Arc::from(u.component.as_str()), u.url.authority().to_string()))
         .collect()
 }
 
