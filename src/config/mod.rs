@@ -19,8 +19,8 @@ use crate::encode::limits::{
 
 pub mod values;
 
-pub use values::{validate_namespace, EmfDestination, UpstreamUrl};
 use values::{dimension_value, listen_address, validate_log_name};
+pub use values::{validate_namespace, EmfDestination, UpstreamUrl};
 
 /// Exit status for a configuration error (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -327,8 +327,7 @@ impl MetricsConfig {
             ));
         }
         let window_ms = self.publish_frequency_seconds * 1000;
-        if self.sample_interval_ms < MIN_SAMPLE_INTERVAL_MS || self.sample_interval_ms > window_ms
-        {
+        if self.sample_interval_ms < MIN_SAMPLE_INTERVAL_MS || self.sample_interval_ms > window_ms {
             return Err(invalid(
                 "metrics.sample_interval_ms",
                 format!(
@@ -812,7 +811,10 @@ impl ProxyConfig {
             return Err(invalid("proxy.response_timeout_ms", "allowed: 1 or more"));
         }
         if self.max_request_body_bytes == 0 {
-            return Err(invalid("proxy.max_request_body_bytes", "allowed: 1 or more"));
+            return Err(invalid(
+                "proxy.max_request_body_bytes",
+                "allowed: 1 or more",
+            ));
         }
         Ok(())
     }

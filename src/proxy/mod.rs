@@ -118,7 +118,7 @@ impl FrontDoor {
                 .build()
         }
         .context("building the front door's runtime")?;
-        let listener = std::net::TcpListener::bind(&config.listen)
+        let listener = std::net::TcpListener::bind(config.listen)
             .with_context(|| format!("front door: cannot listen on {}", config.listen))?;
         listener
             .set_nonblocking(true)
@@ -215,7 +215,12 @@ impl FrontDoor {
 fn static_upstreams(upstreams: &[StaticUpstream]) -> Vec<(Arc<str>, String)> {
     upstreams
         .iter()
-        .map(|u| (Arc::from(u.component.as_str()), u.url.authority().to_string()))
+        .map(|u| {
+            (
+                Arc::from(u.component.as_str()),
+                u.url.authority().to_string(),
+            )
+        })
         .collect()
 }
 
