@@ -18,7 +18,7 @@ use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::{Collect, Worker};
 use crate::config::Config;
 use crate::encode::{emf, groups, put_metric_data_counted, EncodeContext, Encoded, Encoding};
-use crate::identity::resolve_instance_id;
+use crate::instance_id::resolve_instance_id;
 use crate::proxy::FrontDoor;
 use crate::reload;
 use crate::service::{Event, Service};

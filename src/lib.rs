@@ -15,7 +15,7 @@ pub mod config;
 pub mod cost;
 pub mod discovery;
 pub mod encode;
-pub mod identity;
+pub mod instance_id;
 pub mod logging;
 pub mod plan;
 pub mod proxy;

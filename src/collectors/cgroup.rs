@@ -9,7 +9,7 @@
 //! Memory is counted as `docker stats` counts it: usage minus inactive file pages (v2
 //! `memory.current - inactive_file`, v1 `memory.usage_in_bytes - total_inactive_file`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -515,16 +515,16 @@ fn open_v1(cpu_dir: &Path, memory_dir: &Path) -> Result<CgroupFiles, CgroupError
 pub struct PidContainers {
     map: HashMap<u32, String>,
     /// PIDs in no container (host processes), so they are not re-read each sample.
-    outside: HashMap<u32, ()>,
+    outside: HashSet<u32>,
 }
 
 impl PidContainers {
     /// Resolves `pids` through `<proc_root>/<pid>/cgroup` and forgets PIDs no longer listed.
     pub fn resolve(&mut self, proc_root: &Path, pids: &[u32]) -> &HashMap<u32, String> {
         self.map.retain(|pid, _| pids.contains(pid));
-        self.outside.retain(|pid, _| pids.contains(pid));
+        self.outside.retain(|pid| pids.contains(pid));
         for &pid in pids {
-            if self.map.contains_key(&pid) || self.outside.contains_key(&pid) {
+            if self.map.contains_key(&pid) || self.outside.contains(&pid) {
                 continue;
             }
             let path = proc_root.join(pid.to_string()).join("cgroup");
@@ -537,7 +537,7 @@ impl PidContainers {
                     self.map.insert(pid, id);
                 }
                 None => {
-                    self.outside.insert(pid, ());
+                    self.outside.insert(pid);
                 }
             }
         }
