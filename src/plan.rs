@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::aggregate::{Aggregator, Window};
 use crate::catalog::{Identity, Metric, Sample, Scope};
-use crate::config::{Config, EmfDestination, OutputFormat};
+use crate::config::{Config, EmfDestination, InstanceIdSetting, OutputFormat};
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
 use crate::encode::{emf, groups, put_metric_data, EncodeContext};
 use crate::sinks::cloudwatch_logs;
@@ -236,9 +236,9 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
 }
 
 fn context(config: &Config) -> EncodeContext {
-    let instance_id = match config.endpoint.instance_id.as_str() {
-        "auto" => PLACEHOLDER_INSTANCE_ID.to_string(),
-        id => id.to_string(),
+    let instance_id = match &config.endpoint.instance_id {
+        InstanceIdSetting::Auto => PLACEHOLDER_INSTANCE_ID.to_string(),
+        InstanceIdSetting::Given(id) => id.clone(),
     };
     let identity = Identity {
         endpoint_name: config.endpoint.name.clone(),

@@ -20,7 +20,7 @@ use crate::encode::limits::{
 pub mod values;
 
 use values::{dimension_value, listen_address, validate_log_name};
-pub use values::{validate_namespace, EmfDestination, UpstreamUrl};
+pub use values::{validate_namespace, EmfDestination, InstanceIdSetting, UpstreamUrl};
 
 /// Exit status for a configuration error (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -238,19 +238,17 @@ pub struct EndpointConfig {
     #[serde(default = "default_variant")]
     pub variant: String,
     /// `InstanceId` dimension: "auto" asks EC2 instance metadata (IMDSv2), else the hostname.
-    #[serde(default = "default_instance_id")]
-    pub instance_id: String,
+    #[serde(default)]
+    pub instance_id: InstanceIdSetting,
     /// The instance type, e.g. "ml.g6.12xlarge"; optional.
     #[serde(default)]
     pub instance_type: Option<String>,
 }
 
-// `name` is required, so the section has no `Default`: its optional keys' defaults are here.
+// `name` is required, so the section has no `Default`: its optional keys' defaults are here
+// (and in their types' `Default`).
 fn default_variant() -> String {
     "AllTraffic".into()
-}
-fn default_instance_id() -> String {
-    "auto".into()
 }
 
 impl EndpointConfig {
@@ -266,12 +264,6 @@ impl EndpointConfig {
         }
         if self.variant.trim().is_empty() {
             return Err(invalid("endpoint.variant", "must not be empty"));
-        }
-        if self.instance_id.trim().is_empty() {
-            return Err(invalid(
-                "endpoint.instance_id",
-                "must not be empty; use \"auto\" to look it up",
-            ));
         }
         Ok(())
     }
@@ -832,7 +824,7 @@ mod tests {
     fn minimal_config_takes_the_defaults() {
         let c = parse("[endpoint]\nname = \"e\"\n").unwrap();
         assert_eq!(c.endpoint.variant, "AllTraffic");
-        assert_eq!(c.endpoint.instance_id, "auto");
+        assert_eq!(c.endpoint.instance_id, InstanceIdSetting::Auto);
         assert!(!c.metrics.enhanced);
         assert_eq!(c.metrics.publish_frequency_seconds, 60);
         assert_eq!(c.metrics.endpoints_namespace, "/aws/sagemaker/Endpoints");
@@ -914,6 +906,7 @@ mod tests {
     fn bad_values_are_rejected_with_what_is_allowed() {
         let cases = [
             ("[endpoint]\nname = \"\"\n", "endpoint.name", "empty"),
+            ("[endpoint]\nname = \"e\"\ninstance_id = \" \"\n", "endpoint.instance_id", "use \"auto\""),
             ("[endpoint]\nname = \"e\"\n[metrics]\npublish_frequency_seconds = 15\n", "metrics.publish_frequency_seconds", "allowed"),
             ("[endpoint]\nname = \"e\"\n[metrics]\npublish_frequency_seconds = 10\nsample_interval_ms = 20000\n", "metrics.sample_interval_ms", "allowed"),
             ("[endpoint]\nname = \"e\"\n[metrics]\nsample_interval_ms = 50\n", "metrics.sample_interval_ms", "allowed"),

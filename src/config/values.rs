@@ -87,6 +87,44 @@ impl From<EmfDestination> for String {
     }
 }
 
+/// Where the `InstanceId` dimension comes from: `endpoint.instance_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum InstanceIdSetting {
+    /// "auto": EC2 instance metadata (IMDSv2), else the hostname.
+    #[default]
+    Auto,
+    /// Any other value: used as it is.
+    Given(String),
+}
+
+impl TryFrom<String> for InstanceIdSetting {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "auto" => Ok(InstanceIdSetting::Auto),
+            t if t.trim().is_empty() => Err("must not be empty; use \"auto\" to look it up".into()),
+            _ => Ok(InstanceIdSetting::Given(text)),
+        }
+    }
+}
+
+/// As written in the configuration file.
+impl fmt::Display for InstanceIdSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstanceIdSetting::Auto => f.write_str("auto"),
+            InstanceIdSetting::Given(id) => f.write_str(id),
+        }
+    }
+}
+
+impl From<InstanceIdSetting> for String {
+    fn from(setting: InstanceIdSetting) -> String {
+        setting.to_string()
+    }
+}
+
 /// A static upstream's base URL, "http://host:port" (no path, query or user): `proxy.upstream.url`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
