@@ -1,6 +1,13 @@
 //! One shutdown deadline: SIGTERM to exit within the README's 5 s while the front door has
 //! requests in flight to a copy that never answers and the sink's CloudWatch endpoint accepts
 //! connections but never answers either.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 
