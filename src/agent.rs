@@ -15,7 +15,7 @@ use crate::catalog::Identity;
 use crate::clock::{system_now_ms, Ticker};
 use crate::config::Config;
 use crate::encode::Encoded;
-use crate::identity::resolve_instance_id;
+use crate::instance_id::resolve_instance_id;
 use crate::live::Live;
 use crate::pipeline::Windows;
 use crate::proxy::FrontDoor;

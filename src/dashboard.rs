@@ -17,6 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
@@ -623,7 +624,6 @@ pub fn describe(body: &Value) -> String {
 /// The `dashboard` subcommand's arguments.
 #[derive(Clone, Debug)]
 pub struct Args {
-    pub config: std::path::PathBuf,
     /// Components to chart; empty: those discovery finds now.
     pub components: Vec<String>,
     /// GPUs per instance; None: what NVML shows now.
@@ -634,37 +634,25 @@ pub struct Args {
     pub list: bool,
 }
 
-/// Exit statuses: 0 done, 1 the body could not be made or saved, 78 a bad configuration.
-const EXIT_FAILED: u8 = 1;
-
-/// The `dashboard` subcommand; returns the exit status.
-pub fn run(args: &Args) -> u8 {
-    let config = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return crate::config::EXIT_CONFIG as u8;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot build the async runtime: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    match runtime.block_on(make_and_put(&config, args)) {
-        Ok(()) => 0,
+/// The `dashboard` subcommand: the body on stdout, or saved; failure (1) says why on stderr.
+#[allow(
+    clippy::print_stderr,
+    reason = "a one-shot command for a person; no logger is set up"
+)]
+pub fn run(config: &Config, runtime: &tokio::runtime::Runtime, args: &Args) -> ExitCode {
+    match runtime.block_on(make_and_put(config, args)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_FAILED
+            ExitCode::FAILURE
         }
     }
 }
 
+#[allow(
+    clippy::print_stderr,
+    reason = "PutDashboard's validation messages and the outcome, for the person who asked"
+)]
 async fn make_and_put(config: &Config, args: &Args) -> anyhow::Result<()> {
     let sdk = crate::sinks::cloudwatch::load_sdk_config().await?;
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();

@@ -6,6 +6,8 @@
 //! terminal (stdout piped) it prints one snapshot as a table and exits.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -15,7 +17,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::{DefaultTerminal, Frame};
 
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::Config;
 use crate::live::{CopyRow, LiveView, SNAPSHOT_VERSION};
 
 /// The screen is redrawn at most this often, however short the sampling interval (a 100 ms
@@ -24,9 +26,6 @@ pub const MIN_REFRESH: Duration = Duration::from_millis(500);
 
 /// The component column is at most this wide on screen (longer names are cut there).
 const MAX_COMPONENT_COLUMN: usize = 40;
-
-/// Exit statuses: 0 done, 1 the agent could not be read, 78 a bad configuration.
-const EXIT_UNREACHABLE: u8 = 1;
 
 /// The copies table's columns, in the order `s` cycles through them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -271,7 +270,7 @@ pub fn render_text(view: &LiveView, order: Order) -> String {
 }
 
 /// Reads `/snapshot` from the agent whose admin endpoint is `listen`.
-pub fn fetch(listen: &str) -> Result<LiveView, String> {
+pub fn fetch(listen: SocketAddr) -> Result<LiveView, String> {
     let (status, body) =
         crate::admin::get(listen, "/snapshot").map_err(|e| format!("{listen}: {e}"))?;
     if status != 200 {
@@ -291,38 +290,35 @@ pub fn fetch(listen: &str) -> Result<LiveView, String> {
     Ok(view)
 }
 
-/// The `top` subcommand; returns the exit status.
-pub fn run(path: &std::path::Path) -> u8 {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_CONFIG as u8;
-        }
-    };
+/// The `top` subcommand: 0 when it quit or printed, 1 when the agent could not be read.
+#[allow(
+    clippy::print_stderr,
+    reason = "a command for a person; what went wrong goes to stderr once the screen is restored"
+)]
+pub fn run(path: &std::path::Path, config: &Config) -> ExitCode {
     if !config.admin.enabled {
         eprintln!(
             "error: [admin] enabled = false in {}: top reads the admin endpoint",
             path.display()
         );
-        return EXIT_UNREACHABLE;
+        return ExitCode::FAILURE;
     }
-    let listen = config.admin.listen.clone();
+    let listen = config.admin.listen;
     if !std::io::stdout().is_terminal() {
-        return match fetch(&listen) {
+        return match fetch(listen) {
             Ok(view) => {
                 let text = render_text(&view, Order::default());
                 match std::io::stdout().lock().write_all(text.as_bytes()) {
-                    Ok(()) => 0,
+                    Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: writing the snapshot: {e}");
-                        EXIT_UNREACHABLE
+                        ExitCode::FAILURE
                     }
                 }
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                EXIT_UNREACHABLE
+                ExitCode::FAILURE
             }
         };
     }
@@ -332,16 +328,16 @@ pub fn run(path: &std::path::Path) -> u8 {
         Err(e) => {
             ratatui::restore();
             eprintln!("error: cannot set up the terminal: {e}");
-            return EXIT_UNREACHABLE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = interactive(&mut terminal, &listen, refresh);
+    let result = interactive(&mut terminal, listen, refresh);
     ratatui::restore();
     match result {
-        Ok(()) => 0,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_UNREACHABLE
+            ExitCode::FAILURE
         }
     }
 }
@@ -356,7 +352,7 @@ struct Screen {
 
 fn interactive(
     terminal: &mut DefaultTerminal,
-    listen: &str,
+    listen: SocketAddr,
     refresh: Duration,
 ) -> std::io::Result<()> {
     let mut screen = Screen {

@@ -8,18 +8,28 @@
 //! published twice shows as a SampleCount over 10 (10 s windows sampled every second), a lost
 //! one as a missing or short bucket. Each test has its own namespace or log group: LocalStack has
 //! no reset.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
+
+mod common;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
+
+use common::agent::{now_ms, Agent, Logs, Workdir};
 
 const MEMORY_PERCENT: f64 = 25.0;
 const PERIOD_S: u64 = 10;
@@ -56,23 +66,16 @@ async fn localstack_up() -> bool {
     );
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), now_ms())
 }
 
-/// A temp folder with the fixture /proc and a config with `output` lines added. Every sample is
-/// a data point here (`data_points = "every_sample"`): counting samples proves that delivery
-/// loses and duplicates nothing at the finest grain.
-fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let proc = dir.path().join("proc");
+/// A folder with the fixture /proc and a config with `output` lines added, in its config file.
+/// Every sample is a data point here (`data_points = "every_sample"`): counting samples proves
+/// that delivery loses and duplicates nothing at the finest grain.
+fn setup(output: &str, namespace: &str) -> (Workdir, String) {
+    let dir = Workdir::new();
+    let proc = dir.join("proc");
     fs::create_dir(&proc).unwrap();
     fs::write(
         proc.join("stat"),
@@ -84,72 +87,31 @@ fn setup(output: &str, namespace: &str) -> (tempfile::TempDir, PathBuf) {
         "MemTotal: 1000 kB\nMemAvailable: 750 kB\n",
     )
     .unwrap();
-    let config = dir.path().join("agent.toml");
-    fs::write(
-        &config,
-        format!(
-            "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-             [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\ndata_points = \"every_sample\"\n\
-             [output]\nspool_dir = \"{}\"\nretry_max_seconds = 2\n{output}\n\
-             [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n",
-            dir.path().join("spool").display(),
-            proc.display()
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+         [metrics]\npublish_frequency_seconds = {PERIOD_S}\nendpoints_namespace = \"{namespace}\"\ndata_points = \"every_sample\"\n\
+         [output]\nspool_dir = \"{}\"\nretry_max_seconds = 2\n{output}\n\
+         [host]\nproc_root = \"{}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n",
+        dir.join("spool").display(),
+        proc.display()
+    );
     (dir, config)
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
+/// The agent in `dir` sending to CloudWatch at `endpoint` with test credentials.
+fn start(dir: &Workdir, config: &str, endpoint: &str) -> Agent {
+    Agent::launch(dir, config)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .start()
 }
 
-impl Agent {
-    fn start(config: &Path, endpoint: &str, log: PathBuf) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_endpoint-metrics-agent"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Agent { child, log }
-    }
-
-    /// SIGTERM, wait, and the `samples_taken` counter from the agent's last line.
-    fn stop(mut self) -> u64 {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let log = fs::read_to_string(&self.log).unwrap();
-        assert!(status.success(), "agent failed: {status}\n{log}");
-        counter(&log, "samples_taken")
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-fn counter(log: &str, name: &str) -> u64 {
-    let needle = format!("(\"{name}\", ");
-    let at = log
-        .rfind(&needle)
-        .unwrap_or_else(|| panic!("no {name} in:\n{log}"));
-    log[at + needle.len()..]
-        .split(')')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+/// SIGTERM, a clean exit, and its logs (with the final counters).
+fn stop(agent: Agent) -> Logs {
+    agent.stop().success().logs
 }
 
 fn spool_files(dir: &Path) -> usize {
@@ -295,9 +257,9 @@ async fn put_metric_data_round_trips_every_sample() {
     let namespace = format!("/ema-test/{}", unique("pmd"));
     let (dir, config) = setup("format = \"put_metric_data\"", &namespace);
     let started = now_ms();
-    let agent = Agent::start(&config, &endpoint_url(), dir.path().join("agent.log"));
+    let agent = start(&dir, &config, &endpoint_url());
     sleep_s(24).await;
-    let samples = agent.stop();
+    let samples = stop(agent).final_counter("samples_taken");
     let points = windows(&namespace, started).await;
     assert_consistent(&points);
     assert!(points.len() >= 3, "{points:?}");
@@ -322,9 +284,9 @@ async fn emf_through_cloudwatch_logs_creates_the_group_and_round_trips() {
         &format!("emf_destination = \"cloudwatch_logs\"\nlog_group = \"{group}\""),
         "/ema-test/emf",
     );
-    let agent = Agent::start(&config, &endpoint_url(), dir.path().join("agent.log"));
+    let agent = start(&dir, &config, &endpoint_url());
     sleep_s(22).await;
-    let samples = agent.stop();
+    let samples = stop(agent).final_counter("samples_taken");
     let out = logs()
         .await
         .get_log_events()
@@ -433,7 +395,7 @@ async fn outage_kill_and_restart_lose_and_duplicate_nothing() {
     let run1_start = now_ms();
 
     // Run 1: one window through, then CloudWatch goes away, windows spool, then SIGKILL.
-    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run1.log"));
+    let agent = start(&dir, &config, &proxy.url());
     sleep_s(12).await;
     // Cut only when no request is in flight. A request CloudWatch stored whose answer the cut
     // loses would be sent again (PutMetricData has no idempotency key; docs/cloudwatch.md),
@@ -451,22 +413,30 @@ async fn outage_kill_and_restart_lose_and_duplicate_nothing() {
     // Run 2: starts with a non-empty spool while CloudWatch is still away; SIGTERM spools the
     // partial window too.
     let run2_start = now_ms();
-    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run2.log"));
+    let agent = start(&dir, &config, &proxy.url());
     sleep_s(12).await;
     let spooled_before_stop = spool_files(dir.path());
-    let samples2 = agent.stop();
+    let samples2 = stop(agent).final_counter("samples_taken");
     assert!(spool_files(dir.path()) > spooled_before_stop || samples2 == 0);
 
     // Run 3: CloudWatch is back; the backlog drains oldest first next to the current windows.
     proxy.up();
-    let agent = Agent::start(&config, &proxy.url(), dir.path().join("run3.log"));
-    sleep_s(16).await;
-    let samples3 = agent.stop();
-    assert_eq!(spool_files(dir.path()), 0, "the whole backlog was sent");
-    let run3_log = fs::read_to_string(dir.path().join("run3.log")).unwrap();
+    let backlog = spool_files(dir.path());
     assert!(
-        counter(&run3_log, "spool_items_replayed") >= 2,
-        "{run3_log}"
+        backlog >= 2,
+        "run 1's outage windows and run 2's: {backlog}"
+    );
+    let agent = start(&dir, &config, &proxy.url());
+    sleep_s(16).await;
+    let run3 = stop(agent);
+    let samples3 = run3.final_counter("samples_taken");
+    assert_eq!(spool_files(dir.path()), 0, "the whole backlog was sent");
+    // Each spooled window was replayed once (run 3's own windows are sent fresh, not replayed).
+    assert_eq!(
+        run3.final_counter("spool_items_replayed"),
+        backlog as u64,
+        "{}",
+        run3.text()
     );
 
     let points = windows(&namespace, run1_start).await;

@@ -7,61 +7,31 @@
 //! the tests drive follows `DOCKER_HOST`). The tiny image is built by
 //! `scripts/setup/docker-image.sh` when missing. Without an engine these tests fail, unless
 //! `EMA_SKIP_DOCKER_TESTS=1` says to skip them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
-use std::io::Read as _;
+mod common;
+
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[path = "common/docker.rs"]
-mod docker_cli;
-#[path = "common/fake_nvml.rs"]
-mod fake_nvml;
+use common::agent::{namespace, now_ms, one_shot, timestamp_ms, values, Agent, Workdir};
+use common::docker::{docker, docker_ready, engine_socket, image};
+use common::fake_nvml;
 
-use docker_cli::docker;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
 const COMPONENTS_NS: &str = "/aws/sagemaker/InferenceComponents";
 const ENDPOINTS_NS: &str = "/aws/sagemaker/Endpoints";
-/// Safety net for waits on the agent's output (not an assertion about speed: several publish
-/// windows of 10 s on a loaded machine).
-const WAIT_LIMIT: Duration = Duration::from_secs(90);
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// The engine's socket, for the agent and the relay (the `docker` CLI follows `DOCKER_HOST`).
-fn engine_socket() -> String {
-    std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into())
-}
-
-fn image() -> String {
-    std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into())
-}
-
-/// True when the engine is usable (the image built if missing); false only when skipping is
-/// asked for. Otherwise an unreachable engine fails the test.
-fn docker_ready() -> bool {
-    static IMAGE_BUILT: Mutex<bool> = Mutex::new(false);
-    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
-        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
-            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine: {e}");
-            return false;
-        }
-        panic!("no Docker engine ({e}); start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
-    }
-    let mut built = IMAGE_BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !*built && docker(&["image", "inspect", &image()]).is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
-        let status = Command::new("sh").arg(script).status().unwrap();
-        assert!(status.success(), "scripts/setup/docker-image.sh failed");
-    }
-    *built = true;
-    true
-}
 
 /// Containers this test started; removed however the test ends.
 #[derive(Default)]
@@ -93,114 +63,31 @@ impl Drop for Containers {
     }
 }
 
-/// The built agent running with a temporary configuration; killed however the test ends.
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
+/// The built agent with host and container metrics (10 s windows) into its EMF file, the
+/// engine at `socket`, and a `[gpu]` section of the caller's.
+fn start(socket: &str) -> Agent {
+    start_with(socket, "[gpu]\nenabled = false\n", "")
 }
 
-impl Agent {
-    fn start(socket: &str) -> Agent {
-        Agent::start_with(socket, "[gpu]\nenabled = false\n", "")
-    }
-
-    /// With a `[gpu]` section of the caller's and extra `[docker]` keys.
-    fn start_with(socket: &str, gpu: &str, docker_extra: &str) -> Agent {
-        Agent::start_full(socket, "", gpu, docker_extra)
-    }
-
-    /// With extra `[endpoint]` keys, sections of the caller's (after `[admin]`) and extra
-    /// `[docker]` keys.
-    fn start_full(socket: &str, endpoint_extra: &str, gpu: &str, docker_extra: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("emf.jsonl");
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n{endpoint_extra}\
-                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
-                 [output]\nemf_destination = \"file:{}\"\n\
-                 [admin]\nenabled = false\n{gpu}\
-                 [docker]\nsocket = \"{socket}\"\n{docker_extra}",
-                out.display()
-            ),
-        )
-        .unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(AGENT)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Agent { child, dir }
-    }
-
-    fn documents(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("emf.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.ends_with('}'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    fn stderr(&self) -> String {
-        let mut s = String::new();
-        std::fs::File::open(self.dir.path().join("stderr.log"))
-            .and_then(|mut f| f.read_to_string(&mut s))
-            .unwrap();
-        s
-    }
-
-    /// Polls the output until `found` returns something.
-    fn wait_for<T>(&self, what: &str, mut found: impl FnMut(&[Value]) -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            if let Some(t) = found(&self.documents()) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn stop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
+/// With a `[gpu]` section of the caller's and extra `[docker]` keys.
+fn start_with(socket: &str, gpu: &str, docker_extra: &str) -> Agent {
+    start_full(socket, "", gpu, docker_extra)
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn namespace(doc: &Value) -> &str {
-    doc["_aws"]["CloudWatchMetrics"][0]["Namespace"]
-        .as_str()
-        .unwrap_or_default()
-}
-
-fn timestamp_ms(doc: &Value) -> u64 {
-    doc["_aws"]["Timestamp"].as_u64().unwrap_or(0)
-}
-
-fn values(doc: &Value, metric: &str) -> Vec<f64> {
-    doc[metric]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
+/// With extra `[endpoint]` keys, sections of the caller's (after `[admin]`) and extra
+/// `[docker]` keys. Every sample is a data point (`data_points = "every_sample"`): these tests
+/// check each sample against the cgroup files and wait for full windows by their samples.
+fn start_full(socket: &str, endpoint_extra: &str, gpu: &str, docker_extra: &str) -> Agent {
+    let dir = Workdir::new();
+    let config = format!(
+        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n{endpoint_extra}\
+         [metrics]\nenhanced = true\npublish_frequency_seconds = 10\ndata_points = \"every_sample\"\n\
+         [output]\nemf_destination = \"{}\"\n\
+         [admin]\nenabled = false\n{gpu}\
+         [docker]\nsocket = \"{socket}\"\n{docker_extra}",
+        dir.emf_destination()
+    );
+    Agent::start(&dir, &config)
 }
 
 /// The per-container documents of one container.
@@ -208,13 +95,6 @@ fn of_container<'a>(docs: &'a [Value], id: &str) -> Vec<&'a Value> {
     docs.iter()
         .filter(|d| namespace(d) == COMPONENTS_NS && d["ContainerId"] == id[..12])
         .collect()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// The container's cgroup directories for CPU and memory, from its first process's cgroup
@@ -319,7 +199,7 @@ fn labelled_containers_are_measured_named_and_forgotten() {
     let (burner_cpu_dir, _) = cgroup_dirs(&burner);
     let (_, holder_mem_dir) = cgroup_dirs(&holder);
 
-    let mut agent = Agent::start(&engine_socket());
+    let agent = start(&engine_socket());
     let (t0, usage0) = (Instant::now(), cpu_usage_ns(&burner_cpu_dir));
 
     // A full window of the burner (10 samples at 1 s, the first of a container has no CPU delta).
@@ -425,20 +305,26 @@ fn labelled_containers_are_measured_named_and_forgotten() {
 
     // The unlabelled container is never reported, and was counted as ignored.
     assert!(of_container(&docs, &unlabelled).is_empty());
-    agent.stop();
-    let stderr = agent.stderr();
+    let logs = agent.stop().success().logs;
+    // Other tests' unlabelled containers share the engine: only ours is checked by name.
     assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("containers_without_component") && l.contains(&unlabelled[..12])),
-        "{stderr}"
+        logs.counted_warnings("containers_without_component")
+            .iter()
+            .any(|l| l.contains(&unlabelled[..12])),
+        "{}",
+        logs.text()
     );
 }
 
 #[test]
 fn without_an_engine_the_agent_warns_once_and_runs_on() {
     let socket = format!("/tmp/ema-no-engine-{}.sock", std::process::id());
-    let mut agent = Agent::start(&socket);
+    // At debug level each failed try after the first (warned) one is logged too.
+    let agent = start_with(
+        &socket,
+        "[gpu]\nenabled = false\n[log]\nlevel = \"debug\"\n",
+        "",
+    );
     // Host metrics go on; wait for a window closed on time (not the partial one at shutdown),
     // long enough for several reconnection attempts.
     agent.wait_for("a window of host metrics", |docs| {
@@ -446,26 +332,23 @@ fn without_an_engine_the_agent_warns_once_and_runs_on() {
             .find(|d| namespace(d) == ENDPOINTS_NS && values(d, "CPUUtilization").len() >= 5)
             .map(|_| ())
     });
-    agent.stop();
-    let stderr = agent.stderr();
-    let warnings = stderr
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("docker_unavailable"))
-        .count();
-    assert_eq!(warnings, 1, "{stderr}");
-    let tries = stderr
-        .lines()
-        .find(|l| l.contains("stopped counters"))
-        .and_then(|l| l.split("(\"docker_unavailable\", ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no final counters: {stderr}"));
+    let stopped = agent.stop().success();
+    let logs = &stopped.logs;
+    let warnings = logs.counted_warnings("docker_unavailable").len();
+    assert_eq!(warnings, 1, "{}", logs.text());
+    let tries = logs.final_counter("docker_unavailable");
     assert!(
         tries >= 2,
         "retried with backoff, counted each time: {tries}"
     );
+    assert_eq!(
+        tries,
+        1 + logs.count_messages("still unavailable") as u64,
+        "every try counted: the warned one and each one after it; {}",
+        logs.text()
+    );
     assert!(
-        agent
+        stopped
             .documents()
             .iter()
             .all(|d| namespace(d) != COMPONENTS_NS),
@@ -559,7 +442,7 @@ fn discovery_resubscribes_when_the_engine_goes_away_and_comes_back() {
         |c: &mut Containers, name: &str| c.run(&["--label", &label(name), &image, "sleep", "3600"]);
 
     // No engine at start: a model copy started meanwhile is found once the engine appears.
-    let mut agent = Agent::start(socket.to_str().unwrap());
+    let agent = start(socket.to_str().unwrap());
     let early = sleeper(&mut containers, "early");
     let mut relay = EngineRelay::start(&socket);
     agent.wait_for(
@@ -593,17 +476,14 @@ fn discovery_resubscribes_when_the_engine_goes_away_and_comes_back() {
         .iter()
         .all(|d| timestamp_ms(d) < removed_ms + 2000));
 
-    agent.stop();
-    let stderr = agent.stderr();
-    let warnings = stderr
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("docker_unavailable"))
-        .count();
-    assert_eq!(warnings, 2, "one warning per outage: {stderr}");
+    let logs = agent.stop().success().logs;
+    let warnings = logs.counted_warnings("docker_unavailable").len();
+    assert_eq!(warnings, 2, "one warning per outage: {}", logs.text());
     assert_eq!(
-        stderr.matches("docker engine reachable again").count(),
+        logs.count_messages("docker engine reachable again"),
         2,
-        "{stderr}"
+        "{}",
+        logs.text()
     );
 }
 
@@ -700,7 +580,7 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
         "[gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n",
         fake.library_str()
     );
-    let agent = Agent::start_with(
+    let agent = start_with(
         &engine_socket(),
         &gpu,
         // Our own label and variable: other tests' copies are not part of this host's picture.
@@ -748,12 +628,12 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     assert!(all_near(&b_sm, 25.0), "model-b SM: {b_sm:?}");
     // Per GPU (enhanced): each copy on its own GPU only.
     assert!(all_near(
-        &container_values(&a, "GPUMemoryUtilizationNormalized", Some("0")),
+        &container_values(&a, "GPUMemoryUtilizationNormalized", Some("gpu_0")),
         20.0
     ));
-    assert!(container_values(&a, "GPUMemoryUtilizationNormalized", Some("1")).is_empty());
+    assert!(container_values(&a, "GPUMemoryUtilizationNormalized", Some("gpu_1")).is_empty());
     assert!(all_near(
-        &container_values(&b, "GPUMemoryUtilizationNormalized", Some("1")),
+        &container_values(&b, "GPUMemoryUtilizationNormalized", Some("gpu_1")),
         10.0
     ));
     // The rest of GPU 0's memory (this test's 4 GiB and 0 unlisted) is unattributed: the copies'
@@ -761,7 +641,7 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     let gpu0 = in_window
         .iter()
         .find(|d| {
-            namespace(d) == ENDPOINTS_NS && d["GpuId"] == "0" && d.get("ContainerId").is_none()
+            namespace(d) == ENDPOINTS_NS && d["GpuId"] == "gpu_0" && d.get("ContainerId").is_none()
         })
         .expect("GPU 0's own document");
     assert!(all_near(&values(gpu0, "GPUMemoryUtilization"), 25.0));
@@ -874,7 +754,7 @@ fn gpu_cost_is_split_by_allocation_and_published_per_component() {
     );
 
     // The running agent's EMF.
-    let agent = Agent::start_full(&engine_socket(), endpoint, &gpu, &docker_keys);
+    let agent = start_full(&engine_socket(), endpoint, &gpu, &docker_keys);
     let component_doc = |docs: &[Value], t: u64, name: &str| -> Option<Value> {
         docs.iter()
             .find(|d| {
@@ -979,23 +859,4 @@ fn gpu_cost_is_split_by_allocation_and_published_per_component() {
             "{v}"
         );
     }
-}
-
-/// Runs a one-shot subcommand (`plan`, `cost`) with `config` as its file; its stdout, once it
-/// has exited 0.
-fn one_shot(subcommand: &str, config: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(AGENT)
-        .args([subcommand, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{subcommand}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,13 +1,18 @@
 //! The agent core through the built binary: its real EMF output, its exit codes and its logs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::agent::{run_to_exit, Agent, Logs, Stopped, Workdir};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
 
 const HOST_METRICS: [&str; 4] = [
     "CPUUtilization",
@@ -16,85 +21,17 @@ const HOST_METRICS: [&str; 4] = [
     "DiskUtilization",
 ];
 
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, body).unwrap();
-    path
+fn config(enhanced: bool, destination: &str) -> String {
+    config_with(enhanced, destination, "")
 }
 
-fn config(enhanced: bool, destination: &str) -> String {
+/// [`config`] with extra `[metrics]` keys.
+fn config_with(enhanced: bool, destination: &str, metrics: &str) -> String {
     format!(
         "[endpoint]\nname = \"core-test\"\nvariant = \"AllTraffic\"\ninstance_id = \"test-host\"\n\
-         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n\
+         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n{metrics}\
          [output]\nemf_destination = \"{destination}\"\n[gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n"
     )
-}
-
-/// A running agent, killed if the test ends early.
-struct Agent(Child);
-
-impl Agent {
-    fn start(config: &Path, stdout: Stdio) -> Agent {
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Agent(child)
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.0.id() as i32, signal) }, 0);
-    }
-
-    /// Waits for exit; returns the status code and how long it took.
-    fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return (status.code(), start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("agent did not exit within {limit:?}");
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            e.read_to_string(&mut s).unwrap();
-        }
-        s
-    }
-
-    /// Everything it wrote on stdout (started with `Stdio::piped()`), once it has exited.
-    fn stdout(&mut self) -> String {
-        let mut s = String::new();
-        self.0
-            .stdout
-            .take()
-            .expect("stdout piped")
-            .read_to_string(&mut s)
-            .unwrap();
-        s
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn documents(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 fn timestamps(docs: &[Value]) -> Vec<u64> {
@@ -170,32 +107,29 @@ fn num_cpus() -> usize {
 
 #[test]
 fn enhanced_run_to_a_file_publishes_aligned_full_windows_and_flushes_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("emf.log");
-    let cfg = write_config(
-        dir.path(),
-        &config(true, &format!("file:{}", out.display())),
-    );
-    let mut agent = Agent::start(&cfg, Stdio::null());
+    let dir = Workdir::new();
+    // Every sample a data point, so the windows' samples can be counted.
+    let every = "data_points = \"every_sample\"\n";
+    let agent = Agent::start(&dir, &config_with(true, &dir.emf_destination(), every));
     // Wait for two closed windows: the first is partial (started mid-window), the second full.
-    let deadline = Instant::now() + Duration::from_secs(35);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if timestamps(&documents(&text)).len() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no two windows in time: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.wait_for_within(Duration::from_secs(35), "two windows", |docs| {
+        (timestamps(docs).len() >= 2).then_some(())
+    });
     std::thread::sleep(Duration::from_millis(1200));
-    agent.signal(libc::SIGTERM);
-    let (code, took) = agent.wait(Duration::from_secs(10));
-    assert_eq!(code, Some(0));
-    assert!(took < Duration::from_secs(5), "exit took {took:?}");
-    let stderr = agent.stderr();
-    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    let stopped = agent.stop();
+    assert_eq!(stopped.code(), Some(0));
+    assert!(
+        stopped.took < Duration::from_secs(5),
+        "exit took {:?}",
+        stopped.took
+    );
+    assert!(
+        stopped.logs.find_message("SIGTERM").is_some(),
+        "{}",
+        stopped.logs.text()
+    );
 
-    let docs = documents(&std::fs::read_to_string(&out).unwrap());
+    let docs = common::agent::documents_in(&dir.emf_file());
     for doc in &docs {
         check_host_document(doc, true);
     }
@@ -242,40 +176,67 @@ fn enhanced_run_to_a_file_publishes_aligned_full_windows_and_flushes_on_sigterm(
 }
 
 #[test]
+fn by_default_each_window_has_one_data_point_per_series_its_mean() {
+    let dir = Workdir::new();
+    let agent = Agent::start(&dir, &config(true, &dir.emf_destination()));
+    // The first closed window is partial (started mid-window); the second is full.
+    let docs = agent.wait_for_within(Duration::from_secs(35), "two windows", |docs| {
+        (timestamps(docs).len() >= 2).then(|| docs.to_vec())
+    });
+    agent.stop();
+    let full = &docs[docs.len() - 1];
+    check_host_document(full, true);
+    let one = |name: &str| -> f64 {
+        let values = full[name].as_array().unwrap();
+        assert_eq!(
+            values.len(),
+            1,
+            "{name}: one data point for 20 samples: {full}"
+        );
+        values[0].as_f64().unwrap()
+    };
+    // Means of the same 20 samples: the normalized one is the other over the CPUs.
+    let cpus = num_cpus() as f64;
+    let (cpu, normalized) = (one("CPUUtilization"), one("CPUUtilizationNormalized"));
+    assert!(
+        (cpu / cpus - normalized).abs() < 1e-9,
+        "{cpu} / {cpus} != {normalized}"
+    );
+    for name in ["MemoryUtilization", "DiskUtilization"] {
+        one(name);
+    }
+}
+
+#[test]
 fn plain_run_prints_only_emf_on_stdout_and_stops_on_sigint() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &config(false, "stdout"));
-    let mut agent = Agent::start(&cfg, Stdio::piped());
+    let dir = Workdir::new();
+    let agent = Agent::start(&dir, &config(false, "stdout"));
     std::thread::sleep(Duration::from_secs(2));
     agent.signal(libc::SIGINT);
-    let (code, took) = agent.wait(Duration::from_secs(10));
-    assert_eq!(code, Some(0));
-    assert!(took < Duration::from_secs(5));
-    let docs = documents(&agent.stdout());
+    let stopped = agent.wait_exit();
+    assert_eq!(stopped.code(), Some(0));
+    assert!(stopped.took < Duration::from_secs(5));
+    let docs = stopped.stdout_documents();
     assert!(!docs.is_empty(), "the partial window is flushed on SIGINT");
     for doc in &docs {
         check_host_document(doc, false);
     }
-    let stderr = agent.stderr();
     assert!(
-        stderr.contains("agent started"),
-        "logs go to stderr: {stderr}"
+        stopped.logs.find_message("agent started").is_some(),
+        "logs go to stderr: {}",
+        stopped.logs.text()
     );
 }
 
 #[test]
 fn json_logs_are_json_lines_on_stderr() {
-    let dir = tempfile::tempdir().unwrap();
-    let body = config(
-        false,
-        &format!("file:{}", dir.path().join("emf.log").display()),
-    ) + "[log]\nformat = \"json\"\n";
-    let cfg = write_config(dir.path(), &body);
-    let mut agent = Agent::start(&cfg, Stdio::null());
+    let dir = Workdir::new();
+    let body = config(false, &dir.emf_destination()) + "[log]\nformat = \"json\"\n";
+    let agent = Agent::start(&dir, &body);
     std::thread::sleep(Duration::from_millis(800));
-    agent.signal(libc::SIGTERM);
-    assert_eq!(agent.wait(Duration::from_secs(10)).0, Some(0));
-    let stderr = agent.stderr();
+    let stopped = agent.stop();
+    assert_eq!(stopped.code(), Some(0));
+    let stderr = stopped.logs.text();
     let lines: Vec<Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON log line"))
@@ -286,19 +247,6 @@ fn json_logs_are_json_lines_on_stderr() {
             .any(|l| l["message"] == "agent started" && l["endpoint"] == "core-test"),
         "{stderr}"
     );
-}
-
-fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]
@@ -404,14 +352,12 @@ fn version_and_help() {
 }
 
 /// Runs the agent with `config` for about two seconds and returns its EMF documents and stderr.
-fn run_briefly(config: &str) -> (Vec<Value>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), config);
-    let mut agent = Agent::start(&cfg, Stdio::piped());
+fn run_briefly(config: &str) -> (Vec<Value>, Logs) {
+    let dir = Workdir::new();
+    let agent = Agent::start(&dir, config);
     std::thread::sleep(Duration::from_secs(2));
-    agent.signal(libc::SIGTERM);
-    assert_eq!(agent.wait(Duration::from_secs(10)).0, Some(0));
-    (documents(&agent.stdout()), agent.stderr())
+    let stopped: Stopped = agent.stop().success();
+    (stopped.stdout_documents(), stopped.logs)
 }
 
 fn with_endpoint_keys(keys: &str) -> String {
@@ -426,22 +372,20 @@ fn with_endpoint_keys(keys: &str) -> String {
 #[test]
 fn an_unpriced_instance_type_turns_cost_off_with_one_warning() {
     let body = with_endpoint_keys("instance_type = \"ml.unknown.large\"\n");
-    let (docs, stderr) = run_briefly(&body);
+    let (docs, logs) = run_briefly(&body);
     assert!(!docs.is_empty());
     assert!(
         docs.iter()
             .all(|d| d.get("UnallocatedGPUCostPerHour").is_none() && d.get("CostPerHour").is_none()),
         "no cost series"
     );
-    let warnings: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("cost_unpriced"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{stderr}");
-    assert!(warnings[0].contains("ml.unknown.large"), "{stderr}");
+    let warnings = logs.counted_warnings("cost_unpriced");
+    assert_eq!(warnings.len(), 1, "{}", logs.text());
+    assert!(warnings[0].contains("ml.unknown.large"), "{}", logs.text());
+    assert_eq!(logs.final_counter("cost_unpriced"), 1);
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &body);
+    let dir = Workdir::new();
+    let cfg = dir.write("agent.toml", &body);
     let (code, stdout, stderr) = run_to_exit(&["cost", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stdout.is_empty());
@@ -455,12 +399,12 @@ fn an_unpriced_instance_type_turns_cost_off_with_one_warning() {
 /// whole price, accrued over each 0.5 s tick.
 #[test]
 fn a_priced_instance_with_no_copies_is_all_unallocated() {
-    let (docs, stderr) = run_briefly(&with_endpoint_keys("instance_type = \"ml.g6.12xlarge\"\n"));
+    let (docs, logs) = run_briefly(&with_endpoint_keys("instance_type = \"ml.g6.12xlarge\"\n"));
     let instance: Vec<&Value> = docs
         .iter()
         .filter(|d| d.get("UnallocatedGPUCostPerHour").is_some())
         .collect();
-    assert!(!instance.is_empty(), "{stderr}");
+    assert!(!instance.is_empty(), "{}", logs.text());
     for d in instance {
         assert_eq!(
             d["_aws"]["CloudWatchMetrics"][0]["Namespace"],
@@ -486,9 +430,9 @@ fn a_priced_instance_with_no_copies_is_all_unallocated() {
         );
     }
     assert!(
-        !stderr
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("cost_unpriced")),
-        "{stderr}"
+        logs.counted_warnings("cost_unpriced").is_empty(),
+        "{}",
+        logs.text()
     );
+    assert_eq!(logs.final_counter("cost_unpriced"), 0);
 }

@@ -2,6 +2,15 @@
 //! `plan` lists for the same configuration (every metric row and every SEARCH names a namespace,
 //! metric and dimension set the host publishes), and `--put` round-trips through PutDashboard and
 //! GetDashboard on LocalStack (127.0.0.1:4566, or `AWS_ENDPOINT_URL`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,10 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use serde_json::Value;
 
-#[path = "common/fake_nvml.rs"]
-mod fake_nvml;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
+use common::agent::binary;
+use common::fake_nvml;
 
 fn endpoint_url() -> String {
     std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
@@ -30,7 +37,7 @@ fn run_id() -> String {
 
 /// Runs a subcommand with the AWS environment pointed at LocalStack; (status, stdout, stderr).
 fn agent(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(AGENT)
+    let out = Command::new(binary())
         .args(args)
         .env("AWS_ENDPOINT_URL", endpoint_url())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -330,7 +337,7 @@ async fn put_saves_the_body_that_get_dashboard_returns() {
 fn without_a_region_the_dashboard_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", "/nonexistent/libnvidia-ml.so.1");
-    let out = Command::new(AGENT)
+    let out = Command::new(binary())
         .args([
             "dashboard",
             "--config",

@@ -1,23 +1,29 @@
 //! GPU metrics through the real nvml-wrapper code path over a scripted fake driver library
 //! (tests/fixtures/fake_nvml), one copy per test; and, with `--ignored` on a machine with an
 //! NVIDIA GPU, the same collector and binary against the real driver (docs/gpu.md).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
-#[path = "common/fake_nvml.rs"]
-mod fake_nvml;
+mod common;
 
-use std::io::Read as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::agent::{Agent, Logs, Workdir};
+use common::fake_nvml::{self, devices, FakeNvml};
 use endpoint_metrics_agent::clock::system_now_ms;
 use endpoint_metrics_agent::collectors::gpu::{
     self, GpuDevice, GpuOptions, GpuProcess, GpuReading, NvmlCollector,
 };
 use endpoint_metrics_agent::collectors::worker::Worker;
 use endpoint_metrics_agent::telemetry::{self, Counter};
-use fake_nvml::{devices, FakeNvml};
 use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
 
 const GIB: u64 = 1 << 30;
 const INTERVAL_MS: u64 = 500;
@@ -32,6 +38,16 @@ fn collector(fake: &FakeNvml) -> NvmlCollector {
     NvmlCollector::new(options)
 }
 
+/// The agent's counters are process-wide, and `cargo test` runs this file's tests as threads of
+/// one process: every test that runs an NVML collector here (any of them may count an error)
+/// holds this while it runs, so a counter read before a step and after it moved by that step
+/// alone. (nextest runs each test in a process of its own; there it costs nothing.)
+fn counters() -> MutexGuard<'static, ()> {
+    COUNTERS.blocking_lock()
+}
+
+static COUNTERS: Mutex<()> = Mutex::const_new(());
+
 fn process(reading: &GpuReading, gpu: u32, pid: u32) -> Option<&GpuProcess> {
     reading
         .processes
@@ -41,6 +57,7 @@ fn process(reading: &GpuReading, gpu: u32, pid: u32) -> Option<&GpuProcess> {
 
 #[test]
 fn zero_one_four_and_eight_gpus_read_as_scripted() {
+    let _counters = counters();
     for n in [0u32, 1, 4, 8] {
         let fake = FakeNvml::new();
         fake.script(&devices(n));
@@ -63,6 +80,7 @@ fn zero_one_four_and_eight_gpus_read_as_scripted() {
 
 #[test]
 fn the_script_is_re_read_when_it_changes() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&devices(1));
     let mut c = collector(&fake);
@@ -75,6 +93,7 @@ fn the_script_is_re_read_when_it_changes() {
 
 #[test]
 fn processes_carry_memory_and_sm_utilization_since_the_last_sample() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}\
@@ -121,6 +140,7 @@ fn processes_carry_memory_and_sm_utilization_since_the_last_sample() {
 
 #[test]
 fn processes_are_enumerated_at_most_once_per_period() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
     let mut c = NvmlCollector::new(GpuOptions::new(&fake.library_str(), INTERVAL_MS));
@@ -139,6 +159,7 @@ fn processes_are_enumerated_at_most_once_per_period() {
 
 #[test]
 fn no_new_utilization_samples_mean_idle_not_an_error() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!("{}process 0 compute 1001 100\n", devices(1)));
     let mut c = collector(&fake);
@@ -152,6 +173,7 @@ fn no_new_utilization_samples_mean_idle_not_an_error() {
 
 #[test]
 fn mig_reports_memory_and_leaves_utilization_absent() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}device 1 mig=1 util=55 mem_used={} mem_total={}\n\
@@ -184,6 +206,7 @@ fn mig_reports_memory_and_leaves_utilization_absent() {
 
 #[test]
 fn unsupported_calls_leave_their_values_absent() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}process 0 compute 1001 100\nsample 0 1001 30\n\
@@ -204,6 +227,7 @@ fn unsupported_calls_leave_their_values_absent() {
 
 #[test]
 fn failing_calls_cost_their_own_data_only() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}process 0 compute 1001 100\nprocess 1 compute 2001 100\n\
@@ -218,11 +242,16 @@ fn failing_calls_cost_their_own_data_only() {
     assert_eq!(indices, vec![0, 1], "GPU 2 has no data this sample");
     assert!(process(&reading, 0, 1001).is_none(), "GPU 0's list failed");
     assert!(process(&reading, 1, 2001).is_some());
-    assert!(telemetry::get(Counter::GpuErrors) >= before + 2);
+    assert_eq!(
+        telemetry::get(Counter::GpuErrors),
+        before + 2,
+        "GPU 0's process list and GPU 2's utilization"
+    );
 }
 
 #[test]
 fn an_old_driver_without_the_v2_memory_call_falls_back_to_v1() {
+    let _counters = counters();
     let fake = FakeNvml::with_defines(&["FAKE_NVML_NO_MEMORY_V2"]);
     fake.script(&devices(4));
     let mut c = collector(&fake);
@@ -238,6 +267,7 @@ fn an_old_driver_without_the_v2_memory_call_falls_back_to_v1() {
 
 #[test]
 fn a_process_list_with_an_impossible_layout_is_rejected() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}process 0 compute 1001 100\nprocess 0 compute 1002 200\nprocess 0 compute 1003 300\n\
@@ -255,11 +285,12 @@ fn a_process_list_with_an_impossible_layout_is_rejected() {
     );
     assert_eq!(reading.processes.len(), 2);
     assert_eq!(reading.devices.len(), 2, "the GPU itself is still reported");
-    assert!(telemetry::get(Counter::GpuProcessListsRejected) > before);
+    assert_eq!(telemetry::get(Counter::GpuProcessListsRejected), before + 1);
 }
 
 #[test]
 fn a_single_entry_in_the_other_layout_is_still_read_right() {
+    let _counters = counters();
     // One 32-byte entry starts like a 24-byte one: nothing to reject.
     let fake = FakeNvml::new();
     fake.script(&format!(
@@ -275,6 +306,7 @@ fn a_single_entry_in_the_other_layout_is_still_read_right() {
 
 #[test]
 fn init_failure_means_no_gpus_and_retries_until_the_driver_appears() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script("init_error 9\n"); // NVML_ERROR_DRIVER_NOT_LOADED
     let mut c = collector(&fake);
@@ -283,7 +315,11 @@ fn init_failure_means_no_gpus_and_retries_until_the_driver_appears() {
     assert_eq!(c.read(t), GpuReading::default());
     assert_eq!(c.read(t + 1), GpuReading::default());
     assert!(!c.is_initialised());
-    assert!(telemetry::get(Counter::GpuUnavailable) > before);
+    assert_eq!(
+        telemetry::get(Counter::GpuUnavailable),
+        before + 1,
+        "one failed initialisation; the read 1 ms later waits for the retry time"
+    );
     fake.script(&devices(1));
     let reading = c.read(t + 10_000);
     assert!(c.is_initialised());
@@ -292,6 +328,7 @@ fn init_failure_means_no_gpus_and_retries_until_the_driver_appears() {
 
 #[test]
 fn a_missing_library_means_no_gpus() {
+    let _counters = counters();
     let mut c = NvmlCollector::new(GpuOptions::new(
         "/nonexistent/libnvidia-ml.so.1",
         INTERVAL_MS,
@@ -302,6 +339,7 @@ fn a_missing_library_means_no_gpus() {
 
 #[test]
 fn a_lost_gpu_stops_its_series_and_comes_back_after_re_initialisation() {
+    let _counters = counters();
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}process 1 compute 2001 100\nlost 1\n",
@@ -314,7 +352,7 @@ fn a_lost_gpu_stops_its_series_and_comes_back_after_re_initialisation() {
     let indices: Vec<u32> = reading.devices.iter().map(|d| d.index).collect();
     assert_eq!(indices, vec![0, 2], "GPU 1's series stop");
     assert!(reading.processes.is_empty());
-    assert!(telemetry::get(Counter::GpuLost) > before);
+    assert_eq!(telemetry::get(Counter::GpuLost), before + 1);
     // Still lost at the retry: no new warning is needed, the series stay stopped.
     let reading = c.read(t + 1_000);
     assert_eq!(reading.devices.len(), 2);
@@ -340,6 +378,7 @@ async fn ask(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
+    let _counters = COUNTERS.lock().await;
     let fake = FakeNvml::new();
     fake.script(&format!(
         "{}hang nvmlDeviceGetUtilizationRates 1500 1\n",
@@ -351,6 +390,7 @@ async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
     let t = system_now_ms();
     assert_eq!(ask(&mut worker, t, timeout).await, None);
     assert_eq!(ask(&mut worker, t + 1, timeout).await, None);
+    // The first read timed out, the second found the thread still stuck: one each.
     assert_eq!(telemetry::get(Counter::GpuReadsMissed), missed + 2);
     // The hang ends; the next tick reads again (the stale reply is dropped).
     let mut recovered = None;
@@ -369,73 +409,44 @@ async fn a_hanging_call_costs_its_ticks_and_then_recovers() {
 
 struct Run {
     docs: Vec<Value>,
-    stderr: String,
+    logs: Logs,
 }
 
-/// Runs the agent with `[gpu]` pointing at `library` until `done(docs)` holds (or 30 s), then
-/// SIGTERM, and returns every EMF document it wrote and its log.
+/// How long [`run_agent`] lets the agent run when `done` never holds (its callers then fail on
+/// what the documents lack).
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs the agent with `[gpu]` pointing at `library` until `done(docs)` holds (or
+/// [`RUN_LIMIT`]), then SIGTERM, and returns every EMF document it wrote and its logs.
 fn run_agent(
     library: &str,
     extra_gpu: &str,
     enhanced: bool,
     done: impl Fn(&[Value]) -> bool,
 ) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let emf = dir.path().join("emf.jsonl");
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-             [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\n\
-             [output]\nemf_destination = \"file:{}\"\n\
-             [log]\nlevel = \"info\"\n\
-             [docker]\nenabled = false\n[admin]\nenabled = false\n\
-             [gpu]\nnvml_library = \"{library}\"\n{extra_gpu}\n",
-            emf.display()
-        ),
-    )
-    .unwrap();
-    let stderr_path = dir.path().join("stderr.log");
-    // EMA_AGENT_BIN: the binary when this test binary runs elsewhere than where it was built.
-    let agent = std::env::var("EMA_AGENT_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_endpoint-metrics-agent").into());
-    let mut child = Command::new(agent)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
+    let dir = Workdir::new();
+    let config = format!(
+        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\ndata_points = \"every_sample\"\n\
+         [output]\nemf_destination = \"{}\"\n\
+         [log]\nlevel = \"info\"\n\
+         [docker]\nenabled = false\n[admin]\nenabled = false\n\
+         [gpu]\nnvml_library = \"{library}\"\n{extra_gpu}\n",
+        dir.emf_destination()
+    );
+    let agent = Agent::start(&dir, &config);
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        if done(&read_docs(&emf)) {
+        if done(&agent.documents()) {
             break;
         }
     }
-    // SAFETY: kill(2) on the PID of the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::fs::File::open(&stderr_path)
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "agent exit {status}: {stderr}");
+    let stopped = agent.stop().success();
     Run {
-        docs: read_docs(&emf),
-        stderr,
+        docs: stopped.documents(),
+        logs: stopped.logs,
     }
-}
-
-fn read_docs(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Every value of `metric` in documents of the given GPU (dimension `dim` = `gpu`) or, with
@@ -472,7 +483,7 @@ fn the_binary_publishes_per_gpu_and_instance_values_from_the_script() {
     let run = run_agent(&fake.library_str(), "", true, has("GPUUtilization"));
     let d = &run.docs;
     for i in 0..4u32 {
-        let gpu = i.to_string();
+        let gpu = format!("gpu_{i}");
         assert_all(
             &values(d, "GPUUtilization", "GpuId", Some(&gpu)),
             f64::from(10 + i),
@@ -507,7 +518,7 @@ fn the_binary_publishes_per_gpu_and_instance_values_from_the_script() {
     );
     let gpu_doc = d
         .iter()
-        .find(|doc| doc.get("GpuId") == Some(&Value::from("3")))
+        .find(|doc| doc.get("GpuId") == Some(&Value::from("gpu_3")))
         .unwrap();
     assert_eq!(gpu_doc["InstanceId"], "test-host");
     assert_eq!(
@@ -571,10 +582,10 @@ fn the_binary_runs_on_without_a_library_and_warns_once() {
     );
     assert!(!values(&run.docs, "MemoryUtilization", "GpuId", None).is_empty());
     assert_eq!(
-        run.stderr.matches("NVML unavailable").count(),
+        run.logs.count_messages("NVML unavailable"),
         1,
         "one warning: {}",
-        run.stderr
+        run.logs.text()
     );
 }
 
@@ -584,7 +595,11 @@ fn the_binary_with_zero_gpus_publishes_no_gpu_series() {
     fake.script("");
     let run = run_agent(&fake.library_str(), "", true, has("MemoryUtilization"));
     assert!(run.docs.iter().all(|d| d.get("GPUUtilization").is_none()));
-    assert!(run.stderr.contains("NVML initialised"), "{}", run.stderr);
+    assert!(
+        run.logs.find_message("NVML initialised").is_some(),
+        "{}",
+        run.logs.text()
+    );
 }
 
 #[test]
@@ -607,7 +622,10 @@ fn a_hanging_nvml_call_never_stalls_host_metrics() {
         host.len(),
         gpu.len()
     );
-    assert!(run.stderr.contains("gpu_reads_missed"), "{}", run.stderr);
+    // Every tick the hang cost is warned and counted, one line each.
+    let warned = run.logs.counted_warnings("gpu_reads_missed").len();
+    assert!(warned >= 1, "{}", run.logs.text());
+    assert_eq!(run.logs.final_counter("gpu_reads_missed"), warned as u64);
 }
 
 // ---- Against a real driver (`--ignored`, on a GPU host) ----
@@ -647,6 +665,7 @@ fn check_real_reading(reading: &GpuReading) {
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver: cargo test --test gpu real_driver -- --ignored"]
 fn real_driver_readings_are_plausible() {
+    let _counters = counters();
     let library = real_library();
     let mut c = NvmlCollector::new(GpuOptions::new(&library, INTERVAL_MS));
     let first = c.read(system_now_ms());
@@ -672,7 +691,7 @@ fn real_driver_binary_publishes_every_gpu() {
             &run.docs,
             "GPUMemoryUtilization",
             "GpuId",
-            Some(&i.to_string()),
+            Some(&format!("gpu_{i}")),
         );
         assert!(!per_gpu.is_empty(), "GPU {i}");
         assert!(per_gpu.iter().all(|v| (0.0..=100.0).contains(v)));
@@ -685,6 +704,7 @@ fn real_driver_binary_publishes_every_gpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver: cargo test --test gpu real_driver -- --ignored"]
 fn real_driver_lists_a_cuda_process_with_memory_and_sm_utilization() {
+    let _counters = counters();
     let library = real_library();
     let dir = tempfile::tempdir().unwrap();
     let load = dir.path().join("cuda_load");

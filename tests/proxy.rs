@@ -3,20 +3,25 @@
 //! invocation metrics in the agent's EMF output, counted exactly.
 //!
 //! The Docker test needs an engine (see tests/containers.rs); `EMA_SKIP_DOCKER_TESTS=1` skips it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
-#[path = "common/docker.rs"]
-mod docker_cli;
+mod common;
 
 use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use docker_cli::docker;
+use common::agent::{Agent, Logs, Workdir, WAIT_LIMIT};
+use common::docker::{docker, docker_ready, engine_socket, image, RemoveOnDrop};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -24,11 +29,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
 const NS: &str = "/aws/sagemaker/Invocations";
 const HEADER: &str = "X-Amzn-SageMaker-Inference-Component";
-/// Safety net for waits (not an assertion about speed).
-const WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// The upstream `/slow` answers after this; the agent's response timeout is far shorter.
 const SLOW_ANSWER: Duration = Duration::from_secs(20);
 const RESPONSE_TIMEOUT_MS: u64 = 300;
@@ -129,92 +131,43 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// The built agent with a front door; its EMF goes to a file, its log to another.
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
+/// The built agent with a front door (its EMF into its folder's file) and its address.
+struct FrontDoor {
+    agent: Agent,
     addr: SocketAddr,
 }
 
-impl Agent {
-    fn start(extra: &str, docker: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-                 [metrics]\nenhanced = true\npublish_frequency_seconds = 10\nsample_interval_ms = 100\n\
-                 [output]\nemf_destination = \"file:{}\"\n\
-                 [gpu]\nenabled = false\n[admin]\nenabled = false\n{docker}\
-                 [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\nresponse_timeout_ms = {RESPONSE_TIMEOUT_MS}\n\
-                 instance_count = 2\nmax_request_body_bytes = 1024\n{extra}",
-                dir.path().join("emf.jsonl").display()
-            ),
-        )
-        .unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(AGENT)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut agent = Agent {
-            child,
-            dir,
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        agent.addr = agent.wait_listening();
-        agent
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    /// The address from the "front door listening" log line.
-    fn wait_listening(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + WAIT_LIMIT;
-        loop {
-            let log = self.stderr();
-            if let Some(line) = log.lines().find(|l| l.contains("front door listening")) {
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("address="))
-                    .unwrap_or_else(|| panic!("no address in {line}"));
-                return addr.parse().unwrap();
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("agent exited with {status}:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "agent never listened:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
+impl FrontDoor {
+    fn start(extra: &str, docker: &str) -> FrontDoor {
+        let dir = Workdir::new();
+        let config = format!(
+            "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+             [metrics]\nenhanced = true\npublish_frequency_seconds = 10\nsample_interval_ms = 100\n\
+             [output]\nemf_destination = \"{}\"\n\
+             [gpu]\nenabled = false\n[admin]\nenabled = false\n{docker}\
+             [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\nresponse_timeout_ms = {RESPONSE_TIMEOUT_MS}\n\
+             instance_count = 2\nmax_request_body_bytes = 1024\n{extra}",
+            dir.emf_destination()
+        );
+        let mut agent = Agent::start(&dir, &config);
+        // The address it bound, from its "front door listening" line.
+        let line = agent.wait_for_message("front door listening");
+        let addr = agent
+            .logs()
+            .lines()
+            .find(|l| l.text() == line)
+            .and_then(|l| l.field("address"))
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        FrontDoor {
+            agent,
+            addr: addr.parse().unwrap(),
         }
     }
 
-    /// SIGTERM, wait for the exit (the partial windows are published), return the documents.
-    fn stop(&mut self) -> Vec<Value> {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status}:\n{}", self.stderr());
-        let text = std::fs::read_to_string(self.dir.path().join("emf.jsonl")).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGTERM, a clean exit (the partial windows are published); the documents and the logs.
+    fn stop(self) -> (Vec<Value>, Logs) {
+        let stopped = self.agent.stop().success();
+        (stopped.documents(), stopped.logs)
     }
 }
 
@@ -291,7 +244,7 @@ fn answers_faults_and_streams_are_counted_exactly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(start_upstream());
     let gone = closed_port();
-    let mut agent = Agent::start(
+    let agent = FrontDoor::start(
         &format!(
             "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n\
              [[proxy.upstream]]\ncomponent = \"model-gone\"\nurl = \"http://127.0.0.1:{gone}\"\n",
@@ -372,7 +325,7 @@ fn answers_faults_and_streams_are_counted_exactly() {
     rt.block_on(async { assert_eq!(call(&client(), addr, "/ok", a).await.0, 200) });
     let client_total_us = started.elapsed().as_secs_f64() * 1e6;
 
-    let docs = agent.stop();
+    let (docs, _) = agent.stop();
     // 5 ok, 2 missing, fail, slow, gone, no header, unknown, stream, ok during the stream,
     // too large (declared), too large (chunked), ok at the end.
     let invocations = all(&docs, instance, "Invocations");
@@ -464,7 +417,7 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
     const H2C: usize = 10;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(start_upstream());
-    let mut agent = Agent::start(
+    let agent = FrontDoor::start(
         &format!(
             "[[proxy.upstream]]\ncomponent = \"only\"\nurl = \"http://{}\"\n",
             upstream.addr
@@ -500,7 +453,7 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
             assert_eq!(response.status(), 200);
         }
     });
-    let docs = agent.stop();
+    let (docs, _) = agent.stop();
     let total = CLIENTS * EACH + H2C + 1;
     assert_eq!(all(&docs, instance, "Invocations").len(), total);
     assert_eq!(all(&docs, copy_of("only"), "Invocations").len(), total);
@@ -512,30 +465,12 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
     assert_eq!(all(&docs, instance, "ModelLatency").len(), total);
 }
 
-/// Removes the container however the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
 #[test]
 fn a_container_found_through_its_label_is_reached_and_measured() {
-    if docker(&["version", "--format", "{{.Server.Version}}"]).is_err() {
-        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
-            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine");
-            return;
-        }
-        panic!("no Docker engine; start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
+    if !docker_ready() {
+        return;
     }
-    let image =
-        std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into());
-    if docker(&["image", "inspect", &image]).is_err() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup/docker-image.sh");
-        assert!(Command::new("sh").arg(script).status().unwrap().success());
-    }
+    let image = image();
     let component = format!("proxy-test-{}", std::process::id());
     // busybox httpd serves a file and a CGI script on 8081, which the port label announces.
     let id = docker(&[
@@ -555,7 +490,7 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
          chmod +x /www/cgi-bin/busy && exec httpd -f -p 8081 -h /www",
     ])
     .unwrap();
-    let _container = Container(id.clone());
+    let _container = RemoveOnDrop(vec![id.clone()]);
     // Discovery can see the container before httpd listens (a refused connection, 502, would
     // then be a model error): wait for httpd inside the container first.
     let deadline = Instant::now() + WAIT_LIMIT;
@@ -576,9 +511,8 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let socket =
-        std::env::var("EMA_DOCKER_SOCKET").unwrap_or_else(|_| "/var/run/docker.sock".into());
-    let mut agent = Agent::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
+    let socket = engine_socket();
+    let agent = FrontDoor::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
     let addr = agent.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (not_yet, ok) = rt.block_on(async {
@@ -604,14 +538,14 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
         assert_eq!((status, body.as_str()), (503, "busy\n"));
         (not_yet, 5usize)
     });
-    let docs = agent.stop();
+    let (docs, logs) = agent.stop();
     let short = &id[..12];
     let copy = |d: &Value| d["InferenceComponentName"] == *component && d["ContainerId"] == short;
     assert_eq!(
         all(&docs, copy, "Invocations").len(),
         ok + 1,
         "{docs:?}\n{}",
-        agent.stderr()
+        logs.text()
     );
     assert_eq!(sum(&all(&docs, copy, "InvocationModelErrors")), 1.0);
     assert_eq!(sum(&all(&docs, copy, "Invocation5XXErrors")), 1.0);
@@ -654,7 +588,7 @@ fn never_accepting() -> (u16, Vec<std::net::TcpStream>, std::net::TcpListener) {
 #[test]
 fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
     let (port, _held, _listener) = never_accepting();
-    let mut agent = Agent::start(
+    let agent = FrontDoor::start(
         &format!(
             "connect_timeout_ms = 200\n\
              [[proxy.upstream]]\ncomponent = \"stuck\"\nurl = \"http://127.0.0.1:{port}\"\n"
@@ -666,17 +600,23 @@ fn a_copy_that_never_accepts_gives_504_after_the_connect_timeout() {
     let (status, body) = rt.block_on(async { call(&client(), addr, "/", None).await });
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("accept"), "{body}");
-    let docs = agent.stop();
+    let (docs, logs) = agent.stop();
     assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 1.0);
     assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
-    assert!(agent.stderr().contains("proxy_upstream_timeouts"));
+    assert_eq!(
+        logs.counted_warnings("proxy_upstream_timeouts").len(),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(logs.final_counter("proxy_upstream_timeouts"), 1);
 }
 
 #[test]
 fn one_request_after_another_reuses_one_upstream_connection() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(start_upstream());
-    let mut agent = Agent::start(
+    let agent = FrontDoor::start(
         &format!(
             "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n",
             upstream.addr
@@ -719,7 +659,7 @@ fn one_request_after_another_reuses_one_upstream_connection() {
         1,
         "14 requests one after another, one upstream connection"
     );
-    let docs = agent.stop();
+    let (docs, _) = agent.stop();
     assert_eq!(sum(&all(&docs, instance, "Invocations")), 14.0);
 }
 

@@ -8,20 +8,25 @@
 //! LocalStack matches a metric on a subset of its dimensions (real CloudWatch matches exactly)
 //! and has no SEARCH or metric math: exact dimension sets are read through ListMetrics, and each
 //! count is taken on a set no other published set contains, or derived as the spec says.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, DimensionFilter, Statistic};
 
-#[path = "common/docker.rs"]
-mod docker_cli;
-#[path = "common/fake_nvml.rs"]
-mod fake_nvml;
-
-use docker_cli::docker;
+use common::agent::{Agent, Workdir};
+use common::docker::{docker, docker_ready, image, RemoveOnDrop};
+use common::fake_nvml;
 
 const PERIOD_S: i64 = 10;
 /// ml.g6.12xlarge: $5.752 per hour, 4 GPUs (the launch post's example).
@@ -137,15 +142,6 @@ fn names(set: &[(String, String)]) -> Vec<&str> {
     set.iter().map(|(n, _)| n.as_str()).collect()
 }
 
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_launch_posts_sample_count_recipes_read_one_instance_three_gpus_and_their_cost() {
     if std::net::TcpStream::connect("127.0.0.1:4566").is_err()
@@ -157,8 +153,9 @@ async fn the_launch_posts_sample_count_recipes_read_one_instance_three_gpus_and_
         );
         return;
     }
-    docker(&["image", "inspect", "ema-test-busybox:latest"])
-        .expect("the test image: run scripts/setup/docker-image.sh");
+    if !docker_ready() {
+        return;
+    }
     let run = format!("{}-{}", std::process::id(), now_s());
     let label = format!("ema-recipe-{run}");
     let endpoint = format!("recipe-{run}");
@@ -166,7 +163,7 @@ async fn the_launch_posts_sample_count_recipes_read_one_instance_three_gpus_and_
     let components_ns = format!("/ema-test/{run}/InferenceComponents");
 
     // Two copies declaring 3 of the 4 GPUs: ic-a two, ic-b one.
-    let mut containers = Vec::new();
+    let mut containers = RemoveOnDrop(Vec::new());
     for (component, visible) in [("ic-a", "0,1"), ("ic-b", "2")] {
         let id = docker(&[
             "run",
@@ -177,55 +174,38 @@ async fn the_launch_posts_sample_count_recipes_read_one_instance_three_gpus_and_
             &format!("{label}={component}"),
             "-e",
             &format!("NVIDIA_VISIBLE_DEVICES={visible}"),
-            "ema-test-busybox:latest",
+            &image(),
             "sleep",
             "120",
         ])
         .unwrap();
-        containers.push(id);
+        containers.0.push(id);
     }
-    let _cleanup = Cleanup(containers.clone());
     let fake = fake_nvml::FakeNvml::new();
     fake.script(&fake_nvml::devices(4));
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[endpoint]\nname = \"{endpoint}\"\ninstance_id = \"i-recipe\"\ninstance_type = \"ml.g6.12xlarge\"\n\
-             [metrics]\nenhanced = true\npublish_frequency_seconds = {PERIOD_S}\n\
-             endpoints_namespace = \"{endpoints_ns}\"\ncomponents_namespace = \"{components_ns}\"\n\
-             [output]\nformat = \"put_metric_data\"\nspool_dir = \"{}\"\n\
-             [gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n\
-             [docker]\ncomponent_label = \"{label}\"\n[admin]\nenabled = false\n",
-            dir.path().join("spool").display(),
-            fake.library_str()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("agent.log");
-    let agent = Command::new(env!("CARGO_BIN_EXE_endpoint-metrics-agent"))
-        .args(["run", "--config"])
-        .arg(&config)
+    let dir = Workdir::new();
+    let config = format!(
+        "[endpoint]\nname = \"{endpoint}\"\ninstance_id = \"i-recipe\"\ninstance_type = \"ml.g6.12xlarge\"\n\
+         [metrics]\nenhanced = true\npublish_frequency_seconds = {PERIOD_S}\n\
+         endpoints_namespace = \"{endpoints_ns}\"\ncomponents_namespace = \"{components_ns}\"\n\
+         [output]\nformat = \"put_metric_data\"\nspool_dir = \"{}\"\n\
+         [gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n\
+         [docker]\ncomponent_label = \"{label}\"\n[admin]\nenabled = false\n",
+        dir.join("spool").display(),
+        fake.library_str()
+    );
+    let agent = Agent::launch(&dir, &config)
         .env("AWS_ENDPOINT_URL", endpoint_url())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut agent = Stopped(agent);
+        .start();
     // The first whole period after discovery has seen both copies, then PERIODS of them.
     let first = (now_s() / PERIOD_S + 2) * PERIOD_S;
     let end = first + PERIODS * PERIOD_S;
     tokio::time::sleep(Duration::from_secs((end - now_s() + 1).max(0) as u64)).await;
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let status = agent.0.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{status}\n{text}");
+    let text = agent.stop().success().logs.text();
 
     check_instances(&endpoint, &endpoints_ns, first, &text).await;
     let gpus = check_gpus_in_use(&components_ns, first, &text).await;
@@ -398,14 +378,4 @@ async fn check_component_gpu_view(ns: &str, first: i64) {
         points.iter().all(|p| p.1 == 0.0),
         "no process, 0: {points:?}"
     );
-}
-
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut args = vec!["rm", "-f"];
-        args.extend(self.0.iter().map(String::as_str));
-        let _ = docker(&args);
-    }
 }

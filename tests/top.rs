@@ -3,25 +3,27 @@
 //! and its refusals, `top` piped (one table), and `top` in a real terminal (tmux: capture the
 //! pane, check the rows, sort, quit).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
+
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-#[path = "common/docker.rs"]
-mod docker_cli;
-#[path = "common/fake_nvml.rs"]
-mod fake_nvml;
-
-use docker_cli::docker;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_endpoint-metrics-agent");
-/// Safety net for waits on the agent (not an assertion about speed: discovery, the first NVML
-/// reading and a few ticks on a loaded machine).
-const WAIT_LIMIT: Duration = Duration::from_secs(90);
+use common::agent::{binary, Agent, Workdir, WAIT_LIMIT};
+use common::docker::{docker, docker_ready, image, RemoveOnDrop};
+use common::fake_nvml;
 /// $8 an hour for 4 GPUs: a copy holding one GPU costs $2 an hour; the 2 GPUs NVML does not
 /// show are unallocated, $4 an hour.
 const PRICE: &str = "[cost]\ninstance_hourly_price_usd = 8.0\ngpus_per_instance = 4\n";
@@ -45,19 +47,22 @@ fn free_port() -> u16 {
 /// Two labelled copies (ic-a on GPU 0, ic-b on GPU 1), the fake NVML and the agent running;
 /// all removed however the test ends.
 struct Host {
-    agent: Child,
+    agent: Agent,
     containers: Vec<String>,
+    _removed: RemoveOnDrop,
     _fake: fake_nvml::FakeNvml,
-    dir: tempfile::TempDir,
+    dir: Workdir,
     config: PathBuf,
     port: u16,
     endpoint: String,
 }
 
 impl Host {
-    fn start() -> Host {
-        docker(&["image", "inspect", "ema-test-busybox:latest"])
-            .expect("the test image: run scripts/setup/docker-image.sh");
+    /// None when Docker tests are to be skipped (`EMA_SKIP_DOCKER_TESTS=1`).
+    fn start() -> Option<Host> {
+        if !docker_ready() {
+            return None;
+        }
         let run = run_id();
         let label = format!("ema-top-{run}");
         let mut containers = Vec::new();
@@ -71,55 +76,47 @@ impl Host {
                 &format!("{label}={component}"),
                 "-e",
                 &format!("NVIDIA_VISIBLE_DEVICES={gpu}"),
-                "ema-test-busybox:latest",
+                &image(),
                 "sleep",
                 "300",
             ])
             .unwrap();
             containers.push(id);
         }
+        let removed = RemoveOnDrop(containers.clone());
         let fake = fake_nvml::FakeNvml::new();
         fake.script(&fake_nvml::devices(2));
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Workdir::new();
         let port = free_port();
         let endpoint = format!("top-{run}");
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let agent = Agent::start(
+            &dir,
+            &format!(
                 "[endpoint]\nname = \"{endpoint}\"\ninstance_id = \"i-top\"\n\
                  [metrics]\npublish_frequency_seconds = 10\nsample_interval_ms = 1000\n\
-                 [output]\nemf_destination = \"file:{}\"\n\
+                 [output]\nemf_destination = \"{}\"\n\
                  [admin]\nlisten = \"127.0.0.1:{port}\"\n\
                  [gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n\
                  [docker]\ncomponent_label = \"{label}\"\ncomponent_env = \"EMA_TOP_{}\"\n{PRICE}",
-                dir.path().join("emf.jsonl").display(),
+                dir.emf_destination(),
                 fake.library_str(),
                 std::process::id()
             ),
-        )
-        .unwrap();
-        let agent = Command::new(AGENT)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Host {
+        );
+        Some(Host {
+            config: agent.config_file().to_path_buf(),
             agent,
             containers,
+            _removed: removed,
             _fake: fake,
             dir,
-            config,
             port,
             endpoint,
-        }
+        })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.agent.logs().text()
     }
 
     fn short(&self, i: usize) -> &str {
@@ -170,16 +167,6 @@ impl Host {
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
-        let mut args = vec!["rm", "-f"];
-        args.extend(self.containers.iter().map(String::as_str));
-        let _ = docker(&args);
-    }
-}
-
 fn prometheus_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -188,7 +175,9 @@ fn prometheus_value(text: &str, series: &str) -> f64 {
 
 #[test]
 fn the_snapshot_serves_the_last_tick_and_refuses_bad_requests() {
-    let host = Host::start();
+    let Some(host) = Host::start() else {
+        return;
+    };
     let v = host.settled_snapshot();
     assert_eq!(v["version"], 1);
     assert_eq!(v["endpoint_name"], host.endpoint.as_str());
@@ -236,7 +225,7 @@ fn the_snapshot_serves_the_last_tick_and_refuses_bad_requests() {
     assert_eq!(after - before, 4.0);
 
     // Piped: one snapshot as a table, exit 0.
-    let out = Command::new(AGENT)
+    let out = Command::new(binary())
         .args(["top", "--config"])
         .arg(&host.config)
         .stdin(Stdio::null())
@@ -314,11 +303,14 @@ impl Drop for Tmux {
 
 #[test]
 fn top_in_a_real_terminal_shows_the_rows_sorts_and_quits() {
-    let host = Host::start();
+    let Some(host) = Host::start() else {
+        return;
+    };
     host.settled_snapshot();
-    let exit_file = host.dir.path().join("top.exit");
+    let exit_file = host.dir.join("top.exit");
     let command = format!(
-        "{AGENT} top --config {}; echo $? > {}",
+        "{} top --config {}; echo $? > {}",
+        binary().display(),
         host.config.display(),
         exit_file.display()
     );

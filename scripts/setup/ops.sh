@@ -6,7 +6,7 @@
 #   scripts/setup/ops.sh            systemd-analyze + runtime base image (ema-debian-bookworm:local)
 #   EMA_SYSTEMD_IMAGE=1 scripts/setup/ops.sh
 #                                   also ema-systemd-test:local: Debian with systemd as PID 1, to run
-#                                   the unit under a real systemd (tests/ops.rs, EMA_SYSTEMD_CONTAINER_TEST=1)
+#                                   the unit under a real systemd (tests/ops/systemd.rs, EMA_SYSTEMD_CONTAINER_TEST=1)
 #   EMA_BUILDER_IMAGE=1 scripts/setup/ops.sh
 #                                   also the builder base (ema-rust-builder:local): Debian + gcc + the
 #                                   host's Rust toolchain and crate cache, for a from-source image build

@@ -201,6 +201,7 @@ mod tests {
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let mut w = Worker::spawn("slow", Slow(delay.clone())).unwrap();
         let missed = Counter::GpuReadsMissed;
+        let _counters = crate::testing::counters().await;
         let before = telemetry::get(missed);
         w.ask(1);
         let soon = || Instant::now() + Duration::from_secs(5);

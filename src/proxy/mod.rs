@@ -114,7 +114,7 @@ impl FrontDoor {
                 .build()
         }
         .context("building the front door's runtime")?;
-        let listener = std::net::TcpListener::bind(&config.listen)
+        let listener = std::net::TcpListener::bind(config.listen)
             .with_context(|| format!("front door: cannot listen on {}", config.listen))?;
         listener
             .set_nonblocking(true)
@@ -216,10 +216,11 @@ impl FrontDoor {
 fn static_upstreams(upstreams: &[StaticUpstream]) -> Vec<(Arc<str>, String)> {
     upstreams
         .iter()
-        .filter_map(|u| {
-            // Validated at load.
-            let authority = route::parse_static_url(&u.url).ok()?;
-            Some((Arc::from(u.component.trim()), authority))
+        .map(|u| {
+            (
+                Arc::from(u.component.as_str()),
+                u.url.authority().to_string(),
+            )
         })
         .collect()
 }

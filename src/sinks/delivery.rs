@@ -506,6 +506,8 @@ mod tests {
         (addr, calls)
     }
 
+    /// One window sent to a server answering `status`: (calls it got, items left in the spool,
+    /// requests dropped, retries). Call it holding [`crate::testing::counters`].
     async fn one_window_against(status: &'static str) -> (usize, usize, u64, u64) {
         let (addr, calls) = answering(status).await;
         let dir = tempfile::tempdir().unwrap();
@@ -539,22 +541,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_permanent_error_drops_the_request_once_counted() {
-        let (calls, left, dropped, _) = one_window_against("400 Bad Request").await;
+        let _counters = crate::testing::counters().await;
+        let (calls, left, dropped, retries) = one_window_against("400 Bad Request").await;
         assert_eq!(calls, 1, "never retried");
         assert_eq!(left, 0, "not kept");
-        assert!(dropped >= 1);
+        assert_eq!(dropped, 1);
+        assert_eq!(retries, 0);
     }
 
     #[tokio::test]
     async fn a_5xx_is_retried_with_backoff_and_kept() {
-        let (calls, left, _, retries) = one_window_against("503 Service Unavailable").await;
+        let _counters = crate::testing::counters().await;
+        let (calls, left, dropped, retries) = one_window_against("503 Service Unavailable").await;
         // Backoff from 0.5 s doubling (capped at 1 s here) with jitter: a few calls in 2.5 s, not a
         // tight loop, and not the SDK's own retries on top (they are off).
         assert!((2..=8).contains(&calls), "{calls} calls");
-        assert!(
-            retries >= 2,
-            "{calls} calls, {retries} retries, {left} left"
+        assert_eq!(
+            retries, calls as u64,
+            "every failed call is counted as a retry: {calls} calls, {retries} retries, {left} left"
         );
+        assert_eq!(dropped, 0);
         assert_eq!(left, 1, "kept in the spool for the next start");
     }
 
@@ -565,6 +571,7 @@ mod tests {
         spool
             .push(&item(system_now_ms() - MAX_DATA_AGE_MS - 60_000))
             .unwrap();
+        let _counters = crate::testing::counters().await;
         let before = telemetry::get(Counter::SpoolItemsExpired);
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(run(
@@ -578,12 +585,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tx);
         task.await.unwrap();
-        assert!(telemetry::get(Counter::SpoolItemsExpired) > before);
+        assert_eq!(telemetry::get(Counter::SpoolItemsExpired), before + 1);
         assert_eq!(Spool::open(dir.path(), 1 << 20).unwrap().len(), 0);
     }
 
     #[tokio::test]
     async fn windows_that_cannot_be_sent_stay_in_the_spool_across_a_stop() {
+        // Its failed calls move the retry counter the tests above count.
+        let _counters = crate::testing::counters().await;
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         let (tx, rx) = mpsc::channel(4);
