@@ -17,6 +17,8 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -44,10 +46,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Two labelled copies (ic-a on GPU 0, ic-b on GPU 1), the fake NVML and the agent running;
-/// all removed however the test ends.
+/// Two labelled copies (ic-a on GPU 0, ic-b on GPU 1), each a busybox `httpd` behind the
+/// agent's front door, the fake NVML and the agent running; all removed however the test ends.
 struct Host {
     agent: Agent,
+    /// The front door's port.
+    proxy_port: u16,
     containers: Vec<String>,
     _removed: RemoveOnDrop,
     _fake: fake_nvml::FakeNvml,
@@ -74,11 +78,14 @@ impl Host {
                 "ema-test=1",
                 "--label",
                 &format!("{label}={component}"),
+                "--label",
+                "endpoint-metrics-agent.upstream-port=8081",
                 "-e",
                 &format!("NVIDIA_VISIBLE_DEVICES={gpu}"),
                 &image(),
-                "sleep",
-                "300",
+                "sh",
+                "-c",
+                "mkdir -p /www && echo ping > /www/ping && exec httpd -f -p 8081 -h /www",
             ])
             .unwrap();
             containers.push(id);
@@ -88,6 +95,7 @@ impl Host {
         fake.script(&fake_nvml::devices(2));
         let dir = Workdir::new();
         let port = free_port();
+        let proxy_port = free_port();
         let endpoint = format!("top-{run}");
         let agent = Agent::start(
             &dir,
@@ -96,6 +104,7 @@ impl Host {
                  [metrics]\npublish_frequency_seconds = 10\nsample_interval_ms = 1000\n\
                  [output]\nemf_destination = \"{}\"\n\
                  [admin]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [proxy]\nenabled = true\nlisten = \"127.0.0.1:{proxy_port}\"\n\
                  [gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\n\
                  [docker]\ncomponent_label = \"{label}\"\ncomponent_env = \"EMA_TOP_{}\"\n{PRICE}",
                 dir.emf_destination(),
@@ -106,6 +115,7 @@ impl Host {
         Some(Host {
             config: agent.config_file().to_path_buf(),
             agent,
+            proxy_port,
             containers,
             _removed: removed,
             _fake: fake,
@@ -133,6 +143,50 @@ impl Host {
         let status = text.split(' ').nth(1).unwrap().parse().unwrap();
         let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
         (status, body)
+    }
+
+    /// Sends requests for `component` through the front door until the returned guard drops
+    /// (at most [`WAIT_LIMIT`]; one at a time, 20 ms apart).
+    fn load(&self, component: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, port) = (stop.clone(), self.proxy_port);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < WAIT_LIMIT {
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let request = format!(
+                        "GET /ping HTTP/1.1\r\nHost: t\r\n\
+                         X-Amzn-SageMaker-Inference-Component: {component}\r\n\
+                         Connection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(request.as_bytes());
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Load(stop, Some(thread))
+    }
+
+    /// The first snapshot `pick` accepts.
+    fn snapshot_where(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.ask(b"GET /snapshot HTTP/1.1\r\n\r\n");
+            if status == 200 {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                if pick(&v) {
+                    return v;
+                }
+            }
+            assert!(
+                started.elapsed() < WAIT_LIMIT,
+                "{what}:\n{body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// The snapshot, once both copies are in it with their GPUs and cost.
@@ -199,10 +253,25 @@ fn the_snapshot_serves_the_last_tick_and_refuses_bad_requests() {
         assert_eq!(c["cost_per_hour"], 2.0);
         let cpu = c["cpu_percent"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&cpu), "{c}");
-        assert!(c["requests_per_second"].is_null(), "front door off: {c}");
     }
     assert_eq!(v["unallocated_gpu_cost_per_hour"], 4.0);
     assert_eq!(v["copies_left_out"], 0);
+    assert_eq!(v["front_door"], true);
+
+    // Requests to ic-a through the front door: its requests per second and latency; ic-b none.
+    let load = host.load("ic-a");
+    let v = host.snapshot_where("ic-a's requests in a tick", |v| {
+        v["copies"][0]["requests_per_second"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    });
+    drop(load);
+    let (a, b) = (&v["copies"][0], &v["copies"][1]);
+    let p50 = a["latency_p50_us"].as_f64().unwrap();
+    let p99 = a["latency_p99_us"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p99 >= p50, "{a}");
+    assert_eq!(b["requests_per_second"], 0.0, "{b}");
+    assert!(b["latency_p50_us"].is_null(), "{b}");
 
     // HEAD: the head only.
     let (status, body) = host.ask(b"HEAD /snapshot HTTP/1.1\r\n\r\n");
@@ -295,6 +364,18 @@ impl Tmux {
     }
 }
 
+/// Requests running in the background; stopped when dropped.
+struct Load(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
@@ -307,6 +388,7 @@ fn top_in_a_real_terminal_shows_the_rows_sorts_and_quits() {
         return;
     };
     host.settled_snapshot();
+    let _load = host.load("ic-a");
     let exit_file = host.dir.join("top.exit");
     let command = format!(
         "{} top --config {}; echo $? > {}",
@@ -331,8 +413,19 @@ fn top_in_a_real_terminal_shows_the_rows_sorts_and_quits() {
         "{}",
         String::from_utf8_lossy(&started.stderr)
     );
-    let pane = tmux.wait_for("both copies with their cost", |p| {
-        p.contains("ic-b") && p.contains("2.000") && p.contains("gpu_1")
+    // ic-a's row with requests per second and its latencies.
+    let served = |p: &str| {
+        p.lines().any(|l| {
+            let cells: Vec<&str> = l.trim_matches(['│', ' ']).split_whitespace().collect();
+            cells.first() == Some(&"ic-a")
+                && cells.len() == 11
+                && cells[7].parse::<f64>().is_ok_and(|r| r > 0.0)
+                && cells[8].parse::<f64>().is_ok()
+                && cells[9].parse::<f64>().is_ok()
+        })
+    };
+    let pane = tmux.wait_for("both copies, ic-a with requests", |p| {
+        p.contains("ic-b") && p.contains("2.000") && p.contains("gpu_1") && served(p)
     });
     check_rows(&pane, &host);
     assert!(pane.contains("sort: COMPONENT"), "{pane}");
