@@ -138,6 +138,8 @@ pub struct Plan {
     pub ingestion_charge: f64,
     /// `[metrics] data_points` in force.
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     /// The same host under the other `data_points` setting, for comparison.
     pub other: OtherShape,
 }
@@ -146,6 +148,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtherShape {
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     pub requests_per_window: u64,
     pub log_bytes_per_window: u64,
 }
@@ -290,6 +294,17 @@ impl HostShape {
     }
 }
 
+/// Data points one window of `groups` publishes: each series' values, under each dimension set.
+fn data_points(groups: &[MetricGroup<'_>]) -> u64 {
+    groups
+        .iter()
+        .map(|g| {
+            let values: u64 = g.metrics.iter().map(|m| m.stats.count).sum();
+            values * g.dimension_sets.len() as u64
+        })
+        .sum()
+}
+
 /// What one window of `groups` costs to send under `config`'s output: (a description, requests
 /// or PutLogEvents calls per window, EMF bytes per window).
 fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (String, u64, u64) {
@@ -366,9 +381,11 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
             DataPoints::EverySample => DataPoints::Period,
         };
         let window = full_window(&other, shape);
-        let (_, requests, bytes) = volume(&other, &crate::encode::groups(&window, &ctx), &ctx);
+        let other_groups = crate::encode::groups(&window, &ctx);
+        let (_, requests, bytes) = volume(&other, &other_groups, &ctx);
         OtherShape {
             data_points: other.metrics.data_points,
+            points_per_window: data_points(&other_groups),
             requests_per_window: requests,
             log_bytes_per_window: bytes,
         }
@@ -393,6 +410,7 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
         requests_charge,
         ingestion_charge,
         data_points: config.metrics.data_points,
+        points_per_window: data_points(&groups),
         other,
     }
 }
@@ -443,9 +461,15 @@ impl fmt::Display for Plan {
         let o = &self.other;
         writeln!(
             f,
-            "data points:              {} (with {}: {} requests and {} EMF bytes per window)",
-            describe_data_points(self.data_points),
+            "data points per window:   {} ({})",
+            self.points_per_window,
+            describe_data_points(self.data_points)
+        )?;
+        writeln!(
+            f,
+            "  with {}: {} data points, {} requests and {} EMF bytes per window",
             o.data_points.as_str(),
+            o.points_per_window,
             o.requests_per_window,
             o.log_bytes_per_window
         )?;
@@ -479,8 +503,8 @@ impl fmt::Display for Plan {
 
 fn describe_data_points(d: DataPoints) -> &'static str {
     match d {
-        DataPoints::Period => "period, one per series per window (SageMaker's shape)",
-        DataPoints::EverySample => "every_sample, one per sample",
+        DataPoints::Period => "period: one per series, SageMaker's shape",
+        DataPoints::EverySample => "every_sample: one per sample",
     }
 }
 
@@ -587,8 +611,12 @@ mod tests {
             "{p}"
         );
         let text = p.to_string();
-        assert!(text.contains("data points:              period"), "{text}");
-        assert!(text.contains("with every_sample:"), "{text}");
+        assert!(text.contains("data points per window:   "), "{text}");
+        assert!(text.contains("with every_sample: "), "{text}");
+        // 114 series, one point each, and the second copy of each component adds a point to
+        // its {InferenceComponentName} series (2 x 4 metrics); every_sample: 60 times that.
+        assert_eq!(p.points_per_window, 114 + 8);
+        assert_eq!(p.other.points_per_window, (114 + 8) * 60);
         let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
         let q = plan(&every, &EIGHT_GPUS);
         assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);
