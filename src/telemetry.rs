@@ -101,6 +101,15 @@ counters! {
     ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).
     ProxyUpstreamTimeouts = "proxy_upstream_timeouts", Routine;
+    /// Front door: a client connection past `[proxy] max_connections`, closed at once.
+    ProxyConnectionsRefused = "proxy_connections_refused", Error;
+    /// Front door: accepting a connection failed (out of file descriptors and the like).
+    ProxyAcceptErrors = "proxy_accept_errors", Error;
+    /// Front door: a client connection closed after `[proxy] idle_timeout_ms` with nothing in
+    /// flight.
+    ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
+    /// Front door: requests still in flight when the drain at shutdown ended, cut.
+    ProxyRequestsCut = "proxy_requests_cut", Error;
 }
 
 impl Counter {
