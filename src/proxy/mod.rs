@@ -202,8 +202,10 @@ impl FrontDoor {
     }
 
     /// The invocation series since the last call: the sampling loop calls this once a tick.
-    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`].
+    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`], and hands memory
+    /// back after many client connections closed.
     pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
+        self.state.connections.trim_if_many_closed();
         let table = self.state.table();
         let now = Instant::now();
         for upstream in table.upstreams() {
