@@ -362,6 +362,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
+    if let Some((status, reason)) = refused_request(&req) {
+        telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
+        let guard = InFlight::new(state.accounts.clone(), None, started);
+        return Ok(local(guard, status, format!("{reason}\n")));
+    }
     let table = state.table();
     let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
@@ -508,6 +513,25 @@ fn clamp_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// Requests the front door answers itself instead of forwarding: a method a copy cannot serve
+/// through it (`CONNECT` would reach the copy as `CONNECT /`), and two `Host` headers (RFC 9112
+/// section 3.2: a server must answer 400; forwarding both lets the copy and the front door
+/// disagree on the target).
+fn refused_request<B>(req: &Request<B>) -> Option<(u16, &'static str)> {
+    if req.method() == http::Method::CONNECT {
+        return Some((405, "CONNECT is not served by the front door"));
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some((400, "more than one Host header"));
+    }
+    None
+}
+
+/// End-to-end headers a `Connection` header may not remove: the copy needs them to read the
+/// request (`Connection: host` once removed the Host header before forwarding).
+const NEVER_HOP_BY_HOP: [HeaderName; 3] =
+    [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
     // send one, so the common case allocates nothing).
@@ -518,6 +542,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty())
+            .filter(|s| !NEVER_HOP_BY_HOP.iter().any(|h| h.as_str() == s))
             .collect();
         for name in &named {
             headers.remove(name.as_str());

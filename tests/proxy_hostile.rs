@@ -1,6 +1,7 @@
-//! The front door's connections as a resource, through the built binary: idle connections are
-//! closed, a cap refuses what is past it, and SIGTERM drains requests in flight (a streamed
-//! answer included) before it cuts what is left.
+//! The front door against hostile or careless clients, through the built binary: idle
+//! connections are closed, a cap refuses what is past it, SIGTERM drains requests in flight (a
+//! streamed answer included) before it cuts what is left, and requests whose meaning a copy
+//! could misread are answered by the front door itself.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -54,6 +55,67 @@ fn streaming_copy(chunks: usize, every: Duration) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A copy that answers every request with the request head it received, as its body.
+fn echo_copy() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&seen).to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                let _ = conn.write_all(answer.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `request` on a new connection; the status code and the whole answer.
+fn exchange(front_door: SocketAddr, request: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(front_door).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    c.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end].lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
+            if length.is_some_and(|n| seen.len() >= end + 4 + n) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }
 
 fn start(dir: &Workdir, proxy: &str, copy: SocketAddr) -> (Agent, SocketAddr) {
@@ -225,4 +287,40 @@ fn a_stream_longer_than_the_drain_is_cut_counted_and_the_agent_exits() {
     assert_eq!(stopped.logs.final_counter("proxy_requests_cut"), 1);
     let rest = rest_of(&mut c, CLOSE_WITHIN);
     assert!(!rest.ends_with("0\r\n\r\n"), "cut, not ended: {rest:?}");
+}
+
+#[test]
+fn requests_a_copy_could_misread_are_answered_by_the_front_door() {
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "", echo_copy());
+    // Two Host headers: 400, the copy never asked.
+    let (status, text) = exchange(
+        front_door,
+        "GET /ping HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(!text.contains("GET /ping"), "not forwarded: {text}");
+    // CONNECT: 405, never forwarded as `CONNECT /`.
+    let (status, text) = exchange(
+        front_door,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    assert_eq!(status, 405, "{text}");
+    assert!(!text.contains("CONNECT /"), "{text}");
+    // `Connection: host` may not strip the Host header on the way to the copy.
+    let (status, text) = exchange(
+        front_door,
+        "GET /ping HTTP/1.1\r\nHost: model.example\r\nConnection: host, close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    let forwarded = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    assert!(forwarded.starts_with("GET /ping HTTP/1.1"), "{forwarded}");
+    assert!(
+        forwarded
+            .to_ascii_lowercase()
+            .contains("host: model.example"),
+        "the copy got its Host: {forwarded}"
+    );
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 2);
 }
