@@ -267,7 +267,7 @@ pub async fn run(
             publish(&output.tx, batch);
         }
         if let Some(front_door) = &front_door {
-            let series = front_door.drain();
+            let series = front_door.drain(tick.wall_ms);
             let (tick_ms, own) = (tick.wall_ms, &mut invocations);
             for batch in record_front_door(&config, &identity, &mut pipeline, own, tick_ms, series)
             {

@@ -56,8 +56,22 @@ pub enum Counter {
     /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
     /// table's count disagrees with the host): costs add up to more than the instance's price.
     CostGpusOverallocated,
-    /// Front door: a request it could not read or route (400, 404, 413, 431).
+    /// Front door: a request it could not read or route, answered by the front door itself
+    /// (400, 404, 413, 431); not an invocation.
     ProxyBadRequests,
+    /// Front door: no copy could take the request (none at all, or none of the named component
+    /// now), answered 503; not an invocation (a known component's also counts in
+    /// `NoCapacityInvocationFailures`).
+    ProxyUnavailable,
+    /// Front door: the client's request body was badly framed (a broken chunked encoding),
+    /// answered 400; not an invocation.
+    ProxyClientBadFraming,
+    /// Front door: the client went away before the answer (mid-upload, or while the copy was
+    /// working); not an invocation.
+    ProxyClientLeft,
+    /// Front door: the client's upload stalled past `proxy.response_timeout_ms` (the front door
+    /// was waiting for its bytes, not for the copy), answered 408; not an invocation.
+    ProxyClientStalled,
     /// Front door: a copy refused or reset the connection, or broke off its answer (502).
     ProxyUpstreamErrors,
     /// Front door: a copy did not accept or answer in time (504).
@@ -65,7 +79,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 48] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -108,6 +122,10 @@ impl Counter {
         Counter::CostUnpriced,
         Counter::CostGpusOverallocated,
         Counter::ProxyBadRequests,
+        Counter::ProxyUnavailable,
+        Counter::ProxyClientBadFraming,
+        Counter::ProxyClientLeft,
+        Counter::ProxyClientStalled,
         Counter::ProxyUpstreamErrors,
         Counter::ProxyUpstreamTimeouts,
     ];
@@ -156,6 +174,10 @@ impl Counter {
             Counter::CostUnpriced => "cost_unpriced",
             Counter::CostGpusOverallocated => "cost_gpus_overallocated",
             Counter::ProxyBadRequests => "proxy_bad_requests",
+            Counter::ProxyUnavailable => "proxy_unavailable",
+            Counter::ProxyClientBadFraming => "proxy_client_bad_framing",
+            Counter::ProxyClientLeft => "proxy_client_left",
+            Counter::ProxyClientStalled => "proxy_client_stalled",
             Counter::ProxyUpstreamErrors => "proxy_upstream_errors",
             Counter::ProxyUpstreamTimeouts => "proxy_upstream_timeouts",
         }
