@@ -1075,6 +1075,11 @@ fn client_faults_are_counted_apart_and_are_never_model_errors() {
     assert_eq!(counter(&log, "proxy_client_stalled"), 1, "{log}");
     assert_eq!(counter(&log, "proxy_upstream_errors"), 0, "{log}");
     assert_eq!(counter(&log, "proxy_upstream_timeouts"), 0, "{log}");
+    assert_eq!(
+        counter(&log, "proxy_bad_requests"),
+        0,
+        "each fault counted once: {log}"
+    );
 }
 
 #[test]

@@ -282,8 +282,7 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
             // Errors here are the client's: a malformed head gets 400 and one over the limit
-            // 431 from hyper, a head too slow is cut off; counted here, as `handle` never saw
-            // them. A reset connection just ends its task (its request, if any, is counted
+            // 431 from hyper; counted here, as `handle` never saw them. A reset connection just ends its task (its request, if any, is counted
             // when its guard drops).
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -310,12 +309,9 @@ fn count_connection_error(e: &(dyn StdError + 'static)) {
             Counter::ProxyBadRequests,
             "front door: malformed request (400)",
         );
-    } else if e.is_timeout() {
-        telemetry::warn_sampled(
-            Counter::ProxyClientStalled,
-            "front door: a request head was not complete in time; connection closed",
-        );
     }
+    // A head not complete within HEADER_READ_TIMEOUT is not counted: hyper ends an idle
+    // keep-alive connection the same way, and that is no fault.
 }
 
 /// The front door's own answer to a request it could not route: not an invocation.
