@@ -62,16 +62,21 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Agent => &Metric::AGENT,
         Scope::Component { .. } => &crate::cost::COMPONENT_METRICS,
         Scope::Invocations => &crate::proxy::account::INSTANCE_METRICS,
+        Scope::EndpointInvocations => &crate::proxy::account::ENDPOINT_METRICS,
         Scope::ComponentInvocations { .. } => &crate::proxy::account::COMPONENT_METRICS,
         Scope::CopyInvocations { .. } => &crate::proxy::account::COPY_METRICS,
     }
 }
 
-/// The front door's series: the instance, each component, each copy (static upstreams are not
-/// counted). Their window is the same as the rest here, which overstates EMF bytes without
-/// enhanced metrics (they then keep 60 s windows) and ignores that their values grow with traffic.
+/// The front door's series: the instance, the endpoint-only ones, each component, each copy
+/// (static upstreams are not counted). Their window is the same as the rest here, which
+/// overstates EMF bytes without enhanced metrics (they then keep 60 s windows); their values
+/// grow with traffic up to `EMF_MAX_VALUES_PER_SERIES` per window in EMF (not modelled here).
 fn invocation_scopes(shape: &HostShape, components: u32, scopes: &mut Vec<(Scope, Vec<Metric>)>) {
-    scopes.push((Scope::Invocations, metrics_of(&Scope::Invocations).to_vec()));
+    for s in [Scope::Invocations, Scope::EndpointInvocations] {
+        let metrics = metrics_of(&s).to_vec();
+        scopes.push((s, metrics));
+    }
     for c in 0..components.min(shape.containers) {
         let s = Scope::ComponentInvocations {
             component: format!("component-{c}").into(),
@@ -542,9 +547,10 @@ mod tests {
             .iter()
             .filter(|s| s.namespace == "/aws/sagemaker/Invocations")
             .collect();
-        // Instance: 8 metrics; the component: ConcurrentRequestsPerModel and, shared by both
-        // copies (same {InferenceComponentName}), the 8 per-copy metrics.
-        assert_eq!(invocations.len(), 8 + 1 + 8, "{invocations:?}");
+        // Instance: 7 metrics under {EndpointName, VariantName}; 5 more under that set only
+        // (concurrency, streaming); the component's 3; and, shared by both copies (same
+        // {InferenceComponentName}), the 6 per-copy metrics.
+        assert_eq!(invocations.len(), 7 + 5 + 3 + 6, "{invocations:?}");
         assert_eq!(with.len(), without + invocations.len());
     }
 
