@@ -81,6 +81,11 @@ pub enum Metric {
     InvocationsPerCopy,
     ConcurrentRequestsPerModel,
     ConcurrentRequestsPerCopy,
+    NoCapacityInvocationFailures,
+    FirstChunkLatency,
+    FirstChunkModelLatency,
+    FirstChunkOverheadLatency,
+    MidStreamErrors,
 }
 
 impl Metric {
@@ -139,6 +144,11 @@ impl Metric {
             Metric::InvocationsPerCopy => "InvocationsPerCopy",
             Metric::ConcurrentRequestsPerModel => "ConcurrentRequestsPerModel",
             Metric::ConcurrentRequestsPerCopy => "ConcurrentRequestsPerCopy",
+            Metric::NoCapacityInvocationFailures => "NoCapacityInvocationFailures",
+            Metric::FirstChunkLatency => "FirstChunkLatency",
+            Metric::FirstChunkModelLatency => "FirstChunkModelLatency",
+            Metric::FirstChunkOverheadLatency => "FirstChunkOverheadLatency",
+            Metric::MidStreamErrors => "MidStreamErrors",
         }
     }
 
@@ -160,17 +170,23 @@ impl Metric {
             | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
             Metric::AgentCpuTime => Unit::Seconds,
             Metric::AgentResidentMemory => Unit::Bytes,
-            Metric::AgentPublishLatency | Metric::ModelLatency | Metric::OverheadLatency => {
-                Unit::Microseconds
-            }
+            Metric::AgentPublishLatency
+            | Metric::ModelLatency
+            | Metric::OverheadLatency
+            | Metric::FirstChunkLatency
+            | Metric::FirstChunkModelLatency
+            | Metric::FirstChunkOverheadLatency => Unit::Microseconds,
+            // The SageMaker metrics reference: "Units: None" for these five.
             Metric::Invocations
             | Metric::Invocation4xxErrors
             | Metric::Invocation5xxErrors
             | Metric::InvocationModelErrors
-            | Metric::InvocationsPerInstance
-            | Metric::InvocationsPerCopy
+            | Metric::InvocationsPerInstance => Unit::None,
+            Metric::InvocationsPerCopy
             | Metric::ConcurrentRequestsPerModel
-            | Metric::ConcurrentRequestsPerCopy => Unit::Count,
+            | Metric::ConcurrentRequestsPerCopy
+            | Metric::NoCapacityInvocationFailures
+            | Metric::MidStreamErrors => Unit::Count,
             Metric::AgentSamplesTaken
             | Metric::AgentSamplesMissed
             | Metric::AgentErrors
@@ -218,7 +234,12 @@ impl Metric {
             | Metric::InvocationsPerInstance
             | Metric::InvocationsPerCopy
             | Metric::ConcurrentRequestsPerModel
-            | Metric::ConcurrentRequestsPerCopy => PeriodValue::Each,
+            | Metric::ConcurrentRequestsPerCopy
+            | Metric::NoCapacityInvocationFailures
+            | Metric::FirstChunkLatency
+            | Metric::FirstChunkModelLatency
+            | Metric::FirstChunkOverheadLatency
+            | Metric::MidStreamErrors => PeriodValue::Each,
             Metric::CpuUtilization
             | Metric::CpuUtilizationNormalized
             | Metric::MemoryUtilization
@@ -275,8 +296,14 @@ pub enum Scope {
     Component { component: Arc<str> },
     /// Requests through the front door, all components together (`[proxy] namespace`).
     Invocations,
+    /// Requests through the front door, published under `{EndpointName, VariantName}` only
+    /// whatever `enhanced` says (`[proxy] namespace`): the spec's rows for
+    /// `ConcurrentRequestsPerModel` and the streaming metrics name that set alone.
+    EndpointInvocations,
     /// Requests to one inference component, all its copies on this host together (`[proxy]
-    /// namespace`): the component's concurrency.
+    /// namespace`): `InvocationsPerCopy`, `ConcurrentRequestsPerCopy`,
+    /// `NoCapacityInvocationFailures`, which the spec publishes under `{InferenceComponentName}`
+    /// only.
     ComponentInvocations { component: Arc<str> },
     /// Requests to one model copy: a container of a component, or a static upstream
     /// (`[proxy] namespace`).
@@ -366,6 +393,7 @@ impl Scope {
             }
             Scope::Agent => Namespace::Agent,
             Scope::Invocations
+            | Scope::EndpointInvocations
             | Scope::ComponentInvocations { .. }
             | Scope::CopyInvocations { .. } => Namespace::Invocations,
         }
@@ -391,6 +419,7 @@ impl Scope {
             (Scope::Component { .. }, true) => &[COMPONENT, COMPONENT_INSTANCE],
             (Scope::Invocations, false) => &[ENDPOINT],
             (Scope::Invocations, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
+            (Scope::EndpointInvocations, _) => &[ENDPOINT],
             // The whole component: per-copy dimensions would not describe it.
             (Scope::ComponentInvocations { .. }, _) => &[COMPONENT],
             (Scope::CopyInvocations { .. }, false) => &[COMPONENT],
@@ -619,6 +648,44 @@ mod tests {
         assert_eq!(Metric::Invocation4xxErrors.name(), "Invocation4XXErrors");
         assert_eq!(Metric::ModelLatency.unit(), Unit::Microseconds);
         assert_eq!(Metric::ConcurrentRequestsPerCopy.unit(), Unit::Count);
+        for enhanced in [false, true] {
+            assert_eq!(
+                Scope::EndpointInvocations.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName][..]],
+                "ConcurrentRequestsPerModel and the streaming metrics: that set only"
+            );
+        }
+    }
+
+    #[test]
+    fn invocation_units_follow_the_spec() {
+        for m in [
+            Metric::Invocations,
+            Metric::Invocation4xxErrors,
+            Metric::Invocation5xxErrors,
+            Metric::InvocationModelErrors,
+            Metric::InvocationsPerInstance,
+        ] {
+            assert_eq!(m.unit(), Unit::None, "{m:?}");
+        }
+        for m in [
+            Metric::InvocationsPerCopy,
+            Metric::ConcurrentRequestsPerModel,
+            Metric::ConcurrentRequestsPerCopy,
+            Metric::NoCapacityInvocationFailures,
+            Metric::MidStreamErrors,
+        ] {
+            assert_eq!(m.unit(), Unit::Count, "{m:?}");
+        }
+        for m in [
+            Metric::ModelLatency,
+            Metric::OverheadLatency,
+            Metric::FirstChunkLatency,
+            Metric::FirstChunkModelLatency,
+            Metric::FirstChunkOverheadLatency,
+        ] {
+            assert_eq!(m.unit(), Unit::Microseconds, "{m:?}");
+        }
     }
 
     #[test]

@@ -528,6 +528,7 @@ impl<'a> Builder<'a> {
             Metric::Invocation4xxErrors,
             Metric::Invocation5xxErrors,
             Metric::InvocationModelErrors,
+            Metric::MidStreamErrors,
         ] {
             counts
                 .rows
@@ -535,42 +536,63 @@ impl<'a> Builder<'a> {
         }
         self.add(counts);
         let mut latency = Graph::new("Latency p50 and p99 (microseconds)", "p50", p);
-        for metric in [Metric::ModelLatency, Metric::OverheadLatency] {
-            for stat in ["p50", "p99"] {
-                let options = json!({ "stat": stat, "label": format!("{} {stat}", metric.name()) });
-                latency
-                    .rows
-                    .extend(self.row(Ns::Invocations, metric, None, options));
+        let mut first_chunk = Graph::new(
+            "Streaming: first chunk latency p50 and p99 (microseconds)",
+            "p50",
+            p,
+        );
+        for (graph, metrics) in [
+            (
+                &mut latency,
+                &[Metric::ModelLatency, Metric::OverheadLatency][..],
+            ),
+            (
+                &mut first_chunk,
+                &[
+                    Metric::FirstChunkLatency,
+                    Metric::FirstChunkModelLatency,
+                    Metric::FirstChunkOverheadLatency,
+                ][..],
+            ),
+        ] {
+            for metric in metrics {
+                for stat in ["p50", "p99"] {
+                    let label = format!("{} {stat}", metric.name());
+                    let options = json!({ "stat": stat, "label": label });
+                    graph
+                        .rows
+                        .extend(self.row(Ns::Invocations, *metric, None, options));
+                }
             }
         }
         self.add(latency);
+        self.add(first_chunk);
+        let mut per_model = Graph::new("Concurrent requests per model", "Maximum", p);
+        let metric = Metric::ConcurrentRequestsPerModel;
+        per_model
+            .rows
+            .extend(self.row(Ns::Invocations, metric, None, json!({})));
+        self.add(per_model);
         let mut per_component = Graph::new("Invocations per component", "Sum", p);
         let mut model_latency = Graph::new("ModelLatency p99 per component", "p99", p);
-        let mut per_model = Graph::new("Concurrent requests per model", "Maximum", p);
         for c in &self.target.components {
-            let label = json!({ "label": c });
-            per_component.rows.extend(self.row(
-                Ns::Invocations,
-                Metric::Invocations,
-                Some(c),
-                label.clone(),
+            let row = |metric: Metric, label: String| {
+                let options = json!({ "label": label });
+                self.row(Ns::Invocations, metric, Some(c), options)
+            };
+            per_component
+                .rows
+                .extend(row(Metric::Invocations, c.clone()));
+            per_component.rows.extend(row(
+                Metric::NoCapacityInvocationFailures,
+                format!("{c} no capacity"),
             ));
-            model_latency.rows.extend(self.row(
-                Ns::Invocations,
-                Metric::ModelLatency,
-                Some(c),
-                label.clone(),
-            ));
-            per_model.rows.extend(self.row(
-                Ns::Invocations,
-                Metric::ConcurrentRequestsPerModel,
-                Some(c),
-                label,
-            ));
+            model_latency
+                .rows
+                .extend(row(Metric::ModelLatency, c.clone()));
         }
         self.add(per_component);
         self.add(model_latency);
-        self.add(per_model);
         let mut per_copy = Graph::new("Concurrent requests per copy", "Maximum", p);
         let metric = Metric::ConcurrentRequestsPerCopy;
         match self.search(Ns::Invocations, metric, COPY, None, "Maximum", p) {

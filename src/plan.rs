@@ -62,16 +62,21 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
         Scope::Agent => &Metric::AGENT,
         Scope::Component { .. } => &crate::cost::COMPONENT_METRICS,
         Scope::Invocations => &crate::proxy::account::INSTANCE_METRICS,
+        Scope::EndpointInvocations => &crate::proxy::account::ENDPOINT_METRICS,
         Scope::ComponentInvocations { .. } => &crate::proxy::account::COMPONENT_METRICS,
         Scope::CopyInvocations { .. } => &crate::proxy::account::COPY_METRICS,
     }
 }
 
-/// The front door's series: the instance, each component, each copy (static upstreams are not
-/// counted). Their window is the same as the rest here, which overstates EMF bytes without
-/// enhanced metrics (they then keep 60 s windows) and ignores that their values grow with traffic.
+/// The front door's series: the instance, the endpoint-only ones, each component, each copy
+/// (static upstreams are not counted). Their window is the same as the rest here, which
+/// overstates EMF bytes without enhanced metrics (they then keep 60 s windows); their values
+/// grow with traffic up to `EMF_MAX_VALUES_PER_SERIES` per window in EMF (not modelled here).
 fn invocation_scopes(shape: &HostShape, components: u32, scopes: &mut Vec<(Scope, Vec<Metric>)>) {
-    scopes.push((Scope::Invocations, metrics_of(&Scope::Invocations).to_vec()));
+    for s in [Scope::Invocations, Scope::EndpointInvocations] {
+        let metrics = metrics_of(&s).to_vec();
+        scopes.push((s, metrics));
+    }
     for c in 0..components.min(shape.containers) {
         let s = Scope::ComponentInvocations {
             component: format!("component-{c}").into(),
@@ -138,6 +143,8 @@ pub struct Plan {
     pub ingestion_charge: f64,
     /// `[metrics] data_points` in force.
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     /// The same host under the other `data_points` setting, for comparison.
     pub other: OtherShape,
 }
@@ -146,6 +153,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtherShape {
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     pub requests_per_window: u64,
     pub log_bytes_per_window: u64,
 }
@@ -290,6 +299,17 @@ impl HostShape {
     }
 }
 
+/// Data points one window of `groups` publishes: each series' values, under each dimension set.
+fn data_points(groups: &[MetricGroup<'_>]) -> u64 {
+    groups
+        .iter()
+        .map(|g| {
+            let values: u64 = g.metrics.iter().map(|m| m.stats.count).sum();
+            values * g.dimension_sets.len() as u64
+        })
+        .sum()
+}
+
 /// What one window of `groups` costs to send under `config`'s output: (a description, requests
 /// or PutLogEvents calls per window, EMF bytes per window).
 fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (String, u64, u64) {
@@ -366,9 +386,11 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
             DataPoints::EverySample => DataPoints::Period,
         };
         let window = full_window(&other, shape);
-        let (_, requests, bytes) = volume(&other, &crate::encode::groups(&window, &ctx), &ctx);
+        let other_groups = crate::encode::groups(&window, &ctx);
+        let (_, requests, bytes) = volume(&other, &other_groups, &ctx);
         OtherShape {
             data_points: other.metrics.data_points,
+            points_per_window: data_points(&other_groups),
             requests_per_window: requests,
             log_bytes_per_window: bytes,
         }
@@ -393,6 +415,7 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
         requests_charge,
         ingestion_charge,
         data_points: config.metrics.data_points,
+        points_per_window: data_points(&groups),
         other,
     }
 }
@@ -443,9 +466,15 @@ impl fmt::Display for Plan {
         let o = &self.other;
         writeln!(
             f,
-            "data points:              {} (with {}: {} requests and {} EMF bytes per window)",
-            describe_data_points(self.data_points),
+            "data points per window:   {} ({})",
+            self.points_per_window,
+            describe_data_points(self.data_points)
+        )?;
+        writeln!(
+            f,
+            "  with {}: {} data points, {} requests and {} EMF bytes per window",
             o.data_points.as_str(),
+            o.points_per_window,
             o.requests_per_window,
             o.log_bytes_per_window
         )?;
@@ -479,8 +508,8 @@ impl fmt::Display for Plan {
 
 fn describe_data_points(d: DataPoints) -> &'static str {
     match d {
-        DataPoints::Period => "period, one per series per window (SageMaker's shape)",
-        DataPoints::EverySample => "every_sample, one per sample",
+        DataPoints::Period => "period: one per series, SageMaker's shape",
+        DataPoints::EverySample => "every_sample: one per sample",
     }
 }
 
@@ -518,9 +547,10 @@ mod tests {
             .iter()
             .filter(|s| s.namespace == "/aws/sagemaker/Invocations")
             .collect();
-        // Instance: 8 metrics; the component: ConcurrentRequestsPerModel and, shared by both
-        // copies (same {InferenceComponentName}), the 8 per-copy metrics.
-        assert_eq!(invocations.len(), 8 + 1 + 8, "{invocations:?}");
+        // Instance: 7 metrics under {EndpointName, VariantName}; 5 more under that set only
+        // (concurrency, streaming); the component's 3; and, shared by both copies (same
+        // {InferenceComponentName}), the 6 per-copy metrics.
+        assert_eq!(invocations.len(), 7 + 5 + 3 + 6, "{invocations:?}");
         assert_eq!(with.len(), without + invocations.len());
     }
 
@@ -587,8 +617,12 @@ mod tests {
             "{p}"
         );
         let text = p.to_string();
-        assert!(text.contains("data points:              period"), "{text}");
-        assert!(text.contains("with every_sample:"), "{text}");
+        assert!(text.contains("data points per window:   "), "{text}");
+        assert!(text.contains("with every_sample: "), "{text}");
+        // 114 series, one point each, and the second copy of each component adds a point to
+        // its {InferenceComponentName} series (2 x 4 metrics); every_sample: 60 times that.
+        assert_eq!(p.points_per_window, 114 + 8);
+        assert_eq!(p.other.points_per_window, (114 + 8) * 60);
         let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
         let q = plan(&every, &EIGHT_GPUS);
         assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);

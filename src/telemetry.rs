@@ -95,12 +95,35 @@ counters! {
     /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
     /// table's count disagrees with the host): costs add up to more than the instance's price.
     CostGpusOverallocated = "cost_gpus_overallocated", Routine;
-    /// Front door: a request it could not read or route (400, 404, 413, 431).
+    /// Front door: a request it could not read or route, answered by the front door itself
+    /// (400, 404, 405, 413, 431); not an invocation.
     ProxyBadRequests = "proxy_bad_requests", Routine;
+    /// Front door: no copy could take the request (none at all, or none of the named component
+    /// now), answered 503; not an invocation (a known component's also counts in
+    /// `NoCapacityInvocationFailures`).
+    ProxyUnavailable = "proxy_unavailable", Routine;
+    /// Front door: the client's request body was badly framed (a broken chunked encoding),
+    /// answered 400; not an invocation.
+    ProxyClientBadFraming = "proxy_client_bad_framing", Routine;
+    /// Front door: the client went away before the answer (mid-upload, or while the copy was
+    /// working); not an invocation.
+    ProxyClientLeft = "proxy_client_left", Routine;
+    /// Front door: the client's upload stalled past `proxy.response_timeout_ms` (the front door
+    /// was waiting for its bytes, not for the copy), answered 408; not an invocation.
+    ProxyClientStalled = "proxy_client_stalled", Routine;
     /// Front door: a copy refused or reset the connection, or broke off its answer (502).
     ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).
     ProxyUpstreamTimeouts = "proxy_upstream_timeouts", Routine;
+    /// Front door: a client connection past `[proxy] max_connections`, closed at once.
+    ProxyConnectionsRefused = "proxy_connections_refused", Error;
+    /// Front door: accepting a connection failed (out of file descriptors and the like).
+    ProxyAcceptErrors = "proxy_accept_errors", Error;
+    /// Front door: a client connection closed after `[proxy] idle_timeout_ms` with nothing in
+    /// flight.
+    ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
+    /// Front door: requests still in flight when the drain at shutdown ended, cut.
+    ProxyRequestsCut = "proxy_requests_cut", Error;
 }
 
 impl Counter {

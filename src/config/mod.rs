@@ -732,6 +732,19 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 60_000;
 /// SageMaker's real-time payload limit is 6 MB (25 MB for some); the larger one.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
+/// A client connection with no request in flight is closed after this (silent TCP, idle
+/// keep-alive, an h2 preface and nothing else). nginx's keepalive_timeout is 75 s.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Client connections held at once; past it new ones are closed at once, counted. Below the
+/// unit's `LimitNOFILE` (65536) with room for upstream connections (one per request in flight at
+/// most) and the agent's own files.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+pub const MAX_MAX_CONNECTIONS: usize = 60_000;
+/// On SIGTERM, requests in flight (streams included) may finish for this long before they are
+/// cut and counted. The unit's `TimeoutStopSec` is this plus the shutdown budget.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Longer drains would outlive systemd's stop timeout (`TimeoutStopSec=45`).
+pub const MAX_DRAIN_TIMEOUT_MS: u64 = 40_000;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -756,6 +769,12 @@ pub struct ProxyConfig {
     pub response_timeout_ms: u64,
     /// Largest request body accepted; larger ones get 413.
     pub max_request_body_bytes: u64,
+    /// A client connection with no request in flight is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// Client connections held at once; past it new ones are closed at once, counted.
+    pub max_connections: usize,
+    /// On SIGTERM, requests in flight may finish for this long before they are cut, counted.
+    pub drain_timeout_ms: u64,
     /// Static upstreams, for hosts without Docker.
     pub upstream: Vec<StaticUpstream>,
 }
@@ -782,6 +801,9 @@ impl Default for ProxyConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             response_timeout_ms: DEFAULT_RESPONSE_TIMEOUT_MS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             upstream: Vec::new(),
         }
     }
@@ -812,6 +834,21 @@ impl ProxyConfig {
             return Err(invalid(
                 "proxy.max_request_body_bytes",
                 "allowed: 1 or more",
+            ));
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err(invalid("proxy.idle_timeout_ms", "allowed: 1 or more"));
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            return Err(invalid(
+                "proxy.max_connections",
+                format!("allowed: 1 to {MAX_MAX_CONNECTIONS} (the unit's LimitNOFILE is 65536)"),
+            ));
+        }
+        if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
+            return Err(invalid(
+                "proxy.drain_timeout_ms",
+                format!("allowed: 0 to {MAX_DRAIN_TIMEOUT_MS} (the unit's TimeoutStopSec is 45 s)"),
             ));
         }
         Ok(())

@@ -9,13 +9,16 @@
 //! the connection, or the client went away.
 
 pub mod account;
+pub mod conn;
 pub mod pool;
 pub mod route;
+pub mod upload;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,9 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
@@ -35,9 +37,10 @@ use crate::catalog::SeriesKey;
 use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
-use account::{Accounts, Outcome};
+use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
 use pool::{SendError, Sender};
-use route::{Table, Upstream, COMPONENT_HEADER};
+use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
+use upload::{Upload, UploadFault, UploadState};
 
 /// Request head limit (request line and headers). nginx allows 4 x 8 KiB by default; the
 /// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
@@ -69,12 +72,24 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// After a failed accept (out of file descriptors), the accept loop pauses this long.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// An idle connection told to close has this long to do it politely before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// While draining, requests in flight are checked this often.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
 struct State {
     accounts: Arc<Accounts>,
+    connections: conn::Connections,
     table: RwLock<Arc<Table>>,
     connect_timeout: Duration,
     response_timeout: Duration,
     max_request_body_bytes: u64,
+    /// Set when the front door stops: a request cut off then is not the client's fault.
+    stopping: AtomicBool,
 }
 
 impl State {
@@ -85,8 +100,9 @@ impl State {
 
 /// The running front door.
 pub struct FrontDoor {
-    /// Dropping it stops the front door's thread at once; sending a deadline stops it by then.
-    stop: Option<tokio::sync::oneshot::Sender<Instant>>,
+    /// Dropping it stops the front door's thread at once; sending (drain until, stop by) lets
+    /// requests in flight finish until the first, then cuts them and stops by the second.
+    stop: Option<tokio::sync::oneshot::Sender<(Instant, Instant)>>,
     /// Says when the thread has dropped every connection (their requests accounted).
     stopped: Option<std::sync::mpsc::Receiver<()>>,
     state: Arc<State>,
@@ -138,30 +154,40 @@ impl FrontDoor {
         };
         let state = Arc::new(State {
             accounts: Arc::new(Accounts::new(config.instance_count)),
+            connections: conn::Connections::new(
+                config.max_connections,
+                Duration::from_millis(config.idle_timeout_ms),
+            ),
             table: RwLock::new(Arc::new(first)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             max_request_body_bytes: config.max_request_body_bytes,
+            stopping: AtomicBool::new(false),
         });
         let listener = {
             let _enter = runtime.enter();
             tokio::net::TcpListener::from_std(listener).context("front door: listener")?
         };
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<Instant>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<(Instant, Instant)>();
         let (stopped_tx, stopped) = std::sync::mpsc::channel::<()>();
         let served = state.clone();
         let port = config.upstream_port;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || {
+                let drained = served.clone();
                 let stop_by = runtime.block_on(async move {
                     if let Some(rx) = inventory {
                         tokio::spawn(follow_inventory(rx, statics, port, served.clone()));
                     }
-                    tokio::select! {
-                        () = serve(listener, served) => None,
-                        stop_by = stop_rx => stop_by.ok(),
-                    }
+                    let (drain_until, stop_by) = tokio::select! {
+                        () = serve(listener, served) => return None,
+                        stop = stop_rx => stop.ok()?,
+                    };
+                    // The listener is closed (serve is dropped): no new connections. Requests in
+                    // flight, streams included, may finish until `drain_until`.
+                    drain(&drained, drain_until).await;
+                    Some(stop_by)
                 });
                 // Drops every connection task, so their requests are accounted.
                 let left = stop_by.map_or(Duration::ZERO, |at| {
@@ -180,9 +206,17 @@ impl FrontDoor {
         })
     }
 
-    /// The invocation series since the last call: the sampling loop calls this once a tick.
-    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`].
-    pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
+    /// The invocation series since the last call: the sampling loop calls this once a tick,
+    /// with the tick's wall-clock time (which closes each 10 s concurrency period, see
+    /// [`account::CONCURRENCY_PERIOD_MS`]). It also closes upstream connections idle for
+    /// [`POOL_IDLE_TIMEOUT`], and hands memory back after many client connections closed.
+    pub fn drain(&self, tick_ms: u64) -> Vec<(SeriesKey, Stats)> {
+        self.drain_at(tick_ms, false)
+    }
+
+    fn drain_at(&self, tick_ms: u64, last: bool) -> Vec<(SeriesKey, Stats)> {
+        // Memory back to the system after many client connections closed (two atomics else).
+        self.state.connections.trim_if_many_closed();
         let table = self.state.table();
         let now = Instant::now();
         for upstream in table.upstreams() {
@@ -190,16 +224,21 @@ impl FrontDoor {
         }
         self.state
             .accounts
-            .drain(|component| table.copies(component))
+            .drain(tick_ms, &table.component_copies(), last)
     }
 
-    /// Stops serving by `stop_by` (the front door's share of the shutdown deadline): open
-    /// connections are dropped, and the requests in them accounted. Returns the series since
-    /// the last drain.
-    pub async fn stop(mut self, stop_by: tokio::time::Instant) -> Vec<(SeriesKey, Stats)> {
-        let stop_by = stop_by.into_std();
+    /// Stops accepting, lets requests in flight finish until `drain_until` (`[proxy]
+    /// drain_timeout_ms` from SIGTERM), then cuts what is left (counted) and stops by `stop_by`.
+    /// Every request is accounted. Returns the series since the last drain.
+    pub async fn stop(
+        mut self,
+        drain_until: tokio::time::Instant,
+        stop_by: tokio::time::Instant,
+    ) -> Vec<(SeriesKey, Stats)> {
+        let (drain_until, stop_by) = (drain_until.into_std(), stop_by.into_std());
+        self.state.stopping.store(true, Ordering::Relaxed);
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(stop_by);
+            let _ = stop.send((drain_until, stop_by));
         }
         if let Some(stopped) = self.stopped.take() {
             // Waiting blocks; not on the sampling loop's thread.
@@ -209,7 +248,7 @@ impl FrontDoor {
                 tracing::warn!("front door: its thread did not stop in time");
             }
         }
-        self.drain()
+        self.drain_at(crate::clock::system_now_ms(), true)
     }
 }
 
@@ -256,28 +295,121 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin. Counted with the
-                // requests the front door could not take.
+                // Out of file descriptors and the like: pause rather than spin.
                 telemetry::warn_sampled(
-                    Counter::ProxyBadRequests,
+                    Counter::ProxyAcceptErrors,
                     &format!("front door: accept failed: {e}"),
                 );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
+        };
+        // Past the cap the connection is closed at once (dropped), counted.
+        let Some(mut admitted) = state.connections.admit() else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            // Errors here are the client's (a malformed request gets 400 from hyper, a reset
-            // connection ends its task): nothing to count beyond what `handle` counted.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let service = {
+                let state = state.clone();
+                let track = admitted.tracker();
+                hyper::service::service_fn(move |req| {
+                    let (state, active) = (state.clone(), track.request());
+                    async move {
+                        let response = handle(state, req).await?;
+                        Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, active)))
+                    }
+                })
+            };
+            // Errors here are the client's: a malformed head gets 400 and one over the limit
+            // 431 from hyper, counted here as `handle` never saw them; a reset connection just
+            // ends its task (its request, if any, is counted when its guard drops).
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let wake = tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        count_connection_error(&*e);
+                    }
+                    return;
+                }
+                wake = admitted.wake() => wake,
+            };
+            // No new requests; those in flight finish (the drain's end bounds them).
+            connection.as_mut().graceful_shutdown();
+            match wake {
+                conn::Wake::Drain => {
+                    let _ = connection.await;
+                }
+                // Nothing in flight: a polite close (h2 GOAWAY), else dropped. A connection
+                // that never sent a byte does not notice the shutdown on its own.
+                conn::Wake::Idle => {
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+                }
+            }
         });
     }
+}
+
+/// Waits until no request is in flight or `until`; what is still in flight then is cut when
+/// the runtime shuts down, and counted here.
+async fn drain(state: &State, until: Instant) {
+    let in_flight = state.connections.in_flight();
+    if in_flight > 0 {
+        tracing::info!(
+            in_flight,
+            "front door draining: requests in flight may finish"
+        );
+    }
+    state.connections.drain();
+    while state.connections.in_flight() > 0 && Instant::now() < until {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let cut = state.connections.in_flight() as u64;
+    telemetry::warn(
+        Counter::ProxyRequestsCut,
+        cut,
+        "front door: requests still in flight at the end of the drain were cut",
+    );
+}
+
+/// Counts what hyper answered or cut off itself.
+fn count_connection_error(e: &(dyn StdError + 'static)) {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if e.is_parse_too_large() {
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: request head over the limit (431)",
+        );
+    } else if e.is_parse() {
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: malformed request (400)",
+        );
+    }
+    // A head not complete within HEADER_READ_TIMEOUT is not counted: hyper ends an idle
+    // keep-alive connection the same way, and that is no fault.
+}
+
+/// The front door's own answer to a request it could not route: not an invocation.
+fn reject(state: &State, e: RouteError) -> Response<Metered> {
+    let counter = match &e {
+        RouteError::NoCapacity(component) => {
+            state.accounts.no_capacity(component);
+            Counter::ProxyUnavailable
+        }
+        RouteError::NoUpstream => Counter::ProxyUnavailable,
+        RouteError::Ambiguous { .. } | RouteError::Unknown(_) | RouteError::BadHeader => {
+            Counter::ProxyBadRequests
+        }
+    };
+    let message = e.message();
+    telemetry::warn_sampled(counter, &format!("front door: {}", message.trim_end()));
+    local(None, e.status(), message)
 }
 
 async fn handle(
@@ -285,25 +417,28 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
-    let table = state.table();
-    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            telemetry::warn_sampled(Counter::ProxyBadRequests, e.message().trim_end());
-            let guard = InFlight::new(state.accounts.clone(), None, started);
-            return Ok(local(guard, e.status(), e.message()));
-        }
-    };
-    let mut guard = InFlight::new(state.accounts.clone(), Some(upstream.clone()), started);
+    if let Some((status, reason)) = refused_request(&req) {
+        telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
+        return Ok(local(None, status, format!("{reason}\n")));
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.max_request_body_bytes) {
-        telemetry::warn_sampled(Counter::ProxyBadRequests, "request body over the limit");
-        return Ok(local(guard, 413, "request body too large\n".into()));
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: request body over the limit (413)",
+        );
+        return Ok(local(None, 413, "request body too large\n".into()));
     }
+    let table = state.table();
+    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
+        Ok(upstream) => upstream,
+        Err(e) => return Ok(reject(&state, e)),
+    };
+    let mut guard = InFlight::new(state.clone(), upstream.clone(), started);
     let (mut parts, body) = req.into_parts();
     // Copies get origin-form (`/path?query`); the request's own authority (h2c, or an HTTP/1
     // absolute-form target) never picks a destination and is not passed on.
@@ -320,15 +455,21 @@ async fn handle(
                 parts.headers.insert(header::HOST, host);
             }
             Err(_) => {
-                telemetry::warn_sampled(Counter::ProxyBadRequests, "request target not usable");
-                return Ok(local(guard, 400, "bad request target\n".into()));
+                guard.fate = Fate::NotInvocation;
+                telemetry::warn_sampled(
+                    Counter::ProxyBadRequests,
+                    "front door: request target not usable (400)",
+                );
+                return Ok(local(Some(guard), 400, "bad request target\n".into()));
             }
         }
     }
     // h2c requests come in as HTTP/2; copies are spoken to in HTTP/1.1.
     parts.version = http::Version::HTTP_11;
+    let head_request = parts.method == Method::HEAD;
     strip_hop_by_hop(&mut parts.headers);
-    let body = Limited::new(body, clamp_usize(state.max_request_body_bytes));
+    let upload = guard.upload.clone();
+    let body = Upload::new(body, state.max_request_body_bytes, upload.clone());
     let upstream_req = Request::from_parts(parts, body);
 
     guard.model_started = Some(Instant::now());
@@ -343,8 +484,10 @@ async fn handle(
         Ok(Ok((response, sender))) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            guard.status = parts.status.as_u16();
-            guard.model_error = !parts.status.is_success();
+            guard.fate = Fate::Answered(parts.status.as_u16());
+            if is_streamed(&parts, &body, head_request) {
+                guard.stream = Some(Stream::default());
+            }
             guard.connection = Some(sender);
             Ok(Response::from_parts(
                 parts,
@@ -356,15 +499,15 @@ async fn handle(
         }
         Ok(Err(e)) => {
             guard.model_ended = Some(Instant::now());
+            if let Some(fault) = upload.fault() {
+                return Ok(client_fault(guard, fault));
+            }
             let (status, message) = classify(&e);
-            // A body over the limit is the client's doing, not the model's.
-            guard.model_error = status != 413;
+            guard.fate = Fate::Failed(status);
             let counter = if status == 504 {
                 Counter::ProxyUpstreamTimeouts
-            } else if status == 502 {
-                Counter::ProxyUpstreamErrors
             } else {
-                Counter::ProxyBadRequests
+                Counter::ProxyUpstreamErrors
             };
             telemetry::warn_sampled(
                 counter,
@@ -375,11 +518,27 @@ async fn handle(
                     chain(&e)
                 ),
             );
-            Ok(local(guard, status, message.into()))
+            Ok(local(Some(guard), status, message.into()))
         }
         Err(_elapsed) => {
-            guard.model_error = true;
             guard.model_ended = Some(Instant::now());
+            if upload.waiting_on_client() {
+                guard.fate = Fate::NotInvocation;
+                telemetry::warn_sampled(
+                    Counter::ProxyClientStalled,
+                    &format!(
+                        "front door: {}: the client's upload stalled for {} ms (408)",
+                        upstream.key.component,
+                        state.response_timeout.as_millis()
+                    ),
+                );
+                return Ok(local(
+                    Some(guard),
+                    408,
+                    "the request body did not arrive in time\n".into(),
+                ));
+            }
+            guard.fate = Fate::Failed(504);
             telemetry::warn_sampled(
                 Counter::ProxyUpstreamTimeouts,
                 &format!(
@@ -390,7 +549,7 @@ async fn handle(
                 ),
             );
             Ok(local(
-                guard,
+                Some(guard),
                 504,
                 "the model did not answer in time\n".into(),
             ))
@@ -398,21 +557,57 @@ async fn handle(
     }
 }
 
+/// Whether the copy's answer streams: a body whose length its head does not declare (HTTP/1.1
+/// `Transfer-Encoding: chunked`, or delimited by the connection's close), or Server-Sent Events
+/// (`Content-Type: text/event-stream`) however it is framed. An answer without a body (HEAD,
+/// 204, 304, `Content-Length: 0`) never streams. Copies speak HTTP/1.1, so an h2c client's
+/// stream is one of these too.
+fn is_streamed(head: &http::response::Parts, body: &Incoming, head_request: bool) -> bool {
+    if head_request || body.is_end_stream() {
+        return false;
+    }
+    let sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        });
+    sse || body.size_hint().exact().is_none()
+}
+
+/// The client broke its request: not an invocation. Counted and answered (if anyone listens).
+fn client_fault(mut guard: InFlight, fault: UploadFault) -> Response<Metered> {
+    guard.fate = Fate::NotInvocation;
+    let component = guard.upstream.key.component.clone();
+    let (counter, status, message) = match fault {
+        UploadFault::BadFraming => (
+            Counter::ProxyClientBadFraming,
+            400,
+            "the request body is badly framed\n",
+        ),
+        UploadFault::Left => (
+            Counter::ProxyClientLeft,
+            400,
+            "the request body was cut off\n",
+        ),
+        UploadFault::OverLimit => (Counter::ProxyBadRequests, 413, "request body too large\n"),
+    };
+    telemetry::warn_sampled(
+        counter,
+        &format!("front door: {component}: {} ({status})", message.trim_end()),
+    );
+    local(Some(guard), status, message.into())
+}
+
 /// What a failed upstream call means for the client.
 fn classify(e: &SendError) -> (u16, &'static str) {
     match e {
         SendError::ConnectTimeout => (504, "the model did not accept the connection in time\n"),
         SendError::Connect(_) => (502, "the model refused the connection\n"),
-        SendError::Send(e) => {
-            let mut source: Option<&(dyn StdError + 'static)> = e.source();
-            while let Some(s) = source {
-                if s.is::<LengthLimitError>() {
-                    return (413, "request body too large\n");
-                }
-                source = s.source();
-            }
-            (502, "the model closed the connection without an answer\n")
-        }
+        SendError::Send(_) => (502, "the model closed the connection without an answer\n"),
     }
 }
 
@@ -427,9 +622,24 @@ fn chain(e: &dyn StdError) -> String {
     text
 }
 
-fn clamp_usize(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
+/// Requests the front door answers itself instead of forwarding: a method a copy cannot serve
+/// through it (`CONNECT` would reach the copy as `CONNECT /`), and two `Host` headers (RFC 9112
+/// section 3.2: a server must answer 400; forwarding both lets the copy and the front door
+/// disagree on the target).
+fn refused_request<B>(req: &Request<B>) -> Option<(u16, &'static str)> {
+    if req.method() == http::Method::CONNECT {
+        return Some((405, "CONNECT is not served by the front door"));
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some((400, "more than one Host header"));
+    }
+    None
 }
+
+/// End-to-end headers a `Connection` header may not remove: the copy needs them to read the
+/// request (`Connection: host` once removed the Host header before forwarding).
+const NEVER_HOP_BY_HOP: [HeaderName; 3] =
+    [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
@@ -441,6 +651,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty())
+            .filter(|s| !NEVER_HOP_BY_HOP.iter().any(|h| h.as_str() == s))
             .collect();
         for name in &named {
             headers.remove(name.as_str());
@@ -451,12 +662,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A response the front door answers itself.
-fn local(mut guard: InFlight, status: u16, message: String) -> Response<Metered> {
-    guard.status = status;
+/// A response the front door answers itself (its request's guard, if it had been routed).
+fn local(guard: Option<InFlight>, status: u16, message: String) -> Response<Metered> {
     let mut response = Response::new(Metered {
         inner: Inner::Local(Some(Bytes::from(message))),
-        guard: Some(guard),
+        guard,
     });
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     response.headers_mut().insert(
@@ -466,15 +676,40 @@ fn local(mut guard: InFlight, status: u16, message: String) -> Response<Metered>
     response
 }
 
-/// One request in flight; accounted when dropped (its response body's end, or the client gone).
+/// What became of a routed request, as far as the model's metrics go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// No answer yet. Dropped so: the client went away (or the front door stopped).
+    Unsettled,
+    /// The copy answered with this status.
+    Answered(u16),
+    /// The copy failed to answer (refused, reset, timed out); the client got this status.
+    Failed(u16),
+    /// The front door's own rejection or the client's fault: counted where it was decided.
+    NotInvocation,
+}
+
+/// A streamed answer's progress.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    first_chunk: Option<Instant>,
+    broke: bool,
+}
+
+/// One routed request in flight; accounted when dropped (its response body's end, or the
+/// client gone).
 struct InFlight {
-    accounts: Arc<Accounts>,
-    upstream: Option<Arc<Upstream>>,
+    state: Arc<State>,
+    upstream: Arc<Upstream>,
+    upload: Arc<UploadState>,
     started: Instant,
     model_started: Option<Instant>,
     model_ended: Option<Instant>,
-    status: u16,
-    model_error: bool,
+    fate: Fate,
+    /// The copy broke its answer off after the head.
+    broke_off: bool,
+    /// Some when the answer streams (`is_streamed`).
+    stream: Option<Stream>,
     /// The connection the answer came on; back to its copy's pool once the answer's body was
     /// read to the end (`reusable`), else closed.
     connection: Option<Sender>,
@@ -482,18 +717,46 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(accounts: Arc<Accounts>, upstream: Option<Arc<Upstream>>, started: Instant) -> Self {
-        accounts.start(upstream.as_ref().map(|u| &u.key));
+    fn new(state: Arc<State>, upstream: Arc<Upstream>, started: Instant) -> Self {
+        state.accounts.start(&upstream.key);
         InFlight {
-            accounts,
+            state,
             upstream,
+            upload: Arc::default(),
             started,
             model_started: None,
             model_ended: None,
-            status: 0,
-            model_error: false,
+            fate: Fate::Unsettled,
+            broke_off: false,
+            stream: None,
             connection: None,
             reusable: false,
+        }
+    }
+
+    fn outcome(&self, status: u16, copy_failed: bool, now: Instant) -> Outcome {
+        let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
+        let model_us = self.model_started.map_or(0.0, |start| {
+            us(self
+                .model_ended
+                .unwrap_or(now)
+                .saturating_duration_since(start))
+        });
+        let stream = self.stream.map(|s| StreamOutcome {
+            first_chunk: s.first_chunk.map(|at| FirstChunk {
+                total_us: us(at.saturating_duration_since(self.started)),
+                model_us: self
+                    .model_started
+                    .map_or(0.0, |start| us(at.saturating_duration_since(start))),
+            }),
+            broke_mid_stream: s.broke && s.first_chunk.is_some(),
+        });
+        Outcome {
+            status,
+            model_error: copy_failed || self.broke_off || !(200..300).contains(&status),
+            model_us,
+            total_us: us(now.saturating_duration_since(self.started)),
+            stream,
         }
     }
 }
@@ -501,26 +764,32 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let now = Instant::now();
-        let model_us = self.model_started.map(|start| {
-            let end = self.model_ended.unwrap_or(now);
-            end.saturating_duration_since(start).as_nanos() as f64 / 1000.0
-        });
-        let outcome = Outcome {
-            status: self.status,
-            model_error: self.model_error,
-            model_us,
-            total_us: now.saturating_duration_since(self.started).as_nanos() as f64 / 1000.0,
-        };
-        self.accounts
-            .finish(self.upstream.as_ref().map(|u| &u.key), &outcome);
-        if let Some(upstream) = &self.upstream {
-            upstream
-                .outstanding
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(connection) = self.connection.take() {
-                if self.reusable {
-                    upstream.pool.put(connection);
+        let outcome = match self.fate {
+            Fate::Answered(status) => Some(self.outcome(status, false, now)),
+            Fate::Failed(status) => Some(self.outcome(status, true, now)),
+            Fate::NotInvocation => None,
+            Fate::Unsettled => {
+                if !self.state.stopping.load(Ordering::Relaxed) {
+                    telemetry::warn_sampled(
+                        Counter::ProxyClientLeft,
+                        &format!(
+                            "front door: {}: the client went away before the answer",
+                            self.upstream.key.component
+                        ),
+                    );
                 }
+                None
+            }
+        };
+        self.state
+            .accounts
+            .finish(&self.upstream.key, outcome.as_ref());
+        self.upstream
+            .outstanding
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(connection) = self.connection.take() {
+            if self.reusable {
+                self.upstream.pool.put(connection);
             }
         }
     }
@@ -551,29 +820,22 @@ impl Body for Metered {
         match &mut this.inner {
             Inner::Upstream(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(g) = this.guard.as_mut() {
+                if let (Poll::Ready(ready), Some(g)) = (&polled, this.guard.as_mut()) {
+                    match ready {
+                        Some(Ok(frame)) => {
+                            if let Some(stream) = g.stream.as_mut() {
+                                let data = frame.data_ref().is_some_and(|d| !d.is_empty());
+                                if data && stream.first_chunk.is_none() {
+                                    stream.first_chunk = Some(Instant::now());
+                                }
+                            }
+                        }
+                        None => {
                             g.model_ended = Some(Instant::now());
                             g.reusable = true;
                         }
+                        Some(Err(e)) => broke_off(g, e),
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        if let Some(g) = this.guard.as_mut() {
-                            g.model_ended = Some(Instant::now());
-                            g.model_error = true;
-                            let component = g
-                                .upstream
-                                .as_ref()
-                                .map_or("", |u| &*u.key.component)
-                                .to_string();
-                            telemetry::warn_sampled(
-                                Counter::ProxyUpstreamErrors,
-                                &format!("front door: {component}: the answer broke off: {e}"),
-                            );
-                        }
-                    }
-                    _ => {}
                 }
                 polled
             }
@@ -594,6 +856,34 @@ impl Body for Metered {
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
+}
+
+/// The copy's answer failed after its head: the copy's doing (a model error, and a mid-stream
+/// error once a streamed answer's first chunk went out), unless the client's upload broke it.
+fn broke_off(g: &mut InFlight, e: &hyper::Error) {
+    g.model_ended = Some(Instant::now());
+    let component = g.upstream.key.component.clone();
+    if let Some(fault) = g.upload.fault() {
+        g.fate = Fate::NotInvocation;
+        let counter = match fault {
+            UploadFault::BadFraming => Counter::ProxyClientBadFraming,
+            UploadFault::Left => Counter::ProxyClientLeft,
+            UploadFault::OverLimit => Counter::ProxyBadRequests,
+        };
+        telemetry::warn_sampled(
+            counter,
+            &format!("front door: {component}: the client's upload failed mid-answer: {e}"),
+        );
+        return;
+    }
+    g.broke_off = true;
+    if let Some(stream) = g.stream.as_mut() {
+        stream.broke = true;
+    }
+    telemetry::warn_sampled(
+        Counter::ProxyUpstreamErrors,
+        &format!("front door: {component}: the answer broke off: {e}"),
+    );
 }
 
 impl Drop for Metered {
@@ -631,18 +921,9 @@ mod tests {
     }
 
     #[test]
-    fn local_answers_are_accounted_when_their_body_is_dropped() {
-        let accounts = Arc::new(Accounts::new(1));
-        let guard = InFlight::new(accounts.clone(), None, Instant::now());
-        let response = local(guard, 404, "no\n".into());
+    fn local_answers_without_a_route_are_not_invocations() {
+        let response = local(None, 404, "no\n".into());
         assert_eq!(response.status(), 404);
         assert_eq!(response.body().size_hint().exact(), Some(3));
-        drop(response);
-        let series = accounts.drain(|_| 1);
-        let e4 = series
-            .iter()
-            .find(|(k, _)| k.metric == crate::catalog::Metric::Invocation4xxErrors)
-            .unwrap();
-        assert_eq!(e4.1.sum, 1.0);
     }
 }
