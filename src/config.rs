@@ -48,6 +48,67 @@ pub const DEFAULT_GPU_PROCESS_INTERVAL_MS: u64 = 10_000;
 /// GPU processes are read at most once a second (see `PROCESS_ENUMERATION_MIN_INTERVAL_MS`).
 pub const MIN_GPU_PROCESS_INTERVAL_MS: u64 = 1000;
 
+/// Default cadence of the slow GPU health reads (ECC counts, retired pages or remapped rows,
+/// PCIe replays, the MIG instance list): these change rarely, and the ECC field call is the
+/// dearest health read (docs/gpu.md); once a minute is once per default publish period.
+pub const DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 60_000;
+
+/// The slow health reads run at most once a second (the fastest sampling interval is 100 ms).
+pub const MIN_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 1000;
+
+/// ...and at least once an hour, so a new ECC error shows within the hour.
+pub const MAX_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 3_600_000;
+
+/// A group of GPU health series (`[gpu] health`; docs/gpu.md lists each group's series).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuHealthGroup {
+    /// GPU and memory temperature.
+    Temperature,
+    /// Power draw, enforced power limit, energy of the period.
+    Power,
+    /// SM and memory clocks.
+    Clocks,
+    /// Clock event (throttle) reasons: power cap, thermal, hardware slowdown, the raw mask.
+    Throttle,
+    /// Framebuffer used and free, memory copy (bandwidth) utilization.
+    Memory,
+    /// ECC counts, retired pages or remapped rows, PCIe replays (on the slow cadence).
+    Ecc,
+    /// XID errors per period, from NVML events on a thread of their own.
+    Xid,
+    /// SM and DRAM activity through GPU performance monitoring (Hopper and later), also per
+    /// MIG instance.
+    Gpm,
+}
+
+impl GpuHealthGroup {
+    /// Every group, in the order docs/gpu.md lists them.
+    pub const ALL: [GpuHealthGroup; 8] = [
+        GpuHealthGroup::Temperature,
+        GpuHealthGroup::Power,
+        GpuHealthGroup::Clocks,
+        GpuHealthGroup::Throttle,
+        GpuHealthGroup::Memory,
+        GpuHealthGroup::Ecc,
+        GpuHealthGroup::Xid,
+        GpuHealthGroup::Gpm,
+    ];
+
+    /// On by default: the faults that take a GPU (and the model sharded over it) out, and their
+    /// precursors (heat, power cap, throttling), plus SM activity, which is free where GPM is
+    /// unsupported. Off: clocks (the detail behind the throttle reasons) and memory (framebuffer
+    /// figures repeat GPUMemoryUtilization). Cost: docs/gpu.md and `plan`.
+    pub const DEFAULT: [GpuHealthGroup; 6] = [
+        GpuHealthGroup::Temperature,
+        GpuHealthGroup::Power,
+        GpuHealthGroup::Throttle,
+        GpuHealthGroup::Ecc,
+        GpuHealthGroup::Xid,
+        GpuHealthGroup::Gpm,
+    ];
+}
+
 /// The default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/endpoint-metrics-agent/agent.toml";
 
@@ -273,6 +334,21 @@ pub struct GpuConfig {
     /// interval still averages the whole interval.
     #[serde(default = "default_gpu_process_interval_ms")]
     pub process_interval_ms: u64,
+    /// Which GPU health groups are published, per GPU, whether or not enhanced metrics are on:
+    /// "temperature", "power", "clocks", "throttle", "memory", "ecc", "xid", "gpm".
+    #[serde(default = "default_gpu_health")]
+    pub health: Vec<GpuHealthGroup>,
+    /// How often the slow health reads run (ECC, retired pages or remapped rows, PCIe replays,
+    /// the MIG instance list), in ms; the last values are carried in between.
+    #[serde(default = "default_gpu_health_slow_interval_ms")]
+    pub health_slow_interval_ms: u64,
+}
+
+impl GpuConfig {
+    /// Whether a health group is published.
+    pub fn health_on(&self, group: GpuHealthGroup) -> bool {
+        self.health.contains(&group)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -374,6 +450,12 @@ fn default_gpu_dimension_name() -> String {
 fn default_gpu_process_interval_ms() -> u64 {
     DEFAULT_GPU_PROCESS_INTERVAL_MS
 }
+fn default_gpu_health() -> Vec<GpuHealthGroup> {
+    GpuHealthGroup::DEFAULT.to_vec()
+}
+fn default_gpu_health_slow_interval_ms() -> u64 {
+    DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS
+}
 fn default_admin_listen() -> String {
     DEFAULT_ADMIN_LISTEN.into()
 }
@@ -458,6 +540,8 @@ impl Default for GpuConfig {
             nvml_library: default_nvml_library(),
             dimension_name: default_gpu_dimension_name(),
             process_interval_ms: default_gpu_process_interval_ms(),
+            health: default_gpu_health(),
+            health_slow_interval_ms: default_gpu_health_slow_interval_ms(),
         }
     }
 }
@@ -672,6 +756,15 @@ impl Config {
                 format!(
                     "{} is not allowed; allowed: {MIN_GPU_PROCESS_INTERVAL_MS} or more",
                     self.gpu.process_interval_ms
+                ),
+            ));
+        }
+        let slow = self.gpu.health_slow_interval_ms;
+        if !(MIN_GPU_HEALTH_SLOW_INTERVAL_MS..=MAX_GPU_HEALTH_SLOW_INTERVAL_MS).contains(&slow) {
+            return Err((
+                "gpu.health_slow_interval_ms",
+                format!(
+                    "{slow} is not allowed; allowed: {MIN_GPU_HEALTH_SLOW_INTERVAL_MS} to {MAX_GPU_HEALTH_SLOW_INTERVAL_MS}"
                 ),
             ));
         }
@@ -1028,6 +1121,9 @@ mod tests {
         assert_eq!(c.emf_destination(), EmfDestination::Stdout);
         assert_eq!(c.gpu.dimension_name, "GpuId");
         assert_eq!(c.gpu.process_interval_ms, 10_000);
+        assert_eq!(c.gpu.health, GpuHealthGroup::DEFAULT);
+        assert!(!c.gpu.health_on(GpuHealthGroup::Clocks));
+        assert_eq!(c.gpu.health_slow_interval_ms, 60_000);
         assert!(c.docker.enabled);
         assert_eq!(c.docker.socket, "/var/run/docker.sock");
         assert_eq!(c.docker.component_label, "sagemaker.inference-component");
@@ -1080,6 +1176,9 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[output]\nretry_max_seconds = 301\n", "output.retry_max_seconds"),
             ("[endpoint]\nname = \"e\"\n[admin]\nlisten = \"localhost\"\n", "admin.listen"),
             ("[endpoint]\nname = \"e\"\n[gpu]\nprocess_interval_ms = 999\n", "gpu.process_interval_ms"),
+            ("[endpoint]\nname = \"e\"\n[gpu]\nhealth = [\"fans\"]\n", "gpu.health[0]"),
+            ("[endpoint]\nname = \"e\"\n[gpu]\nhealth_slow_interval_ms = 999\n", "gpu.health_slow_interval_ms"),
+            ("[endpoint]\nname = \"e\"\n[gpu]\nhealth_slow_interval_ms = 3600001\n", "gpu.health_slow_interval_ms"),
             ("[endpoint]\nname = \"e\"\n[self_metrics]\nnamespace = \"AWS/Agent\"\n", "self_metrics.namespace"),
             ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = 0.0\n", "cost.instance_hourly_price_usd"),
             ("[endpoint]\nname = \"e\"\n[cost]\ninstance_hourly_price_usd = -1.5\n", "cost.instance_hourly_price_usd"),

@@ -30,6 +30,11 @@ pub enum Counter {
     GpuReadsMissed,
     /// A process list with an impossible layout, rejected rather than misread.
     GpuProcessListsRejected,
+    /// A GPU health call the GPU or driver does not support: that series is absent (once per
+    /// GPU and call).
+    GpuHealthUnsupported,
+    /// XID errors received from NVML events (each also counted per GPU in its series).
+    GpuXidErrors,
     DockerUnavailable,
     DockerInspectErrors,
     ContainersWithoutComponent,
@@ -65,7 +70,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 46] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -85,6 +90,8 @@ impl Counter {
         Counter::GpuErrors,
         Counter::GpuReadsMissed,
         Counter::GpuProcessListsRejected,
+        Counter::GpuHealthUnsupported,
+        Counter::GpuXidErrors,
         Counter::DockerUnavailable,
         Counter::DockerInspectErrors,
         Counter::ContainersWithoutComponent,
@@ -133,6 +140,8 @@ impl Counter {
             Counter::GpuErrors => "gpu_errors",
             Counter::GpuReadsMissed => "gpu_reads_missed",
             Counter::GpuProcessListsRejected => "gpu_process_lists_rejected",
+            Counter::GpuHealthUnsupported => "gpu_health_unsupported",
+            Counter::GpuXidErrors => "gpu_xid_errors",
             Counter::DockerUnavailable => "docker_unavailable",
             Counter::DockerInspectErrors => "docker_inspect_errors",
             Counter::ContainersWithoutComponent => "containers_without_component",
