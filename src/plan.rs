@@ -125,7 +125,11 @@ fn health_metrics(config: &Config) -> Vec<Metric> {
         .iter()
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .flat_map(|&group| crate::collectors::gpu::health_metrics(group).iter().copied())
+        .flat_map(|&group| {
+            crate::collectors::gpu::health_metrics(group)
+                .iter()
+                .copied()
+        })
         .collect()
 }
 
@@ -538,7 +542,10 @@ mod tests {
         assert_eq!(temp.len(), 8);
         assert!(temp.iter().all(|s| s.dimensions.len() == 4), "{temp:?}");
         let all = "[gpu]\nhealth = [\"temperature\", \"power\", \"clocks\", \"throttle\", \"memory\", \"ecc\", \"xid\", \"gpm\", \"xid\"]\n";
-        let every = plan(&config(&format!("[metrics]\nenhanced = true\n{all}")), &shape);
+        let every = plan(
+            &config(&format!("[metrics]\nenhanced = true\n{all}")),
+            &shape,
+        );
         let enhanced_none = plan(
             &config("[metrics]\nenhanced = true\n[gpu]\nhealth = []\n"),
             &shape,

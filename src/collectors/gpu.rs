@@ -122,7 +122,10 @@ impl GpuHealth {
             (Metric::GpuSmClock, self.sm_clock_mhz),
             (Metric::GpuMemoryClock, self.memory_clock_mhz),
             (Metric::GpuClockEventReasons, reasons.map(|m| m as f64)),
-            (Metric::GpuClockEventPowerCap, flag(clock_event::SW_POWER_CAP)),
+            (
+                Metric::GpuClockEventPowerCap,
+                flag(clock_event::SW_POWER_CAP),
+            ),
             (Metric::GpuClockEventThermal, flag(clock_event::THERMAL)),
             (Metric::GpuClockEventHwSlowdown, flag(clock_event::HARDWARE)),
             (Metric::GpuFramebufferUsed, self.framebuffer_used_mib),

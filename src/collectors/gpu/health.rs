@@ -39,7 +39,10 @@ pub const ECC_FIELDS: [(u32, Metric); 10] = [
     (NVML_FI_DEV_RETIRED_DBE, Metric::GpuRetiredPagesDbe),
     (NVML_FI_DEV_RETIRED_PENDING, Metric::GpuRetiredPagesPending),
     (NVML_FI_DEV_REMAPPED_COR, Metric::GpuRemappedRowsCorrectable),
-    (NVML_FI_DEV_REMAPPED_UNC, Metric::GpuRemappedRowsUncorrectable),
+    (
+        NVML_FI_DEV_REMAPPED_UNC,
+        Metric::GpuRemappedRowsUncorrectable,
+    ),
     (NVML_FI_DEV_REMAPPED_PENDING, Metric::GpuRowRemapPending),
     (NVML_FI_DEV_REMAPPED_FAILURE, Metric::GpuRowRemapFailure),
     (NVML_FI_DEV_PCIE_REPLAY_COUNTER, Metric::GpuPcieReplays),
@@ -200,10 +203,12 @@ pub(super) fn read(
                 device.temperature(TemperatureSensor::Gpu),
             )?
             .map(f64::from);
-        h.memory_temperature_c = field_values(device, index, state, &[(
-            MEMORY_TEMPERATURE_FIELD,
-            Metric::GpuMemoryTemperature,
-        )])?
+        h.memory_temperature_c = field_values(
+            device,
+            index,
+            state,
+            &[(MEMORY_TEMPERATURE_FIELD, Metric::GpuMemoryTemperature)],
+        )?
         .first()
         .map(|&(_, v)| v);
     }
@@ -228,7 +233,11 @@ pub(super) fn read(
     }
     if plan.on(Clocks) {
         h.sm_clock_mhz = state
-            .value(index, "nvmlDeviceGetClockInfo(SM)", device.clock_info(Clock::SM))?
+            .value(
+                index,
+                "nvmlDeviceGetClockInfo(SM)",
+                device.clock_info(Clock::SM),
+            )?
             .map(f64::from);
         h.memory_clock_mhz = state
             .value(
@@ -305,7 +314,10 @@ fn field_values(
                 Some(v) => out.push((metric, v)),
                 None => telemetry::warn_sampled(
                     Counter::GpuErrors,
-                    &format!("GPU {index}: {} has an impossible value {value:?}", metric.name()),
+                    &format!(
+                        "GPU {index}: {} has an impossible value {value:?}",
+                        metric.name()
+                    ),
                 ),
             }
         }
@@ -467,7 +479,11 @@ mod tests {
     #[test]
     fn energy_is_the_increase_since_the_previous_reading() {
         let mut last = None;
-        assert_eq!(energy_since(&mut last, Some(10_000)), None, "no baseline yet");
+        assert_eq!(
+            energy_since(&mut last, Some(10_000)),
+            None,
+            "no baseline yet"
+        );
         assert_eq!(energy_since(&mut last, Some(12_500)), Some(2.5));
         assert_eq!(energy_since(&mut last, Some(100)), None, "counter reset");
         assert_eq!(energy_since(&mut last, Some(1_100)), Some(1.0));

@@ -40,20 +40,38 @@ const UNKNOWN_XID: u64 = 999;
 /// and whether it leaves the GPU needing a reset or replacement (fatal: `/healthz` degraded).
 pub fn meaning(xid: u64) -> (&'static str, bool) {
     match xid {
-        13 => ("graphics engine exception (usually an application error)", false),
-        31 => ("GPU memory page fault (usually an application error)", false),
+        13 => (
+            "graphics engine exception (usually an application error)",
+            false,
+        ),
+        31 => (
+            "GPU memory page fault (usually an application error)",
+            false,
+        ),
         32 => ("invalid or corrupted push buffer stream", false),
-        43 => ("GPU stopped processing (usually an application error)", false),
+        43 => (
+            "GPU stopped processing (usually an application error)",
+            false,
+        ),
         45 => ("preemptive cleanup after earlier errors", false),
         48 => ("double-bit ECC error", true),
         61 => ("internal micro-controller breakpoint or warning", false),
         62 => ("internal micro-controller halt", true),
-        63 => ("ECC page retirement or row remapping recorded (reset to apply)", false),
-        64 => ("ECC page retirement or row remapping recording failed", true),
+        63 => (
+            "ECC page retirement or row remapping recorded (reset to apply)",
+            false,
+        ),
+        64 => (
+            "ECC page retirement or row remapping recording failed",
+            true,
+        ),
         74 => ("NVLink error", true),
         79 => ("GPU has fallen off the bus", true),
         92 => ("high single-bit ECC error rate", false),
-        94 => ("contained ECC error (the affected application stopped)", false),
+        94 => (
+            "contained ECC error (the affected application stopped)",
+            false,
+        ),
         95 => ("uncontained ECC error (GPU reset needed)", true),
         119 => ("GSP RPC timeout", true),
         120 => ("GSP error", true),
@@ -177,7 +195,9 @@ impl EventThread {
     /// Registers every GPU for critical-XID events and handles them until stopped (Ok) or the
     /// event set fails (Err: start again after a pause).
     fn watch(&mut self, nvml: &Nvml) -> Result<(), String> {
-        let count = nvml.device_count().map_err(|e| format!("nvmlDeviceGetCount: {e}"))?;
+        let count = nvml
+            .device_count()
+            .map_err(|e| format!("nvmlDeviceGetCount: {e}"))?;
         let mut set = nvml
             .create_event_set()
             .map_err(|e| format!("nvmlEventSetCreate: {e}"))?;
