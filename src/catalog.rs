@@ -581,6 +581,33 @@ mod tests {
     }
 
     #[test]
+    fn gpu_health_is_per_gpu_with_or_without_enhanced_metrics() {
+        let health = Scope::GpuHealth { index: 2 };
+        let mig = Scope::MigInstance {
+            gpu_index: 1,
+            gpu_instance: 5,
+        };
+        for enhanced in [false, true] {
+            assert_eq!(
+                health.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu][..]]
+            );
+            assert_eq!(
+                mig.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu, GpuInstanceId][..]]
+            );
+        }
+        assert_eq!(health.namespace(), Namespace::Endpoints);
+        assert_eq!(health.dimension_value(Gpu).as_deref(), Some("2"));
+        assert_eq!(mig.dimension_value(Gpu).as_deref(), Some("1"));
+        assert_eq!(mig.dimension_value(GpuInstanceId).as_deref(), Some("5"));
+        assert_eq!(Metric::GpuTemperature.name(), "DCGM_FI_DEV_GPU_TEMP");
+        assert_eq!(Metric::GpuTemperature.unit(), Unit::None);
+        assert_eq!(Metric::GpuFramebufferUsed.unit().as_str(), "Megabytes");
+        assert_eq!(Metric::GpuXidErrors.unit(), Unit::Count);
+    }
+
+    #[test]
     fn container_scope_carries_its_dimension_values() {
         let scope = Scope::ContainerGpu {
             component: "model-a".into(),

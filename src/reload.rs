@@ -92,6 +92,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     restart!("gpu.enabled", gpu.enabled);
     restart!("gpu.nvml_library", gpu.nvml_library);
     restart!("gpu.process_interval_ms", gpu.process_interval_ms);
+    restart!("gpu.health", gpu.health);
+    restart!("gpu.health_slow_interval_ms", gpu.health_slow_interval_ms);
     restart!("admin", admin);
     restart!("cost", cost);
     // The front door's listener, upstreams and limits are fixed at start; its namespace is live.
@@ -124,6 +126,8 @@ fn copy_restart_keys(into: &mut Config, new: &Config) {
     into.gpu.enabled = new.gpu.enabled;
     into.gpu.nvml_library = new.gpu.nvml_library.clone();
     into.gpu.process_interval_ms = new.gpu.process_interval_ms;
+    into.gpu.health = new.gpu.health.clone();
+    into.gpu.health_slow_interval_ms = new.gpu.health_slow_interval_ms;
     into.admin = new.admin.clone();
     into.cost = new.cost.clone();
     into.proxy = new.proxy.clone();
