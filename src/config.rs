@@ -808,7 +808,7 @@ impl Config {
              metrics: enhanced={} publish every {} s, sample every {} ms, disk {}\n\
              namespaces: {} | {}\n\
              output: {:?} to {}\n\
-             gpu: {} ({}, dimension {})\n\
+             gpu: {} ({}, dimension {}, health groups {:?}, slow health reads every {} ms)\n\
              log: {:?} at {}\n\
              admin: {}\n\
              self metrics: {}\n\
@@ -832,6 +832,8 @@ impl Config {
             },
             self.gpu.nvml_library,
             self.gpu.dimension_name,
+            self.gpu.health,
+            self.gpu.health_slow_interval_ms,
             self.log.format,
             self.log.level.as_str(),
             if self.admin.enabled {
