@@ -927,6 +927,52 @@ fn xid_events_are_counted_per_gpu_and_drained_into_readings() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_health_call_costs_its_ticks_and_then_recovers() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}hang nvmlDeviceGetTemperature 1500 1\n",
+        health_script()
+    ));
+    let c = health_collector(&fake, &[GpuHealthGroup::Temperature]);
+    let mut worker = Some(Worker::spawn("gpu-test", c).unwrap());
+    let missed = telemetry::get(Counter::GpuReadsMissed);
+    let timeout = Duration::from_millis(200);
+    let t = system_now_ms();
+    assert_eq!(gpu::read(worker.as_mut(), t, timeout).await, None);
+    assert!(telemetry::get(Counter::GpuReadsMissed) > missed);
+    let mut recovered = None;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(r) = gpu::read(worker.as_mut(), t + 1 + i, timeout).await {
+            recovered = Some(r);
+            break;
+        }
+    }
+    let reading = recovered.expect("GPU data again after the hang");
+    assert_eq!(health_of(&reading, 0).temperature_c, Some(65.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_xid_wait_never_stalls_the_gpu_readings() {
+    let fake = FakeNvml::new();
+    // Every wait hangs 5 s: the event thread is stuck, the sampling thread is not.
+    fake.script(&format!(
+        "{}hang nvmlEventSetWait_v2 5000\nxid 0 48\n",
+        health_script()
+    ));
+    let c = health_collector(&fake, &[GpuHealthGroup::Xid, GpuHealthGroup::Power]);
+    let mut worker = Some(Worker::spawn("gpu-test", c).unwrap());
+    let t = system_now_ms();
+    for i in 0..5 {
+        let reading = gpu::read(worker.as_mut(), t + i, Duration::from_secs(2))
+            .await
+            .expect("a reading in time while the XID wait hangs");
+        assert_eq!(health_of(&reading, 0).power_watts, Some(350.5));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn free_port() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()

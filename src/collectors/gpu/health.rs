@@ -150,10 +150,13 @@ impl HealthState {
         match result {
             Ok(v) => Ok(Some(v)),
             Err(NvmlError::GpuLost) => Err(DeviceError::Lost),
+            // NO_PERMISSION is as lasting (MIG queries that need the root-only
+            // /dev/nvidia-caps nodes under the unprivileged unit): once, not every sample.
             Err(
                 NvmlError::NotSupported
                 | NvmlError::FailedToLoadSymbol(_)
-                | NvmlError::FunctionNotFound,
+                | NvmlError::FunctionNotFound
+                | NvmlError::NoPermission,
             ) => {
                 self.note_unsupported(index, call);
                 Ok(None)
@@ -175,7 +178,7 @@ impl HealthState {
                 gpu = index,
                 call,
                 counter = Counter::GpuHealthUnsupported.name(),
-                "not supported on this GPU or driver: its series is absent"
+                "not supported (or not permitted) on this GPU or driver: its series is absent"
             );
         }
     }
