@@ -10,6 +10,9 @@
 //! - no `nvmlDeviceGetMemoryInfo_v2` (drivers before r510): the v1 call is used;
 //! - a process list whose entries cannot be right (a driver writing another entry layout) is
 //!   rejected for that sample, logged and counted, never misread.
+//!
+//! With `[gpu] health` groups on, each GPU's health figures are read in the same device read
+//! (`health.rs`), and the XID event thread (`xid.rs`) is started at the first initialisation.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -208,6 +211,10 @@ impl NvmlCollector {
                 return reading;
             }
         };
+        // GPUs gone since the last reading: free what was kept for them first.
+        for state in self.devices.iter_mut().skip(count as usize) {
+            state.health.release(nvml);
+        }
         self.devices
             .resize_with(count as usize, DeviceState::default);
         let enumerate = self.last_enumeration_ms.is_none_or(|last| {
