@@ -111,6 +111,7 @@ fn tick() -> Tick {
     );
     tick.inventory = Arc::new(inventory);
     tick.gpu = Some(GpuReading {
+        health: Vec::new(),
         devices,
         processes: Vec::new(),
     });

@@ -60,6 +60,26 @@ impl HealthLimits {
     }
 }
 
+/// Faults outside the agent that `/healthz` reports (a GPU's fatal XID), by what they concern:
+/// the status becomes "degraded" with these reasons, still 200, since the agent itself works
+/// and restarting it mends nothing. They last until the agent restarts (a fatal XID needs a
+/// GPU reset, which restarts the workload anyway). At most one per key: a GPU has one entry.
+static DEGRADED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Marks `/healthz` degraded: `key` names what is faulty (one entry per key, the latest
+/// reason), `reason` says how.
+pub fn degrade(key: &str, reason: String) {
+    let mut degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.insert(key.to_string(), reason);
+}
+
+/// The reasons `/healthz` is degraded, by key order.
+pub fn degraded() -> Vec<String> {
+    let degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.values().cloned().collect()
+}
+
 /// The health verdict and the JSON body that explains it.
 pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
     let ready = telemetry::gauge(Gauge::Ready) == 1;
@@ -86,9 +106,16 @@ pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
         ));
     }
     let healthy = reasons.is_empty();
+    let degraded = degraded();
+    let status = match (healthy, degraded.is_empty()) {
+        (false, _) => "unhealthy",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
     let opt = |ms: u64| (ms > 0).then_some(ms);
     let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unhealthy" },
+        "status": status,
+        "degraded": degraded,
         "ready": ready,
         "last_sample_ms": opt(last_sample),
         "last_sample_age_ms": sample_age,

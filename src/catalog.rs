@@ -13,6 +13,8 @@ pub enum Unit {
     Count,
     Microseconds,
     Bytes,
+    /// GPU framebuffer figures, in MiB as DCGM publishes them (CloudWatch has no MiB unit).
+    Megabytes,
     Seconds,
     None,
 }
@@ -24,6 +26,7 @@ impl Unit {
             Unit::Count => "Count",
             Unit::Microseconds => "Microseconds",
             Unit::Bytes => "Bytes",
+            Unit::Megabytes => "Megabytes",
             Unit::Seconds => "Seconds",
             Unit::None => "None",
         }
@@ -86,6 +89,43 @@ pub enum Metric {
     FirstChunkModelLatency,
     FirstChunkOverheadLatency,
     MidStreamErrors,
+    /// GPU health (`Scope::GpuHealth`, `Scope::MigInstance`; docs/gpu.md), under DCGM's field
+    /// names. Temperatures in degrees C, power in W, energy in J, clocks in MHz: CloudWatch has
+    /// none of these units, so they are `None` and the unit is in the documentation.
+    GpuTemperature,
+    GpuMemoryTemperature,
+    GpuPowerUsage,
+    GpuEnforcedPowerLimit,
+    /// Energy the GPU used since the previous sample (J), from NVML's mJ counter: a period's
+    /// Sum is the energy of the period.
+    GpuEnergy,
+    GpuSmClock,
+    GpuMemoryClock,
+    /// The raw NVML clock event (throttle) reason mask, and 0/1 series for the reasons operators
+    /// act on (the agent's own names, in DCGM's style: DCGM publishes only the mask).
+    GpuClockEventReasons,
+    GpuClockEventPowerCap,
+    GpuClockEventThermal,
+    GpuClockEventHwSlowdown,
+    GpuFramebufferUsed,
+    GpuFramebufferFree,
+    GpuMemoryCopyUtilization,
+    GpuEccSbeVolatile,
+    GpuEccDbeVolatile,
+    GpuRetiredPagesSbe,
+    GpuRetiredPagesDbe,
+    GpuRetiredPagesPending,
+    GpuRemappedRowsCorrectable,
+    GpuRemappedRowsUncorrectable,
+    GpuRowRemapPending,
+    GpuRowRemapFailure,
+    GpuPcieReplays,
+    /// XID errors received since the previous sample (dcgm-exporter's count, not DCGM's
+    /// last-XID-code field): a period's Sum is the period's count.
+    GpuXidErrors,
+    /// GPU performance monitoring (Hopper and later): ratios 0..1, as DCGM's profiling fields.
+    GpuSmActive,
+    GpuDramActive,
 }
 
 impl Metric {
@@ -149,6 +189,33 @@ impl Metric {
             Metric::FirstChunkModelLatency => "FirstChunkModelLatency",
             Metric::FirstChunkOverheadLatency => "FirstChunkOverheadLatency",
             Metric::MidStreamErrors => "MidStreamErrors",
+            Metric::GpuTemperature => "DCGM_FI_DEV_GPU_TEMP",
+            Metric::GpuMemoryTemperature => "DCGM_FI_DEV_MEMORY_TEMP",
+            Metric::GpuPowerUsage => "DCGM_FI_DEV_POWER_USAGE",
+            Metric::GpuEnforcedPowerLimit => "DCGM_FI_DEV_ENFORCED_POWER_LIMIT",
+            Metric::GpuEnergy => "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            Metric::GpuSmClock => "DCGM_FI_DEV_SM_CLOCK",
+            Metric::GpuMemoryClock => "DCGM_FI_DEV_MEM_CLOCK",
+            Metric::GpuClockEventReasons => "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+            Metric::GpuClockEventPowerCap => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP",
+            Metric::GpuClockEventThermal => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_THERMAL",
+            Metric::GpuClockEventHwSlowdown => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_HW_SLOWDOWN",
+            Metric::GpuFramebufferUsed => "DCGM_FI_DEV_FB_USED",
+            Metric::GpuFramebufferFree => "DCGM_FI_DEV_FB_FREE",
+            Metric::GpuMemoryCopyUtilization => "DCGM_FI_DEV_MEM_COPY_UTIL",
+            Metric::GpuEccSbeVolatile => "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+            Metric::GpuEccDbeVolatile => "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+            Metric::GpuRetiredPagesSbe => "DCGM_FI_DEV_RETIRED_SBE",
+            Metric::GpuRetiredPagesDbe => "DCGM_FI_DEV_RETIRED_DBE",
+            Metric::GpuRetiredPagesPending => "DCGM_FI_DEV_RETIRED_PENDING",
+            Metric::GpuRemappedRowsCorrectable => "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+            Metric::GpuRemappedRowsUncorrectable => "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+            Metric::GpuRowRemapPending => "DCGM_FI_DEV_ROW_REMAP_PENDING",
+            Metric::GpuRowRemapFailure => "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+            Metric::GpuPcieReplays => "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+            Metric::GpuXidErrors => "DCGM_EXP_XID_ERRORS_COUNT",
+            Metric::GpuSmActive => "DCGM_FI_PROF_SM_ACTIVE",
+            Metric::GpuDramActive => "DCGM_FI_PROF_DRAM_ACTIVE",
         }
     }
 
@@ -167,7 +234,33 @@ impl Metric {
             | Metric::GpuReservation
             | Metric::MemoryReservation
             | Metric::GpuUtilizationUnattributed
-            | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
+            | Metric::GpuMemoryUtilizationUnattributed
+            | Metric::GpuMemoryCopyUtilization => Unit::Percent,
+            Metric::GpuFramebufferUsed | Metric::GpuFramebufferFree => Unit::Megabytes,
+            Metric::GpuEccSbeVolatile
+            | Metric::GpuEccDbeVolatile
+            | Metric::GpuRetiredPagesSbe
+            | Metric::GpuRetiredPagesDbe
+            | Metric::GpuRetiredPagesPending
+            | Metric::GpuRemappedRowsCorrectable
+            | Metric::GpuRemappedRowsUncorrectable
+            | Metric::GpuPcieReplays
+            | Metric::GpuXidErrors => Unit::Count,
+            Metric::GpuTemperature
+            | Metric::GpuMemoryTemperature
+            | Metric::GpuPowerUsage
+            | Metric::GpuEnforcedPowerLimit
+            | Metric::GpuEnergy
+            | Metric::GpuSmClock
+            | Metric::GpuMemoryClock
+            | Metric::GpuClockEventReasons
+            | Metric::GpuClockEventPowerCap
+            | Metric::GpuClockEventThermal
+            | Metric::GpuClockEventHwSlowdown
+            | Metric::GpuRowRemapPending
+            | Metric::GpuRowRemapFailure
+            | Metric::GpuSmActive
+            | Metric::GpuDramActive => Unit::None,
             Metric::AgentCpuTime => Unit::Seconds,
             Metric::AgentResidentMemory => Unit::Bytes,
             Metric::AgentPublishLatency
@@ -210,8 +303,12 @@ pub enum PeriodValue {
     /// One data point, the mean of the period's samples: utilization, reservation, prices per
     /// hour, GPUs held, the agent's own figures.
     Mean,
-    /// One data point, the sum of the period's samples: what accrues (cost over time).
+    /// One data point, the sum of the period's samples: what accrues (cost over time, the
+    /// energy of each sample, the XID errors since the previous one).
     Sum,
+    /// One data point, the largest of the period's samples: counters that only grow (ECC
+    /// counts, retired pages, remapped rows, PCIe replays) and the throttle reason mask.
+    Max,
     /// Every value: one data point per request, so `SampleCount` and `Sum` count requests and
     /// percentiles work (invocation metrics).
     Each,
@@ -224,7 +321,20 @@ impl Metric {
             Metric::CostAccrued
             | Metric::CostAccruedUtilizationWeighted
             | Metric::UnallocatedGpuCostAccrued
-            | Metric::IdleGpuCostAccrued => PeriodValue::Sum,
+            | Metric::IdleGpuCostAccrued
+            | Metric::GpuEnergy
+            | Metric::GpuXidErrors => PeriodValue::Sum,
+            Metric::GpuEccSbeVolatile
+            | Metric::GpuEccDbeVolatile
+            | Metric::GpuRetiredPagesSbe
+            | Metric::GpuRetiredPagesDbe
+            | Metric::GpuRetiredPagesPending
+            | Metric::GpuRemappedRowsCorrectable
+            | Metric::GpuRemappedRowsUncorrectable
+            | Metric::GpuRowRemapPending
+            | Metric::GpuRowRemapFailure
+            | Metric::GpuPcieReplays
+            | Metric::GpuClockEventReasons => PeriodValue::Max,
             Metric::Invocations
             | Metric::Invocation4xxErrors
             | Metric::Invocation5xxErrors
@@ -265,7 +375,21 @@ impl Metric {
             | Metric::AgentDroppedPoints
             | Metric::GpusAllocated
             | Metric::CostPerHour
-            | Metric::UnallocatedGpuCostPerHour => PeriodValue::Mean,
+            | Metric::UnallocatedGpuCostPerHour
+            | Metric::GpuTemperature
+            | Metric::GpuMemoryTemperature
+            | Metric::GpuPowerUsage
+            | Metric::GpuEnforcedPowerLimit
+            | Metric::GpuSmClock
+            | Metric::GpuMemoryClock
+            | Metric::GpuClockEventPowerCap
+            | Metric::GpuClockEventThermal
+            | Metric::GpuClockEventHwSlowdown
+            | Metric::GpuFramebufferUsed
+            | Metric::GpuFramebufferFree
+            | Metric::GpuMemoryCopyUtilization
+            | Metric::GpuSmActive
+            | Metric::GpuDramActive => PeriodValue::Mean,
         }
     }
 }
@@ -277,6 +401,12 @@ pub enum Scope {
     Instance,
     /// One GPU of the instance, by NVML index (`/aws/sagemaker/Endpoints`, enhanced only).
     Gpu { index: u32 },
+    /// One GPU's health series (`/aws/sagemaker/Endpoints`): per GPU whether or not enhanced
+    /// metrics are on, since a health figure averaged over GPUs hides the one bad GPU; which
+    /// of them exist is `[gpu] health`.
+    GpuHealth { index: u32 },
+    /// One MIG GPU instance of a GPU, by its GPU instance ID (GPM activity; as `GpuHealth`).
+    MigInstance { gpu_index: u32, gpu_instance: u32 },
     /// One model copy: a container of an inference component (`/aws/sagemaker/InferenceComponents`).
     Container {
         component: Arc<str>,
@@ -337,6 +467,8 @@ pub enum Dim {
     Gpu,
     InferenceComponentName,
     ContainerId,
+    /// A MIG GPU instance's ID on its GPU (NVML's GPU instance ID).
+    GpuInstanceId,
 }
 
 impl Dim {
@@ -348,6 +480,7 @@ impl Dim {
             Dim::Gpu => gpu_dimension_name,
             Dim::InferenceComponentName => "InferenceComponentName",
             Dim::ContainerId => "ContainerId",
+            Dim::GpuInstanceId => "GpuInstanceId",
         }
     }
 }
@@ -357,6 +490,7 @@ use Dim::*;
 const ENDPOINT: &[Dim] = &[EndpointName, VariantName];
 const ENDPOINT_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId];
 const ENDPOINT_GPU: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu];
+const MIG_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu, GpuInstanceId];
 const COMPONENT: &[Dim] = &[InferenceComponentName];
 const AGENT: &[Dim] = &[EndpointName, InstanceId];
 const COMPONENT_CONTAINER: &[Dim] = &[
@@ -387,7 +521,10 @@ const COMPONENT_CONTAINER_GPU: &[Dim] = &[
 impl Scope {
     pub fn namespace(&self) -> Namespace {
         match self {
-            Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
+            Scope::Instance
+            | Scope::Gpu { .. }
+            | Scope::GpuHealth { .. }
+            | Scope::MigInstance { .. } => Namespace::Endpoints,
             Scope::Container { .. } | Scope::ContainerGpu { .. } | Scope::Component { .. } => {
                 Namespace::InferenceComponents
             }
@@ -407,6 +544,8 @@ impl Scope {
             (Scope::Instance, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
             (Scope::Gpu { .. }, false) => &[],
             (Scope::Gpu { .. }, true) => &[ENDPOINT_GPU],
+            (Scope::GpuHealth { .. }, _) => &[ENDPOINT_GPU],
+            (Scope::MigInstance { .. }, _) => &[MIG_INSTANCE],
             (Scope::Container { .. }, false) => &[COMPONENT],
             (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
             (Scope::ContainerGpu { .. }, false) => &[],
@@ -432,12 +571,22 @@ impl Scope {
     pub fn dimension_value(&self, dim: Dim) -> Option<String> {
         match (self, dim) {
             (Scope::Gpu { index }, Gpu)
+            | (Scope::GpuHealth { index }, Gpu)
+            | (
+                Scope::MigInstance {
+                    gpu_index: index, ..
+                },
+                Gpu,
+            )
             | (
                 Scope::ContainerGpu {
                     gpu_index: index, ..
                 },
                 Gpu,
             ) => Some(gpu_dimension_value(*index)),
+            (Scope::MigInstance { gpu_instance, .. }, GpuInstanceId) => {
+                Some(gpu_instance.to_string())
+            }
             (Scope::Container { component, .. }, InferenceComponentName)
             | (Scope::ContainerGpu { component, .. }, InferenceComponentName)
             | (Scope::Component { component }, InferenceComponentName)
@@ -559,6 +708,33 @@ mod tests {
             Scope::Gpu { index: 3 }.dimension_sets(true),
             &[&[EndpointName, VariantName, InstanceId, Gpu][..]]
         );
+    }
+
+    #[test]
+    fn gpu_health_is_per_gpu_with_or_without_enhanced_metrics() {
+        let health = Scope::GpuHealth { index: 2 };
+        let mig = Scope::MigInstance {
+            gpu_index: 1,
+            gpu_instance: 5,
+        };
+        for enhanced in [false, true] {
+            assert_eq!(
+                health.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu][..]]
+            );
+            assert_eq!(
+                mig.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu, GpuInstanceId][..]]
+            );
+        }
+        assert_eq!(health.namespace(), Namespace::Endpoints);
+        assert_eq!(health.dimension_value(Gpu).as_deref(), Some("gpu_2"));
+        assert_eq!(mig.dimension_value(Gpu).as_deref(), Some("gpu_1"));
+        assert_eq!(mig.dimension_value(GpuInstanceId).as_deref(), Some("5"));
+        assert_eq!(Metric::GpuTemperature.name(), "DCGM_FI_DEV_GPU_TEMP");
+        assert_eq!(Metric::GpuTemperature.unit(), Unit::None);
+        assert_eq!(Metric::GpuFramebufferUsed.unit().as_str(), "Megabytes");
+        assert_eq!(Metric::GpuXidErrors.unit(), Unit::Count);
     }
 
     #[test]

@@ -193,15 +193,20 @@ pub fn build(
         }
     }
     let devices = tick.gpu.as_ref().map_or(&[][..], |r| r.devices.as_slice());
+    let health = tick.gpu.as_ref().map_or(&[][..], |r| r.health.as_slice());
     let gpus: Vec<GpuRow> = devices
         .iter()
-        .map(|d| GpuRow {
-            index: d.index,
-            utilization_percent: d.utilization_percent,
-            memory_used_bytes: d.memory_used_bytes,
-            memory_total_bytes: d.memory_total_bytes,
-            temperature_c: None,
-            power_w: None,
+        .map(|d| {
+            // Read when the temperature and power health groups are on (`[gpu] health`).
+            let h = health.iter().find(|h| h.index == d.index);
+            GpuRow {
+                index: d.index,
+                utilization_percent: d.utilization_percent,
+                memory_used_bytes: d.memory_used_bytes,
+                memory_total_bytes: d.memory_total_bytes,
+                temperature_c: h.and_then(|h| h.temperature_c),
+                power_w: h.and_then(|h| h.power_watts),
+            }
         })
         .collect();
     // A copy's share of its component's cost: the GPUs it holds, each split between the copies
@@ -359,6 +364,7 @@ mod tests {
             .collect(),
         });
         tick.gpu = Some(GpuReading {
+            health: Vec::new(),
             devices: vec![device(0, 60.0), device(1, 30.0)],
             processes: Vec::new(),
         });
@@ -444,6 +450,7 @@ mod tests {
     fn the_worst_case_view_stays_under_its_byte_bound() {
         let mut tick = tick();
         tick.gpu = Some(GpuReading {
+            health: Vec::new(),
             devices: (0..100).map(|i| device(i, 99.123_456_789)).collect(),
             processes: Vec::new(),
         });

@@ -57,6 +57,9 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
             DiskUtilization,
         ],
         Scope::Gpu { .. } => &[GpuUtilization, GpuMemoryUtilization],
+        // Which health series exist is configuration: see `health_metrics`.
+        Scope::GpuHealth { .. } => &[],
+        Scope::MigInstance { .. } => &[GpuSmActive, GpuDramActive],
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
         Scope::Agent => &Metric::AGENT,
@@ -113,6 +116,27 @@ const CONTAINER_GPU_METRICS: &[Metric] = &[
     Metric::GpuUtilizationNormalized,
     Metric::GpuMemoryUtilizationNormalized,
 ];
+
+/// The health series each GPU publishes with this configuration (`[gpu] health`), whether or
+/// not enhanced metrics are on. MIG instances' GPM series are not counted (`plan` has no MIG
+/// shape): 2 more per GPU instance.
+fn health_metrics(config: &Config) -> Vec<Metric> {
+    if !config.gpu.enabled {
+        return Vec::new();
+    }
+    config
+        .gpu
+        .health
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .flat_map(|&group| {
+            crate::collectors::gpu::health_metrics(group)
+                .iter()
+                .copied()
+        })
+        .collect()
+}
 
 /// One billed metric: namespace, name and dimension values.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +214,12 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
                 metrics.extend_from_slice(UNATTRIBUTED_GPU_METRICS);
             }
             scopes.push((s, metrics));
+        }
+        let health = health_metrics(config);
+        if !health.is_empty() {
+            for index in 0..shape.gpus {
+                scopes.push((Scope::GpuHealth { index }, health.clone()));
+            }
         }
     }
     if config.self_metrics.enabled {
@@ -555,6 +585,42 @@ mod tests {
     }
 
     #[test]
+    fn gpu_health_series_are_counted_per_gpu_with_or_without_enhanced_metrics() {
+        let shape = HostShape {
+            gpus: 8,
+            containers: 0,
+            components: 0,
+        };
+        let none = plan(&config("[gpu]\nhealth = []\n"), &shape).series.len();
+        // Defaults: temperature 2, power 3, throttle 4, ECC 7, XID 1, GPM 2 = 19 per GPU.
+        let defaults = plan(&config(""), &shape);
+        assert_eq!(defaults.series.len(), none + 19 * 8, "{defaults}");
+        let temp: Vec<&Series> = defaults
+            .series
+            .iter()
+            .filter(|s| s.metric == "DCGM_FI_DEV_GPU_TEMP")
+            .collect();
+        assert_eq!(temp.len(), 8);
+        assert!(temp.iter().all(|s| s.dimensions.len() == 4), "{temp:?}");
+        let all = "[gpu]\nhealth = [\"temperature\", \"power\", \"clocks\", \"throttle\", \"memory\", \"ecc\", \"xid\", \"gpm\", \"xid\"]\n";
+        let every = plan(
+            &config(&format!("[metrics]\nenhanced = true\n{all}")),
+            &shape,
+        );
+        let enhanced_none = plan(
+            &config("[metrics]\nenhanced = true\n[gpu]\nhealth = []\n"),
+            &shape,
+        );
+        assert_eq!(
+            every.series.len(),
+            enhanced_none.series.len() + 24 * 8,
+            "a group named twice counts once"
+        );
+        let off = plan(&config("[gpu]\nenabled = false\n"), &shape);
+        assert!(off.series.iter().all(|s| !s.metric.starts_with("DCGM_")));
+    }
+
+    #[test]
     fn tiers_add_up() {
         assert_eq!(metrics_charge(0), 0.0);
         assert!((metrics_charge(100) - 30.0).abs() < 1e-9);
@@ -584,7 +650,7 @@ mod tests {
     #[test]
     fn eight_gpus_four_containers_enhanced_put_metric_data_at_10_s() {
         let c = config(
-            "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+            "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n[gpu]\nhealth = []\n",
         );
         let p = plan(&c, &EIGHT_GPUS);
         // Instance: (4 host + 4 GPU + 3 reservation + 2 unattributed) x 2 sets = 26; per GPU:
@@ -619,10 +685,12 @@ mod tests {
         let text = p.to_string();
         assert!(text.contains("data points per window:   "), "{text}");
         assert!(text.contains("with every_sample: "), "{text}");
-        // 114 series, one point each, and the second copy of each component adds a point to
-        // its {InferenceComponentName} series (2 x 4 metrics); every_sample: 60 times that.
-        assert_eq!(p.points_per_window, 114 + 8);
-        assert_eq!(p.other.points_per_window, (114 + 8) * 60);
+        // 114 series and 19 default GPU health series x 8 GPUs, one point each, and the second
+        // copy of each component adds a point to its {InferenceComponentName} series (2 x 4
+        // metrics); every_sample: 60 times that.
+        let points = 114 + 19 * 8 + 8;
+        assert_eq!(p.points_per_window, points);
+        assert_eq!(p.other.points_per_window, points * 60);
         let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
         let q = plan(&every, &EIGHT_GPUS);
         assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);
@@ -632,7 +700,7 @@ mod tests {
     #[test]
     fn a_priced_instance_adds_the_cost_series() {
         let c = config(
-            "instance_type = \"ml.g5.48xlarge\"\n[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+            "instance_type = \"ml.g5.48xlarge\"\n[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n[gpu]\nhealth = []\n",
         );
         let p = plan(&c, &EIGHT_GPUS);
         // 3 instance cost metrics x 2 sets; 2 components x 4 metrics x 2 sets.

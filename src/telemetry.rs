@@ -69,6 +69,11 @@ counters! {
     GpuReadsMissed = "gpu_reads_missed", Error;
     /// A process list with an impossible layout, rejected rather than misread.
     GpuProcessListsRejected = "gpu_process_lists_rejected", Error;
+    /// A GPU health call the GPU or driver does not support: that series is absent (once per
+    /// GPU and call).
+    GpuHealthUnsupported = "gpu_health_unsupported", Routine;
+    /// XID errors received from NVML events (each also counted per GPU in its series).
+    GpuXidErrors = "gpu_xid_errors", Error;
     DockerUnavailable = "docker_unavailable", Routine;
     DockerInspectErrors = "docker_inspect_errors", Error;
     ContainersWithoutComponent = "containers_without_component", Routine;
