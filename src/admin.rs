@@ -60,26 +60,6 @@ impl HealthLimits {
     }
 }
 
-/// Faults outside the agent that `/healthz` reports (a GPU's fatal XID), by what they concern:
-/// the status becomes "degraded" with these reasons, still 200, since the agent itself works
-/// and restarting it mends nothing. They last until the agent restarts (a fatal XID needs a
-/// GPU reset, which restarts the workload anyway). At most one per key: a GPU has one entry.
-static DEGRADED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// Marks `/healthz` degraded: `key` names what is faulty (one entry per key, the latest
-/// reason), `reason` says how.
-pub fn degrade(key: &str, reason: String) {
-    let mut degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
-    degraded.insert(key.to_string(), reason);
-}
-
-/// The reasons `/healthz` is degraded, by key order.
-pub fn degraded() -> Vec<String> {
-    let degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
-    degraded.values().cloned().collect()
-}
-
 /// The health verdict and the JSON body that explains it.
 pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
     let ready = telemetry::gauge(Gauge::Ready) == 1;
@@ -106,7 +86,7 @@ pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
         ));
     }
     let healthy = reasons.is_empty();
-    let degraded = degraded();
+    let degraded = crate::telemetry::degraded();
     let status = match (healthy, degraded.is_empty()) {
         (false, _) => "unhealthy",
         (true, false) => "degraded",

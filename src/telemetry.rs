@@ -242,6 +242,27 @@ pub fn snapshot() -> Vec<(&'static str, u64)> {
     Counter::ALL.iter().map(|&c| (c.name(), get(c))).collect()
 }
 
+/// Faults outside the agent that `/healthz` reports (kept here, beside the counters, so a
+/// collector can raise one without reaching up to the admin endpoint) (a GPU's fatal XID), by what they concern:
+/// the status becomes "degraded" with these reasons, still 200, since the agent itself works
+/// and restarting it mends nothing. They last until the agent restarts (a fatal XID needs a
+/// GPU reset, which restarts the workload anyway). At most one per key: a GPU has one entry.
+static DEGRADED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Marks `/healthz` degraded: `key` names what is faulty (one entry per key, the latest
+/// reason), `reason` says how.
+pub fn degrade(key: &str, reason: String) {
+    let mut degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.insert(key.to_string(), reason);
+}
+
+/// The reasons `/healthz` is degraded, by key order.
+pub fn degraded() -> Vec<String> {
+    let degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.values().cloned().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

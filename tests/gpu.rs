@@ -978,7 +978,7 @@ fn xid_events_are_counted_per_gpu_and_drained_into_readings() {
     let again = read_xids(&mut c, Duration::from_millis(1500), |_| false);
     assert_eq!(again, vec![0, 0, 0], "each event is counted once");
     assert!(
-        endpoint_metrics_agent::admin::degraded().is_empty(),
+        endpoint_metrics_agent::telemetry::degraded().is_empty(),
         "13 and 63 are not fatal"
     );
 }

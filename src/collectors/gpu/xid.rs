@@ -3,7 +3,7 @@
 //! next reading (`DCGM_EXP_XID_ERRORS_COUNT`, a count per sample, so a period's Sum is the
 //! period's count). Each XID is logged with its code and meaning (repeats of one code on one
 //! GPU at most once per [`SAMPLED_LOG_INTERVAL_MS`], with how many were folded in); a fatal one
-//! marks `/healthz` degraded with the GPU and the code (`admin::degrade`).
+//! marks `/healthz` degraded with the GPU and the code (`telemetry::degrade`).
 //!
 //! The thread has its own NVML handle (NVML counts initialisations), so it needs nothing the
 //! GPU worker does not: the same library and device nodes. It stops within one wait timeout of
@@ -270,7 +270,7 @@ impl EventThread {
         telemetry::add(Counter::GpuXidErrors, 1);
         let (meaning, fatal) = meaning(xid);
         if fatal {
-            crate::admin::degrade(
+            crate::telemetry::degrade(
                 &format!("gpu {gpu}"),
                 format!("GPU {gpu}: XID {xid} ({meaning})"),
             );
