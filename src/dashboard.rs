@@ -105,6 +105,7 @@ pub fn body(config: &Config, target: &Target) -> Result<Value, DashboardError> {
     let mut b = Builder::new(config, target);
     b.cluster_details();
     b.instance_and_gpus();
+    b.gpu_health();
     b.copies();
     b.invocations();
     Ok(b.finish())
@@ -484,6 +485,59 @@ impl<'a> Builder<'a> {
         self.add(unattributed);
     }
 
+    /// GPU health per GPU (`[gpu] health`, DCGM's names): a graph per field the host publishes,
+    /// each a SEARCH over the per-GPU set with the statistic that reads it right (the hottest
+    /// sample, the share of time throttled, the errors of the period).
+    fn gpu_health(&mut self) {
+        let p = self.period();
+        let fields: [(Metric, &str, &'static str); 8] = [
+            (
+                Metric::GpuTemperature,
+                "GPU temperature (C, max)",
+                "Maximum",
+            ),
+            (Metric::GpuPowerUsage, "GPU power draw (W)", "Average"),
+            (
+                Metric::GpuClockEventPowerCap,
+                "Throttled by the power cap (share of time)",
+                "Average",
+            ),
+            (
+                Metric::GpuClockEventThermal,
+                "Throttled by heat (share of time)",
+                "Average",
+            ),
+            (Metric::GpuXidErrors, "XID errors", "Sum"),
+            (
+                Metric::GpuEccDbeVolatile,
+                "ECC double-bit errors (volatile)",
+                "Maximum",
+            ),
+            (
+                Metric::GpuRemappedRowsUncorrectable,
+                "Rows remapped for uncorrectable errors",
+                "Maximum",
+            ),
+            (Metric::GpuSmActive, "SM active (ratio)", "Average"),
+        ];
+        let graphs: Vec<Graph> = fields
+            .into_iter()
+            .filter_map(|(metric, title, stat)| {
+                let s = self.search(Ns::Endpoints, metric, ENDPOINT_GPU, None, stat, p)?;
+                let mut g = Graph::new(title, stat, p);
+                g.expression("health", "", s, true);
+                Some(g)
+            })
+            .collect();
+        if graphs.is_empty() {
+            return;
+        }
+        self.heading("GPU health");
+        for g in graphs {
+            self.add(g);
+        }
+    }
+
     /// Per model copy (per component without enhanced metrics).
     fn copies(&mut self) {
         self.heading("Model copies");
@@ -770,7 +824,14 @@ mod tests {
         let body = body(&config(""), &target(4, &["ic-a"])).unwrap();
         let t = text(&body);
         assert!(t.contains("Instances in service"), "{t}");
-        assert!(!t.contains("SEARCH"), "no six-key series to search: {t}");
+        assert!(
+            !t.contains("ContainerId,InferenceComponentName,GpuId"),
+            "no six-key series to search: {t}"
+        );
+        assert!(
+            t.contains("## GPU health"),
+            "health is per GPU either way: {t}"
+        );
         assert!(!t.contains("Invocations"), "front door off: {t}");
     }
 
@@ -788,6 +849,23 @@ mod tests {
         assert!(t.contains("RUNNING_SUM(cost1)"), "{t}");
         assert!(t.contains("instances * 4 - inuse"), "{t}");
         assert!(describe(&body).contains("- GPUs in use and free (3 rows"));
+    }
+
+    #[test]
+    fn gpu_health_widgets_follow_the_health_groups_on() {
+        let on = body(&config("[metrics]\nenhanced = true\n"), &target(2, &[])).unwrap();
+        let t = text(&on);
+        assert!(t.contains("## GPU health"), "{t}");
+        assert!(t.contains("DCGM_FI_DEV_GPU_TEMP"), "{t}");
+        assert!(t.contains("DCGM_EXP_XID_ERRORS_COUNT"), "{t}");
+        // Clocks and memory are off by default: no widget names them.
+        assert!(!t.contains("DCGM_FI_DEV_SM_CLOCK"), "{t}");
+        let off = body(
+            &config("[metrics]\nenhanced = true\n[gpu]\nhealth = []\n"),
+            &target(2, &[]),
+        )
+        .unwrap();
+        assert!(!text(&off).contains("GPU health"));
     }
 
     #[test]

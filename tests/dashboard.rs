@@ -251,8 +251,14 @@ fn the_check_catches_a_widget_naming_what_the_host_does_not_publish() {
         "{body:#}"
     );
     let text = body.to_string();
-    for absent in ["SEARCH", "Invocations", "CostAccrued", "GpuId"] {
+    for absent in ["Invocations", "CostAccrued", "ContainerId"] {
         assert!(!text.contains(absent), "{absent} in {body:#}");
+    }
+    // The only per-GPU widgets are GPU health's, published per GPU with or without enhanced
+    // metrics.
+    for search in text.split("SEARCH(").skip(1) {
+        let expression = search.split("',").next().unwrap_or(search);
+        assert!(expression.contains("DCGM_"), "{expression}");
     }
     // The full body checked against this host's plan fails: the check can fail.
     let (full, _) = body_and_plan(FULL);
