@@ -27,6 +27,15 @@ use crate::discovery::{ContainerInfo, Inventory};
 /// much bigger is not a cgroup file.
 pub const MAX_CGROUP_FILE_BYTES: u64 = 64 * 1024;
 
+/// `memory.stat` is re-read when the container's memory usage changed since it was last read,
+/// and at least every this many samples (10 s at the default 1 s sampling) when it did not.
+/// It is the dearest cgroup file by far: the kernel formats 40-70 counters for each read (on
+/// v1 it also sums the hierarchy for the `total_*` lines), which made it about 30 % of the whole
+/// agent's CPU with 50 copies (perf, docs/performance.md), where `memory.current` and the CPU
+/// counter are one number each. A copy whose usage moves every second still gets it every
+/// second; an idle one's `inactive_file` is then at most this many samples old.
+pub const MEMORY_STAT_MAX_AGE_SAMPLES: u32 = 10;
+
 /// A container's CPU use may exceed the host's CPUs by this factor before the reading counts as
 /// impossible: the counter and the clock are read a few microseconds apart.
 pub const CPU_OVERSHOOT_ALLOWED: f64 = 1.1;
@@ -230,6 +239,18 @@ struct CgroupFiles {
     memory_stat: OpenFile,
     /// `inactive_file` (v2) or `total_inactive_file` (v1, hierarchical like the usage).
     inactive_key: &'static str,
+    /// The last `memory.stat` reading, reused while the usage stays the same (see
+    /// [`MEMORY_STAT_MAX_AGE_SAMPLES`]).
+    inactive: Option<InactiveFile>,
+}
+
+/// `inactive_file` as last read from `memory.stat`, with the usage it was read alongside.
+#[derive(Copy, Clone, Debug)]
+struct InactiveFile {
+    bytes: u64,
+    usage: u64,
+    /// Samples since it was read.
+    age: u32,
 }
 
 struct Tracked {
@@ -439,9 +460,28 @@ fn read_memory_bytes(files: &mut CgroupFiles, buffer: &mut Vec<u8>) -> Result<u6
         .trim()
         .parse::<u64>()
         .map_err(|_| files.memory_usage.parse_error("not a number"))?;
-    let text = files.memory_stat.read_into(buffer)?;
-    let inactive = stat_value(text, files.inactive_key)
-        .ok_or_else(|| files.memory_stat.parse_error("no inactive_file line"))?;
+    let inactive = match files.inactive {
+        // The usage has not moved by a page since memory.stat was read, and that read is recent.
+        Some(last) if last.usage == usage && last.age + 1 < MEMORY_STAT_MAX_AGE_SAMPLES => {
+            files.inactive = Some(InactiveFile {
+                age: last.age + 1,
+                ..last
+            });
+            last.bytes
+        }
+        _ => {
+            files.inactive = None;
+            let text = files.memory_stat.read_into(buffer)?;
+            let bytes = stat_value(text, files.inactive_key)
+                .ok_or_else(|| files.memory_stat.parse_error("no inactive_file line"))?;
+            files.inactive = Some(InactiveFile {
+                bytes,
+                usage,
+                age: 0,
+            });
+            bytes
+        }
+    };
     // As docker stats: subtract only when it is smaller than the usage.
     Ok(if inactive < usage {
         usage - inactive
@@ -451,10 +491,13 @@ fn read_memory_bytes(files: &mut CgroupFiles, buffer: &mut Vec<u8>) -> Result<u6
 }
 
 /// The value of `key` in a flat-keyed file (`key value` per line).
+/// Searches for the key itself rather than splitting every line (memory.stat has 40-70).
 fn stat_value(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
+    text.match_indices(key).find_map(|(at, _)| {
+        let line_start = at == 0 || text.as_bytes()[at - 1] == b'\n';
+        let rest = text[at + key.len()..].strip_prefix(' ')?;
+        let value = rest.split('\n').next().unwrap_or_default();
+        line_start.then(|| value.trim().parse().ok()).flatten()
     })
 }
 
@@ -537,6 +580,7 @@ fn open_v2(dir: &Path) -> Result<CgroupFiles, CgroupError> {
         memory_usage: OpenFile::open(dir.join("memory.current"))?,
         memory_stat: OpenFile::open(dir.join("memory.stat"))?,
         inactive_key: "inactive_file",
+        inactive: None,
     })
 }
 
@@ -547,6 +591,7 @@ fn open_v1(cpu_dir: &Path, memory_dir: &Path) -> Result<CgroupFiles, CgroupError
         memory_usage: OpenFile::open(memory_dir.join("memory.usage_in_bytes"))?,
         memory_stat: OpenFile::open(memory_dir.join("memory.stat"))?,
         inactive_key: "total_inactive_file",
+        inactive: None,
     })
 }
 
@@ -734,11 +779,59 @@ mod tests {
         c.read_at(0, &mut errors);
         let big = "inactive_file 1\n".repeat((MAX_CGROUP_FILE_BYTES / 16 + 1) as usize);
         std::fs::write(cg.join("memory.stat"), big).unwrap();
+        // A changed usage, so memory.stat is read again at once.
+        std::fs::write(cg.join("memory.current"), format!("{}\n", 300 * MIB)).unwrap();
         c.read_at(1_000_000_000, &mut errors);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0]
             .to_string()
             .contains("larger than any cgroup file"));
+    }
+
+    #[test]
+    fn memory_stat_is_read_again_when_the_usage_moves_or_the_reading_is_old() {
+        let dir = tree("v2");
+        let root = dir.path();
+        let (mut c, _tx) = collector(root, vec![info(C, "ic-c", 5151)]);
+        let cg = root.join(format!("sys/fs/cgroup/system.slice/docker-{C}.scope"));
+        let set = |usage_mib: u64, inactive_mib: u64| {
+            std::fs::write(cg.join("memory.current"), format!("{}\n", usage_mib * MIB)).unwrap();
+            std::fs::write(
+                cg.join("memory.stat"),
+                format!("anon 1\nfile 2\ninactive_file {}\nactive_file 3\n", inactive_mib * MIB),
+            )
+            .unwrap();
+        };
+        let mut errors = Vec::new();
+        let mut used = |t: u64| {
+            let r = c.read_at(t * 1_000_000_000, &mut errors);
+            usage(&r, C).memory_used_bytes.map(|b| b / MIB)
+        };
+        set(200, 100);
+        assert_eq!(used(0), Some(100));
+        // Only the page cache moved: the last memory.stat stands until it is
+        // MEMORY_STAT_MAX_AGE_SAMPLES samples old, then it is read again.
+        set(200, 50);
+        let ages = u64::from(MEMORY_STAT_MAX_AGE_SAMPLES);
+        for t in 1..ages {
+            assert_eq!(used(t), Some(100), "sample {t}: the reading is {t} samples old");
+        }
+        assert_eq!(used(ages), Some(150), "read again after {ages} samples");
+        // The usage moved: memory.stat is read again at once.
+        set(300, 20);
+        assert_eq!(used(ages + 1), Some(280));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn stat_values_are_found_by_whole_key_at_a_line_start() {
+        let text = "total_inactive_file 7\ninactive_file_x 8\ninactive_file 9\nusage_usec  12 \n";
+        assert_eq!(stat_value(text, "inactive_file"), Some(9));
+        assert_eq!(stat_value(text, "total_inactive_file"), Some(7));
+        assert_eq!(stat_value(text, "usage_usec"), Some(12));
+        assert_eq!(stat_value(text, "active_file"), None);
+        assert_eq!(stat_value("inactive_file x\n", "inactive_file"), None);
+        assert_eq!(stat_value("", "inactive_file"), None);
     }
 
     #[test]
