@@ -29,16 +29,18 @@
 # Needs: root (perf, /proc of other processes), Docker with ema-test-busybox:latest
 # (scripts/setup/docker-image.sh), gcc, perf (linux-perf), `apt-get install collectd-core
 # prometheus-node-exporter curl`. Everything it starts is named with this run's id and removed
-# on exit. Environment: BIN (the agent binary, default target/release/endpoint-metrics-agent),
+# on exit. Environment: BIN (the agent binary, default target/release/endpoint-metrics-agent;
+# several, space-separated, run side by side on the same containers and GPUs, each with its own
+# EMF file: a before/after pair measured under the same load),
 # KEEP=1 keeps the work folder (configs, EMF file, logs) and prints its path; PROFILE_SECONDS=N
-# adds a last phase that profiles the agent with `perf record` for N seconds and prints where
+# adds a last phase that profiles the (first) agent with `perf record` for N seconds and prints where
 # its time went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-120}
 syscall_seconds=${2:-60}
 warmup_seconds=${WARMUP_SECONDS:-5}
-bin=${BIN:-target/release/endpoint-metrics-agent}
+read -r -a bins <<<"${BIN:-target/release/endpoint-metrics-agent}"
 image=${EMA_TEST_IMAGE:-ema-test-busybox:latest}
 gpus=8
 containers=50
@@ -50,7 +52,7 @@ work=$(mktemp -d "/tmp/$run_id.XXXX")
 for tool in docker gcc perf collectd prometheus-node-exporter curl; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
-[ -x "$bin" ] || cargo build --release --quiet
+[ -x "${bins[0]}" ] || cargo build --release --quiet
 
 pids=()
 cleanup() {
@@ -94,7 +96,8 @@ done
 } >"$work/libnvidia-ml.so.1.script"
 
 # ---- the three programs ----
-cat >"$work/agent.toml" <<EOF
+agent_config() { # agent_config N: the config of the Nth agent binary
+    cat <<EOF
 [endpoint]
 name = "overhead-bench"
 instance_id = "overhead-bench"
@@ -105,7 +108,7 @@ publish_frequency_seconds = 60
 sample_interval_ms = 1000
 [output]
 format = "emf"
-emf_destination = "file:$work/emf.jsonl"
+emf_destination = "file:$work/emf-$1.jsonl"
 [gpu]
 nvml_library = "$work/libnvidia-ml.so.1"
 [docker]
@@ -114,6 +117,7 @@ component_env = "EMA_OVERHEAD_$$"
 [admin]
 enabled = false
 EOF
+}
 cat >"$work/collectd.conf" <<EOF
 Interval 1
 BaseDir "$work/collectd"
@@ -124,9 +128,17 @@ LoadPlugin memory
 LoadPlugin df
 EOF
 mkdir -p "$work/collectd"
-AWS_EC2_METADATA_DISABLED=true "$bin" run --config "$work/agent.toml" 2>"$work/agent.log" &
-agent=$!
-pids+=("$agent")
+names=()
+procs=()
+for a in "${!bins[@]}"; do
+    agent_config "$a" >"$work/agent-$a.toml"
+    AWS_EC2_METADATA_DISABLED=true "${bins[$a]}" run --config "$work/agent-$a.toml" \
+        2>"$work/agent-$a.log" &
+    pids+=("$!")
+    procs+=("$!")
+    names+=("agent $(basename "${bins[$a]}")")
+done
+agent=${procs[0]}
 collectd -f -C "$work/collectd.conf" >"$work/collectd.log" 2>&1 &
 collectd_pid=$!
 pids+=("$collectd_pid")
@@ -138,24 +150,24 @@ pids+=("$node")
 pids+=("$!")
 
 sleep "$warmup_seconds" # start-up (NVML load, Docker discovery) is not the steady state
-for p in "$agent" "$collectd_pid" "$node"; do
+names+=(collectd node_exporter)
+procs+=("$collectd_pid" "$node")
+for p in "${procs[@]}"; do
     kill -0 "$p" 2>/dev/null || { echo "a program did not start; logs in $work" >&2; KEEP=1; exit 1; }
 done
 
 run_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 threads() { ls /proc/"$1"/task | wc -l; }
-names=(agent collectd node_exporter)
-procs=("$agent" "$collectd_pid" "$node")
 declare -A ns0 ns1 t0 t1 th0 th1 hwm
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-for k in 0 1 2; do
+for k in "${!procs[@]}"; do
     p=${procs[$k]}
     ns0[$k]=$(run_ns "$p"); t0[$k]=$(ticks "$p"); th0[$k]=$(threads "$p")
 done
 wall0=$(date +%s%N)
 sleep "$duration"
-for k in 0 1 2; do
+for k in "${!procs[@]}"; do
     p=${procs[$k]}
     ns1[$k]=$(run_ns "$p"); t1[$k]=$(ticks "$p"); th1[$k]=$(threads "$p")
     hwm[$k]=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status")
@@ -165,7 +177,7 @@ load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the syscall phase ----
 events='raw_syscalls:sys_enter,syscalls:sys_enter_execve'
-for k in 0 1 2; do
+for k in "${!procs[@]}"; do
     perf stat -x, -o "$work/perf-$k.csv" -e "$events" \
         -e task:task_newtask --filter '!(clone_flags & 0x10000)' \
         -e task:task_newtask -p "${procs[$k]}" -- sleep "$syscall_seconds" 2>/dev/null &
@@ -183,7 +195,7 @@ echo
 echo "side by side, $(date -u +%FT%TZ), $(nproc) CPUs, measured ${wall_s} s (load average $load0 at the start, $load1 at the end), syscall phase ${syscall_seconds} s after it"
 printf '| process | CPU, share of one core (schedstat ns) | cross-check: stat ticks | peak RSS (VmHWM) | syscalls/s | processes forked | execs | threads made (start/end count) |\n'
 printf '|---|---|---|---|---|---|---|---|\n'
-for k in 0 1 2; do
+for k in "${!procs[@]}"; do
     csv="$work/perf-$k.csv"
     sys=$(count "$csv" 1); exe=$(count "$csv" 2); forks=$(count "$csv" 3); tasks=$(count "$csv" 4)
     awk -v n="${names[$k]}" -v a="${ns0[$k]}" -v b="${ns1[$k]}" -v w="$wall_s" \
@@ -194,13 +206,15 @@ for k in 0 1 2; do
                 n, 100 * (b - a) / 1e9 / w, (b - a) / 1e9, 100 * (tb - ta) / hz / w,
                 hwm * 1024 / 1e6, hwm / 1024, sys / s, forks, exe, tasks - forks, tha, thb }'
 done
-# The scenario really ran: what the agent published.
-series=$(grep -o '"_aws"' "$work/emf.jsonl" | wc -l)
+# The scenario really ran: what each agent published.
 echo
-echo "agent: $(wc -l <"$work/emf.jsonl") EMF documents in $(stat -c %s "$work/emf.jsonl") bytes;" \
-    "documents naming a GPU: $(grep -c '"GpuId"' "$work/emf.jsonl" || true)," \
-    "a container: $(grep -c '"ContainerId"' "$work/emf.jsonl" || true) (of $series)"
-grep -E 'WARN|ERROR' "$work/agent.log" | head -5 >&2 || true
+for a in "${!bins[@]}"; do
+    emf="$work/emf-$a.jsonl"
+    echo "${names[$a]}: $(wc -l <"$emf") EMF documents in $(stat -c %s "$emf") bytes;" \
+        "naming a GPU: $(grep -c '"GpuId"' "$emf" || true)," \
+        "a container: $(grep -c '"ContainerId"' "$emf" || true)"
+    grep -E 'WARN|ERROR' "$work/agent-$a.log" | grep -v 'has neither label' | head -3 >&2 || true
+done
 
 # ---- the profile (PROFILE_SECONDS > 0): where the agent's time goes, kernel included ----
 profile_seconds=${PROFILE_SECONDS:-0}
@@ -213,5 +227,5 @@ if [ "$profile_seconds" -gt 0 ]; then
     perf script -i "$work/agent.perf.data" -F ip,sym,dso 2>/dev/null >"$work/agent.perf.script" || true
     echo
     echo "agent profile over ${profile_seconds} s (perf record -e cpu-clock -c 50000 --call-graph dwarf):"
-    python3 scripts/perf-symbols.py "$bin" "$work/agent.perf.script" 30 60 || true
+    python3 scripts/perf-symbols.py "${bins[0]}" "$work/agent.perf.script" 30 60 || true
 fi
