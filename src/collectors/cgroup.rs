@@ -798,7 +798,10 @@ mod tests {
             std::fs::write(cg.join("memory.current"), format!("{}\n", usage_mib * MIB)).unwrap();
             std::fs::write(
                 cg.join("memory.stat"),
-                format!("anon 1\nfile 2\ninactive_file {}\nactive_file 3\n", inactive_mib * MIB),
+                format!(
+                    "anon 1\nfile 2\ninactive_file {}\nactive_file 3\n",
+                    inactive_mib * MIB
+                ),
             )
             .unwrap();
         };
@@ -814,7 +817,11 @@ mod tests {
         set(200, 50);
         let ages = u64::from(MEMORY_STAT_MAX_AGE_SAMPLES);
         for t in 1..ages {
-            assert_eq!(used(t), Some(100), "sample {t}: the reading is {t} samples old");
+            assert_eq!(
+                used(t),
+                Some(100),
+                "sample {t}: the reading is {t} samples old"
+            );
         }
         assert_eq!(used(ages), Some(150), "read again after {ages} samples");
         // The usage moved: memory.stat is read again at once.
