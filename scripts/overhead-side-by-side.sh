@@ -169,6 +169,11 @@ wall0=$(date +%s%N)
 sleep "$duration"
 for k in "${!procs[@]}"; do
     p=${procs[$k]}
+    kill -0 "$p" 2>/dev/null || {
+        echo "${names[$k]} (pid $p) exited during the run; logs in $work" >&2
+        KEEP=1
+        exit 1
+    }
     ns1[$k]=$(run_ns "$p"); t1[$k]=$(ticks "$p"); th1[$k]=$(threads "$p")
     hwm[$k]=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status")
 done
