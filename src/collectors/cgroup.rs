@@ -270,6 +270,8 @@ pub struct CgroupCollector {
     host: HostCapacity,
     inventory_rx: watch::Receiver<Arc<Inventory>>,
     inventory: Arc<Inventory>,
+    /// `tracked` follows `inventory` (false until the first reading, and after each change).
+    synced: bool,
     tracked: HashMap<String, Tracked>,
     buffer: Vec<u8>,
     epoch: Instant,
@@ -290,6 +292,7 @@ impl CgroupCollector {
             host,
             inventory_rx,
             inventory,
+            synced: false,
             tracked: HashMap::new(),
             buffer: Vec::with_capacity(READ_BUFFER_BYTES),
             epoch: Instant::now(),
@@ -311,8 +314,13 @@ impl CgroupCollector {
     pub fn read_at(&mut self, now_ns: u64, errors: &mut Vec<CgroupError>) -> ContainerReading {
         if self.inventory_rx.has_changed().unwrap_or(false) {
             self.inventory = self.inventory_rx.borrow_and_update().clone();
+            self.synced = false;
         }
-        self.sync_tracked();
+        // Only a new inventory changes what is tracked: no per-tick comparison of every record.
+        if !self.synced {
+            self.sync_tracked();
+            self.synced = true;
+        }
         let mut reading = ContainerReading {
             containers: Vec::with_capacity(self.tracked.len()),
             inventory: self.inventory.clone(),
@@ -363,12 +371,15 @@ impl CgroupCollector {
             containers.get(id) == Some(&t.info)
         });
         for (id, info) in containers {
-            self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
-                info: info.clone(),
-                files: None,
-                reported_missing: false,
-                previous: None,
-            });
+            if !self.tracked.contains_key(id) {
+                let tracked = Tracked {
+                    info: info.clone(),
+                    files: None,
+                    reported_missing: false,
+                    previous: None,
+                };
+                self.tracked.insert(id.clone(), tracked);
+            }
         }
     }
 }
