@@ -54,6 +54,8 @@ fn bench(c: &mut Criterion) {
                 gpus,
                 address: None,
                 upstream_port: None,
+                scrape: Default::default(),
+                health_check: false,
             },
         );
     }

@@ -22,7 +22,8 @@ use crate::reload;
 use crate::shutdown::Deadline;
 use crate::sinks::{Output, Sink};
 use crate::sources::{
-    ContainerSource, CostSource, GpuSource, HostSource, SelfMetricsSource, Source, Tick,
+    ContainerSource, CostSource, GpuSource, HostSource, LifecycleSource, ScrapeSource,
+    SelfMetricsSource, Source, Tick,
 };
 use crate::supervisor::{Event, Supervisor};
 use crate::telemetry::{self, Counter};
@@ -35,6 +36,8 @@ struct Sources {
     containers: Option<ContainerSource>,
     cost: Option<CostSource>,
     front_door: Option<FrontDoor>,
+    scrape: Option<ScrapeSource>,
+    lifecycle: Option<LifecycleSource>,
     self_metrics: SelfMetricsSource,
 }
 
@@ -50,6 +53,8 @@ impl Sources {
         self.containers.read(tick).await;
         self.cost.read(tick).await;
         self.front_door.read(tick).await;
+        self.scrape.read(tick).await;
+        self.lifecycle.read(tick).await;
         self.self_metrics.read(tick).await;
     }
 }
@@ -81,7 +86,10 @@ pub async fn run(
     );
     let mut output = Output::start(sink);
 
-    let inventory = crate::discovery::start(&config);
+    let (inventory, lifecycle) = match crate::discovery::start_stage(&config) {
+        Some(stage) => (Some(stage.inventory), Some(stage.lifecycle)),
+        None => (None, None),
+    };
     let mut sources = Sources {
         host: HostSource::start(&config)?,
         gpu: GpuSource::start(&config)?,
@@ -89,9 +97,11 @@ pub async fn run(
         // Cost per model: off (one warning) without a price.
         cost: CostSource::start(&config),
         front_door: match config.proxy.enabled {
-            true => Some(FrontDoor::start(&config.proxy, inventory)?),
+            true => Some(FrontDoor::start(&config.proxy, inventory.clone())?),
             false => None,
         },
+        scrape: ScrapeSource::start(&config, inventory)?,
+        lifecycle: LifecycleSource::start(lifecycle),
         self_metrics: SelfMetricsSource::start(&config),
     };
     let mut supervisor = Supervisor::start(&config).await;
@@ -126,7 +136,9 @@ pub async fn run(
         let mut tick = Tick::new(due.wall_ms, Instant::now() + collect_for);
         sources.read(&mut tick).await;
         supervisor.ticked(output.queued());
-        windows.record(tick.wall_ms, tick.samples, tick.invocations, &mut closed);
+        let mut series = tick.invocations;
+        series.append(&mut tick.requests);
+        windows.record(tick.wall_ms, tick.samples, series, &mut closed);
         publish(&output.tx, &mut closed);
     }
 

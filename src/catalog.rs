@@ -14,6 +14,8 @@ pub enum Unit {
     Microseconds,
     Bytes,
     Seconds,
+    /// Token rates (`InputTokensPerSecond`, ...).
+    CountPerSecond,
     None,
 }
 
@@ -25,6 +27,7 @@ impl Unit {
             Unit::Microseconds => "Microseconds",
             Unit::Bytes => "Bytes",
             Unit::Seconds => "Seconds",
+            Unit::CountPerSecond => "Count/Second",
             Unit::None => "None",
         }
     }
@@ -81,6 +84,24 @@ pub enum Metric {
     InvocationsPerCopy,
     ConcurrentRequestsPerModel,
     ConcurrentRequestsPerCopy,
+    /// What the model server knows (`scrape`), per copy (`Scope::Container`): time to first
+    /// token and between tokens (one value per request, from the server's histograms), KV cache
+    /// use, waiting and running requests, and token rates.
+    Ttft,
+    InterTokenLatency,
+    KvCacheUtilization,
+    QueueDepth,
+    BatchSize,
+    InputTokensPerSecond,
+    OutputTokensPerSecond,
+    TotalTps,
+    /// Each copy's lifecycle (`lifecycle`), from the Docker events: container start to healthy,
+    /// creation to the first 2xx invocation, and what went wrong (counted per copy).
+    ContainerStartDuration,
+    ColdStartDuration,
+    ContainerRestarts,
+    ContainerOomKills,
+    ContainerNonZeroExits,
 }
 
 impl Metric {
@@ -139,6 +160,19 @@ impl Metric {
             Metric::InvocationsPerCopy => "InvocationsPerCopy",
             Metric::ConcurrentRequestsPerModel => "ConcurrentRequestsPerModel",
             Metric::ConcurrentRequestsPerCopy => "ConcurrentRequestsPerCopy",
+            Metric::Ttft => "TTFT",
+            Metric::InterTokenLatency => "InterTokenLatency",
+            Metric::KvCacheUtilization => "KVCacheUtilization",
+            Metric::QueueDepth => "QueueDepth",
+            Metric::BatchSize => "BatchSize",
+            Metric::InputTokensPerSecond => "InputTokensPerSecond",
+            Metric::OutputTokensPerSecond => "OutputTokensPerSecond",
+            Metric::TotalTps => "TotalTPS",
+            Metric::ContainerStartDuration => "ContainerStartDuration",
+            Metric::ColdStartDuration => "ColdStartDuration",
+            Metric::ContainerRestarts => "ContainerRestarts",
+            Metric::ContainerOomKills => "ContainerOOMKills",
+            Metric::ContainerNonZeroExits => "ContainerNonZeroExits",
         }
     }
 
@@ -157,8 +191,21 @@ impl Metric {
             | Metric::GpuReservation
             | Metric::MemoryReservation
             | Metric::GpuUtilizationUnattributed
-            | Metric::GpuMemoryUtilizationUnattributed => Unit::Percent,
-            Metric::AgentCpuTime => Unit::Seconds,
+            | Metric::GpuMemoryUtilizationUnattributed
+            | Metric::KvCacheUtilization => Unit::Percent,
+            Metric::AgentCpuTime | Metric::ContainerStartDuration | Metric::ColdStartDuration => {
+                Unit::Seconds
+            }
+            // Like ModelLatency: the servers' seconds, times 1e6.
+            Metric::Ttft | Metric::InterTokenLatency => Unit::Microseconds,
+            Metric::QueueDepth
+            | Metric::BatchSize
+            | Metric::ContainerRestarts
+            | Metric::ContainerOomKills
+            | Metric::ContainerNonZeroExits => Unit::Count,
+            Metric::InputTokensPerSecond | Metric::OutputTokensPerSecond | Metric::TotalTps => {
+                Unit::CountPerSecond
+            }
             Metric::AgentResidentMemory => Unit::Bytes,
             Metric::AgentPublishLatency | Metric::ModelLatency | Metric::OverheadLatency => {
                 Unit::Microseconds
@@ -208,8 +255,17 @@ impl Metric {
             Metric::CostAccrued
             | Metric::CostAccruedUtilizationWeighted
             | Metric::UnallocatedGpuCostAccrued
-            | Metric::IdleGpuCostAccrued => PeriodValue::Sum,
-            Metric::Invocations
+            | Metric::IdleGpuCostAccrued
+            | Metric::ContainerRestarts
+            | Metric::ContainerOomKills
+            | Metric::ContainerNonZeroExits => PeriodValue::Sum,
+            // One value per request (histogram buckets become values with counts), and one per
+            // start: each its own data point.
+            Metric::Ttft
+            | Metric::InterTokenLatency
+            | Metric::ContainerStartDuration
+            | Metric::ColdStartDuration
+            | Metric::Invocations
             | Metric::Invocation4xxErrors
             | Metric::Invocation5xxErrors
             | Metric::InvocationModelErrors
@@ -244,7 +300,13 @@ impl Metric {
             | Metric::AgentDroppedPoints
             | Metric::GpusAllocated
             | Metric::CostPerHour
-            | Metric::UnallocatedGpuCostPerHour => PeriodValue::Mean,
+            | Metric::UnallocatedGpuCostPerHour
+            | Metric::KvCacheUtilization
+            | Metric::QueueDepth
+            | Metric::BatchSize
+            | Metric::InputTokensPerSecond
+            | Metric::OutputTokensPerSecond
+            | Metric::TotalTps => PeriodValue::Mean,
         }
     }
 }

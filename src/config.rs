@@ -87,6 +87,10 @@ pub struct Config {
     /// request (invocation metrics).
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// The model servers' own metrics (TTFT, KV cache, queue, tokens per second), scraped from
+    /// each copy's metrics endpoint.
+    #[serde(default)]
+    pub scrape: ScrapeConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -690,6 +694,7 @@ impl Config {
         self.docker.validate()?;
         self.cost.validate()?;
         self.proxy.validate()?;
+        self.scrape.validate(m.publish_frequency_seconds)?;
         Ok(())
     }
 
@@ -725,7 +730,8 @@ impl Config {
              log: {:?} at {}\n\
              admin: {}\n\
              self metrics: {}\n\
-             front door: {}",
+             front door: {}\n\
+             scrape: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -769,6 +775,7 @@ impl Config {
             } else {
                 "disabled".into()
             },
+            self.scrape.summary(),
         )
     }
 }
@@ -1154,5 +1161,168 @@ mod tests {
     fn missing_file_is_a_config_error() {
         let e = Config::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
         assert!(e.reason.contains("cannot read"));
+    }
+}
+
+/// `[scrape]`: each model copy's metrics endpoint (see `scrape`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeConfig {
+    /// Scrape the discovered copies and the static targets.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The copies' metrics port; a container's label `endpoint-metrics-agent.scrape-port`
+    /// overrides it (`endpoint-metrics-agent.scrape = "false"` turns a copy off).
+    #[serde(default = "default_scrape_port")]
+    pub port: u16,
+    /// The metrics path; the label `endpoint-metrics-agent.scrape-path` overrides it.
+    #[serde(default = "default_scrape_path")]
+    pub path: String,
+    /// Seconds between scrapes of one target, at most the publish frequency.
+    #[serde(default = "default_scrape_interval_seconds")]
+    pub interval_seconds: u64,
+    /// The whole answer must arrive within this, else the period has no figures for the target.
+    #[serde(default = "default_scrape_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Answers larger than this are refused (read frame by frame, never buffered past it).
+    #[serde(default = "default_scrape_max_bytes")]
+    pub max_bytes: u64,
+    /// Static targets, for hosts without Docker.
+    #[serde(default)]
+    pub target: Vec<StaticScrapeTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticScrapeTarget {
+    /// The inference component it serves.
+    pub component: String,
+    /// "http://host:port/path" (the path defaults to "/metrics").
+    pub url: String,
+}
+
+impl StaticScrapeTarget {
+    /// `host:port` of a validated URL.
+    pub fn authority(&self) -> &str {
+        let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
+        rest.split_once('/').map_or(rest, |(a, _)| a)
+    }
+
+    /// The path of a validated URL.
+    pub fn path(&self) -> &str {
+        let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
+        rest.find('/').map_or(DEFAULT_SCRAPE_PATH, |i| &rest[i..])
+    }
+}
+
+/// SageMaker's bring-your-own containers serve on 8080.
+pub const DEFAULT_SCRAPE_PORT: u16 = 8080;
+/// Where vLLM, SGLang and `prometheus_client` serve their metrics.
+pub const DEFAULT_SCRAPE_PATH: &str = "/metrics";
+/// Every 10 s: a 10 s window gets one scrape; see `scrape` for the cost to the server.
+pub const DEFAULT_SCRAPE_INTERVAL_SECONDS: u64 = 10;
+/// A local server answers in milliseconds; 2 s covers a loaded one and leaves most of the
+/// interval.
+pub const DEFAULT_SCRAPE_TIMEOUT_MS: u64 = 2_000;
+/// vLLM with 8 engines writes about 130 KB (tests/fixtures/scrape/vllm-v1-8-engines.txt);
+/// 4 MiB leaves room for LoRA adapters and many label sets.
+pub const DEFAULT_SCRAPE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+fn default_scrape_port() -> u16 {
+    DEFAULT_SCRAPE_PORT
+}
+fn default_scrape_path() -> String {
+    DEFAULT_SCRAPE_PATH.into()
+}
+fn default_scrape_interval_seconds() -> u64 {
+    DEFAULT_SCRAPE_INTERVAL_SECONDS
+}
+fn default_scrape_timeout_ms() -> u64 {
+    DEFAULT_SCRAPE_TIMEOUT_MS
+}
+fn default_scrape_max_bytes() -> u64 {
+    DEFAULT_SCRAPE_MAX_BYTES
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            enabled: false,
+            port: default_scrape_port(),
+            path: default_scrape_path(),
+            interval_seconds: default_scrape_interval_seconds(),
+            timeout_ms: default_scrape_timeout_ms(),
+            max_bytes: default_scrape_max_bytes(),
+            target: Vec::new(),
+        }
+    }
+}
+
+impl ScrapeConfig {
+    fn validate(&self, publish_frequency_seconds: u64) -> Result<(), (&'static str, String)> {
+        if self.port == 0 {
+            return Err(("scrape.port", "allowed: 1 to 65535".into()));
+        }
+        if !self.path.starts_with('/') {
+            return Err(("scrape.path", "must start with \"/\"".into()));
+        }
+        if self.interval_seconds == 0 || self.interval_seconds > publish_frequency_seconds {
+            return Err((
+                "scrape.interval_seconds",
+                format!("allowed: 1 to {publish_frequency_seconds} (the publish frequency)"),
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms >= self.interval_seconds * 1000 {
+            return Err((
+                "scrape.timeout_ms",
+                format!(
+                    "allowed: 1 to {} (under the interval)",
+                    self.interval_seconds * 1000 - 1
+                ),
+            ));
+        }
+        if self.max_bytes == 0 {
+            return Err(("scrape.max_bytes", "allowed: 1 or more".into()));
+        }
+        for target in &self.target {
+            if target.component.trim().is_empty()
+                || target.component.chars().count() > MAX_DIMENSION_VALUE_CHARS
+            {
+                return Err((
+                    "scrape.target.component",
+                    format!("must be 1 to {MAX_DIMENSION_VALUE_CHARS} characters"),
+                ));
+            }
+            let authority_ok = target.url.strip_prefix("http://").is_some_and(|_| {
+                crate::proxy::route::parse_static_url(&format!("http://{}", target.authority()))
+                    .is_ok()
+            });
+            if !authority_ok {
+                return Err((
+                    "scrape.target.url",
+                    format!(
+                        "\"{}\" is not allowed; allowed: \"http://host:port/path\"",
+                        target.url
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// For `check-config`.
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "disabled".into();
+        }
+        format!(
+            "copies on port {} path {} and {} static targets, every {} s, timeout {} ms, at most {} bytes",
+            self.port,
+            self.path,
+            self.target.len(),
+            self.interval_seconds,
+            self.timeout_ms,
+            self.max_bytes
+        )
     }
 }

@@ -62,10 +62,20 @@ pub enum Counter {
     ProxyUpstreamErrors,
     /// Front door: a copy did not accept or answer in time (504).
     ProxyUpstreamTimeouts,
+    /// A model server's metrics endpoint refused, hung, answered an error, too much, or text
+    /// that is not an exposition: that target has no figures for the period.
+    ScrapeFailures,
+    /// A series of a scraped body not used: NaN or negative, duplicate, unknown or unexpected
+    /// type, malformed histogram.
+    ScrapeValuesSkipped,
+    /// A scraped counter went down (the server restarted): a new baseline, no rate that time.
+    ScrapeCounterResets,
+    /// Docker lifecycle events the tick did not take in time (a full queue).
+    LifecycleEventsDropped,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 44] = [
+    pub const ALL: [Counter; 48] = [
         Counter::SamplesTaken,
         Counter::SamplesMissed,
         Counter::SampleValuesRejected,
@@ -110,6 +120,10 @@ impl Counter {
         Counter::ProxyBadRequests,
         Counter::ProxyUpstreamErrors,
         Counter::ProxyUpstreamTimeouts,
+        Counter::ScrapeFailures,
+        Counter::ScrapeValuesSkipped,
+        Counter::ScrapeCounterResets,
+        Counter::LifecycleEventsDropped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -158,6 +172,10 @@ impl Counter {
             Counter::ProxyBadRequests => "proxy_bad_requests",
             Counter::ProxyUpstreamErrors => "proxy_upstream_errors",
             Counter::ProxyUpstreamTimeouts => "proxy_upstream_timeouts",
+            Counter::ScrapeFailures => "scrape_failures",
+            Counter::ScrapeValuesSkipped => "scrape_values_skipped",
+            Counter::ScrapeCounterResets => "scrape_counter_resets",
+            Counter::LifecycleEventsDropped => "lifecycle_events_dropped",
         }
     }
 
@@ -190,6 +208,9 @@ impl Counter {
                 | Counter::LogEventsRejected
                 | Counter::ConfigReloadsRejected
                 | Counter::AdminBadRequests
+                | Counter::ScrapeFailures
+                | Counter::ScrapeValuesSkipped
+                | Counter::LifecycleEventsDropped
         )
     }
 
