@@ -276,7 +276,10 @@ impl Tracker {
             match bucket_deltas(&before, &buckets) {
                 Some(deltas) => {
                     for (value, count) in deltas {
-                        add(&mut distribution, value * mapping.scale, count);
+                        // Bounds like 0.025 are not exact in binary: 37500.00000000001 us is
+                        // 37500 us; a thousandth of the unit (ns for latencies) is plenty.
+                        let value = (value * mapping.scale * 1000.0).round() / 1000.0;
+                        add(&mut distribution, value, count);
                     }
                 }
                 None => skipped.push(Skip::Reset { name: name.into() }),
