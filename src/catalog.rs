@@ -118,6 +118,18 @@ impl Metric {
         Metric::AgentDroppedPoints,
     ];
 
+    /// What the model servers know (`scrape`), per copy.
+    pub const SCRAPED: [Metric; 8] = [
+        Metric::Ttft,
+        Metric::InterTokenLatency,
+        Metric::KvCacheUtilization,
+        Metric::QueueDepth,
+        Metric::BatchSize,
+        Metric::InputTokensPerSecond,
+        Metric::OutputTokensPerSecond,
+        Metric::TotalTps,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::CpuUtilization => "CPUUtilization",

@@ -1109,12 +1109,47 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream.url"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"\"\nurl = \"http://x:1\"\n", "proxy.upstream.component"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nport = 0\n", "scrape.port"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\npath = \"metrics\"\n", "scrape.path"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ninterval_seconds = 61\n", "scrape.interval_seconds"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ninterval_seconds = 0\n", "scrape.interval_seconds"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ntimeout_ms = 10000\n", "scrape.timeout_ms"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nmax_bytes = 0\n", "scrape.max_bytes"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nevery = 5\n", "scrape.every"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \"a\"\nurl = \"https://x:1/metrics\"\n", "scrape.target.url"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \"a\"\nurl = \"http://x/metrics\"\n", "scrape.target.url"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \" \"\nurl = \"http://x:1\"\n", "scrape.target.component"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");
             assert!(!e.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn scrape_settings_default_to_sagemakers_port_and_show_in_the_summary() {
+        let c = parse("[endpoint]\nname = \"e\"\n").unwrap();
+        assert!(!c.scrape.enabled);
+        assert_eq!((c.scrape.port, c.scrape.path.as_str()), (8080, "/metrics"));
+        assert!(c.summary().contains("scrape: disabled"));
+        let c = parse(
+            "[endpoint]\nname = \"e\"\n[scrape]\nenabled = true\ninterval_seconds = 5\n\
+                       [[scrape.target]]\ncomponent = \"a\"\nurl = \"http://10.0.0.9:8000\"\n\
+                       [[scrape.target]]\ncomponent = \"b\"\nurl = \"http://h:9/stats/prom\"\n",
+        )
+        .unwrap();
+        let t = &c.scrape.target;
+        assert_eq!(
+            (t[0].authority(), t[0].path()),
+            ("10.0.0.9:8000", "/metrics")
+        );
+        assert_eq!((t[1].authority(), t[1].path()), ("h:9", "/stats/prom"));
+        assert!(
+            c.summary().contains("scrape: copies on port 8080 path /metrics and 2 static targets, every 5 s, timeout 2000 ms"),
+            "{}",
+            c.summary()
+        );
     }
 
     #[test]
