@@ -3,6 +3,13 @@
 //! for cgroup v2 (systemd layout, found through each container's PID) and v1 (cgroupfs layout).
 //!
 //! cargo bench --bench containers
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 use std::path::Path;
 use std::sync::Arc;

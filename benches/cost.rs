@@ -2,6 +2,13 @@
 //! by two copies, given by index or UUID), measured use on every GPU, samples out.
 //!
 //! cargo bench --bench cost
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,13 @@
 //! Encoding a window of 2,000 series to EMF, and recording one sample per series: the
 //! aggregator's and encoder's hot paths.
 //! Run: cargo bench --bench encode
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use endpoint_metrics_agent::aggregate::{Aggregator, Window};

@@ -4,6 +4,13 @@
 //! the real driver (EMA_NVML_LIBRARY, default libnvidia-ml.so.1).
 //!
 //! cargo bench --bench gpu
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 #[path = "../tests/common/fake_nvml.rs"]
 mod fake_nvml;

@@ -1,5 +1,12 @@
 //! PutMetricData encoding of the largest window of an 8-GPU host with 4 model copies
 //! (enhanced metrics, 60 s window sampled every second), and the spool write of its requests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 use std::path::Path;
 

@@ -1,6 +1,13 @@
 //! Reading one scrape of a large real-size exposition: vLLM V1 with 8 engines (data parallel),
 //! 130 KB and about 1,100 samples, written by `prometheus_client` with vLLM's own definitions
 //! (tests/fixtures/scrape/vllm-v1-8-engines.txt, scripts/scrape-fixtures.py).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 use std::time::{Duration, Instant};
 

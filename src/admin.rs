@@ -1,11 +1,10 @@
 //! The admin endpoint: `GET /healthz` (ready, recent sample, recent publish; 200 or 503 with a
 //! JSON body) and `GET /metrics` (the agent's own figures in Prometheus text format).
 //!
-//! A small hand-written HTTP/1.1 server over a tokio `TcpListener` rather than hyper: two fixed
-//! GET routes, one response per connection (`Connection: close`), so a full HTTP stack (and
-//! hyper's server features on top of the client features already built) buys nothing here, and
-//! a parser this small is easy to bound: the request head has a size limit and a deadline, and
-//! anything else is a 4xx, never a panic.
+//! A small hand-written HTTP/1.1 server over a tokio `TcpListener` rather than hyper (which the
+//! front door uses): two fixed GET routes, one response per connection (`Connection: close`), so
+//! a full HTTP stack buys nothing here, and a parser this small is easy to bound: the request
+//! head has a size limit and a deadline, and anything else is a 4xx, never a panic.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -99,7 +98,7 @@ pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
 }
 
 /// Binds the admin listener (at start, so a taken port is reported before READY=1).
-pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+pub async fn bind(listen: &SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
@@ -333,10 +332,8 @@ pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// `GET /healthz` from the agent listening on `listen` (an unspecified address is asked on
 /// loopback). Returns the status code and body. For the `healthcheck` subcommand, which Docker's
 /// HEALTHCHECK runs inside the image (no curl there).
-pub fn get(listen: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address"))?;
+pub fn get(listen: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -366,34 +363,6 @@ pub fn get(listen: &str, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-/// The `healthcheck` subcommand: asks the agent configured in `path` for `/healthz` and says on
-/// stderr what it answered. Err carries the exit status: 78 for an invalid configuration, 1 for
-/// unhealthy or unreachable.
-pub fn healthcheck(path: &std::path::Path) -> Result<(), u8> {
-    let config = crate::config::Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        crate::config::EXIT_CONFIG as u8
-    })?;
-    if !config.admin.enabled {
-        eprintln!("error: [admin] enabled = false in {}", path.display());
-        return Err(1);
-    }
-    match get(&config.admin.listen, "/healthz") {
-        Ok((status, body)) => {
-            eprint!("{status} {body}");
-            if status == 200 {
-                Ok(())
-            } else {
-                Err(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {}: {e}", config.admin.listen);
-            Err(1)
-        }
-    }
 }
 
 /// `get` reads at most this much of an answer: /metrics is about 8 KiB.

@@ -15,7 +15,7 @@ use crate::catalog::Identity;
 use crate::clock::{system_now_ms, Ticker};
 use crate::config::Config;
 use crate::encode::Encoded;
-use crate::identity::resolve_instance_id;
+use crate::instance_id::resolve_instance_id;
 use crate::pipeline::Windows;
 use crate::proxy::FrontDoor;
 use crate::reload;
@@ -142,15 +142,20 @@ pub async fn run(
         publish(&output.tx, &mut closed);
     }
 
-    let deadline = Deadline::start();
+    let mut deadline = Deadline::start();
     supervisor.stopping();
     tracing::info!(
         budget_ms = deadline.left().as_millis() as u64,
         "shutting down: publishing the partial window"
     );
     if let Some(front_door) = sources.front_door.take() {
-        // The requests cut off by the shutdown are accounted too.
-        let series = front_door.stop(deadline.front_door()).await;
+        // Requests in flight may finish first (the drain moves the deadline back by as long);
+        // the requests cut off at its end are accounted too.
+        let drain = Duration::from_millis(config.proxy.drain_timeout_ms);
+        deadline = deadline.after(drain);
+        let series = front_door
+            .stop(Instant::now() + drain, deadline.front_door())
+            .await;
         windows.record(system_now_ms(), [], series, &mut closed);
     }
     windows.flush(&mut closed);

@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Metric, PeriodValue, Sample, SeriesKey};
 
 /// How many data points a utilization, reservation or cost series gets per publish period
 /// (`[metrics] data_points`). Per-request series always keep one per request.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataPoints {
     /// One: the period's mean (sum for accrued cost). SageMaker's shape, which its recipes

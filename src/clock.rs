@@ -58,11 +58,6 @@ impl Ticker {
         self.anchor_wall_ms + instant.saturating_duration_since(self.anchor).as_millis() as u64
     }
 
-    /// The wall time the next tick is due.
-    pub fn next_due_ms(&self) -> u64 {
-        self.next_wall_ms
-    }
-
     /// Waits for the next tick. If the caller was so late that later ticks are already past,
     /// those are skipped and counted in `missed`, and the latest one due is returned.
     pub async fn tick(&mut self) -> Tick {

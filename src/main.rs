@@ -1,14 +1,14 @@
-//! The thin checklist: parse the command line, load and validate the configuration before any
-//! runtime exists, run until a signal, exit with a status that says what happened.
+//! The thin checklist: parse the command line, load and validate the configuration once (before
+//! any runtime exists), build the runtime once, hand both to the subcommand, exit with the status
+//! it returns.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use endpoint_metrics_agent::cli::{self, ShapeOverrides};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
-use endpoint_metrics_agent::plan::{plan, HostShape};
-use endpoint_metrics_agent::sources::snapshot;
-use endpoint_metrics_agent::{admin, agent, cost, logging};
+use endpoint_metrics_agent::logging;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +30,7 @@ enum Command {
         config: PathBuf,
     },
     /// List the metric series this host will publish, the requests per month and the estimated
-    /// CloudWatch cost per month.
+    /// CloudWatch bill per month.
     Plan {
         /// The configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -68,136 +68,80 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                // check-config never runs the pipeline, so stdout is free for the summary.
-                println!("{} is valid\n{}", config.display(), c.summary());
-                println!("{}", cost::describe(&c));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG as u8)
-            }
-        },
-        Command::Plan {
-            config,
-            gpus,
-            containers,
-            components,
-        } => match Config::load(&config) {
-            Ok(c) => {
-                // What the agent's own collectors find on this host now.
-                let found = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => HostShape::found(&runtime.block_on(snapshot(&c))),
-                    Err(e) => {
-                        eprintln!("error: cannot build the async runtime: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                let containers = containers.unwrap_or(found.containers);
-                let shape = HostShape {
-                    gpus: gpus.unwrap_or(found.gpus),
-                    containers,
-                    components: components.unwrap_or(if containers == found.containers {
-                        found.components
-                    } else {
-                        containers
-                    }),
-                };
-                // A report for a person, asked for explicitly: stdout.
-                #[allow(clippy::print_stdout)]
-                {
-                    print!("{}", plan(&c, &shape));
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG as u8)
-            }
-        },
-        Command::Cost { config } => cost_report(&config),
-        Command::Healthcheck { config } => match admin::healthcheck(&config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(code) => ExitCode::from(code),
-        },
-        Command::Run { config: path } => {
-            let config = match Config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG as u8);
-                }
-            };
-            logging::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot build the async runtime");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(agent::run(config, path, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "agent failed");
-                    ExitCode::FAILURE
-                }
-            }
+impl Command {
+    fn config_path(&self) -> &Path {
+        match self {
+            Command::Run { config }
+            | Command::Plan { config, .. }
+            | Command::Healthcheck { config }
+            | Command::Cost { config }
+            | Command::CheckConfig { config } => config,
         }
     }
 }
 
-/// `cost`: the split of the instance's price from what the agent sees now.
-fn cost_report(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.command.config_path().to_path_buf();
+    let config = match load_config(&path) {
+        Ok(config) => config,
+        Err(status) => return status,
     };
-    let price = match cost::instance_price(&config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: no price, so no cost: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+    if matches!(cli.command, Command::Run { .. }) {
+        logging::init(&config.log);
+    }
+    let runtime = match build_runtime() {
+        Ok(runtime) => runtime,
+        Err(status) => return status,
     };
-    let found = match tokio::runtime::Builder::new_current_thread()
+    match cli.command {
+        Command::Run { .. } => cli::run(config, path, &runtime, shutdown_signal()),
+        Command::CheckConfig { .. } => cli::check_config(&path, &config),
+        Command::Plan {
+            gpus,
+            containers,
+            components,
+            ..
+        } => cli::plan(
+            &config,
+            &runtime,
+            ShapeOverrides {
+                gpus,
+                containers,
+                components,
+            },
+        ),
+        Command::Cost { .. } => cli::cost(&config, &runtime),
+        Command::Healthcheck { .. } => cli::healthcheck(&path, &config),
+    }
+}
+
+/// Every subcommand starts here: an invalid file is one line on stderr (file, key, reason) and
+/// exit status 78, before anything else happens.
+#[allow(
+    clippy::print_stderr,
+    reason = "no logger exists yet: its settings are in the file being loaded"
+)]
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// One runtime, on this thread, for whichever subcommand runs (the front door builds its own).
+#[allow(
+    clippy::print_stderr,
+    reason = "one-shot subcommands have no logger; this is their only way to say it"
+)]
+fn build_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime.block_on(snapshot(&config)),
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot build the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match cost::report::report(price, &found.devices, &found.inventory) {
-        Some(report) => {
-            // A report for a person, asked for explicitly: stdout.
-            #[allow(clippy::print_stdout)]
-            {
-                print!("{report}");
-            }
-            ExitCode::SUCCESS
-        }
-        None => {
-            eprintln!("error: no GPUs to divide the price by: NVML shows none and neither the price table nor [cost] gpus_per_instance gives a count");
-            ExitCode::from(EXIT_CONFIG as u8)
-        }
-    }
+            ExitCode::FAILURE
+        })
 }
 
 /// Completes on SIGTERM or SIGINT.

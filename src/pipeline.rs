@@ -228,7 +228,7 @@ pub fn invocation_period(config: &Config) -> u64 {
 /// How windows are encoded under `config` for the host `identity`.
 pub fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
     let m = &config.metrics;
-    let log_group = match config.emf_destination() {
+    let log_group = match config.output.emf_destination {
         EmfDestination::Tcp(_) | EmfDestination::Udp(_) => config.output.log_group.clone(),
         _ => None,
     };

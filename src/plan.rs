@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::aggregate::{Aggregator, DataPoints, Window};
 use crate::catalog::{Identity, Metric, Sample, Scope};
-use crate::config::{Config, EmfDestination, OutputFormat};
+use crate::config::{Config, EmfDestination, InstanceIdSetting, OutputFormat};
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
 use crate::encode::{emf, groups, put_metric_data, EncodeContext, MetricGroup};
 use crate::sinks::cloudwatch_logs;
@@ -130,11 +130,16 @@ pub struct Plan {
     pub requests_per_window: u64,
     /// EMF bytes per window as CloudWatch Logs counts them (0 for PutMetricData).
     pub log_bytes_per_window: u64,
-    pub metric_cost: f64,
-    pub request_cost: f64,
-    pub ingestion_cost: f64,
+    /// USD per month for the custom metrics (the series), under the tiered price.
+    pub metrics_charge: f64,
+    /// USD per month for PutMetricData requests.
+    pub requests_charge: f64,
+    /// USD per month for CloudWatch Logs ingestion (EMF through `cloudwatch_logs`).
+    pub ingestion_charge: f64,
     /// `[metrics] data_points` in force.
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     /// The same host under the other `data_points` setting, for comparison.
     pub other: OtherShape,
 }
@@ -143,6 +148,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtherShape {
     pub data_points: DataPoints,
+    /// Data points (values x dimension sets) per window.
+    pub points_per_window: u64,
     pub requests_per_window: u64,
     pub log_bytes_per_window: u64,
 }
@@ -152,8 +159,9 @@ impl Plan {
         self.requests_per_window * self.windows_per_month
     }
 
-    pub fn total_cost(&self) -> f64 {
-        self.metric_cost + self.request_cost + self.ingestion_cost
+    /// The estimated CloudWatch bill per month, USD.
+    pub fn monthly_bill(&self) -> f64 {
+        self.metrics_charge + self.requests_charge + self.ingestion_charge
     }
 }
 
@@ -242,7 +250,7 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
         for target in &config.scrape.target {
             let s = Scope::Container {
                 component: target.component.as_str().into(),
-                container_id: target.authority().into(),
+                container_id: target.url.authority().into(),
             };
             scopes.push((s, Metric::SCRAPED.to_vec()));
         }
@@ -261,9 +269,9 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
 }
 
 fn context(config: &Config) -> EncodeContext {
-    let instance_id = match config.endpoint.instance_id.as_str() {
-        "auto" => PLACEHOLDER_INSTANCE_ID.to_string(),
-        id => id.to_string(),
+    let instance_id = match &config.endpoint.instance_id {
+        InstanceIdSetting::Auto => PLACEHOLDER_INSTANCE_ID.to_string(),
+        InstanceIdSetting::Given(id) => id.clone(),
     };
     let identity = Identity {
         endpoint_name: config.endpoint.name.clone(),
@@ -273,19 +281,19 @@ fn context(config: &Config) -> EncodeContext {
     crate::pipeline::encode_context(config, identity)
 }
 
-/// The monthly cost of `n` custom metrics under the tiered price.
-pub fn metric_cost(n: u64) -> f64 {
-    let mut cost = 0.0;
+/// The monthly charge for `n` custom metrics under the tiered price.
+pub fn metrics_charge(n: u64) -> f64 {
+    let mut charge = 0.0;
     let mut below = 0u64;
     for (upto, price) in METRIC_PRICE_TIERS {
         let in_tier = n.min(upto).saturating_sub(below);
-        cost += in_tier as f64 * price;
+        charge += in_tier as f64 * price;
         below = upto;
         if n <= upto {
             break;
         }
     }
-    cost
+    charge
 }
 
 impl HostShape {
@@ -301,6 +309,17 @@ impl HostShape {
                 .len() as u32,
         }
     }
+}
+
+/// Data points one window of `groups` publishes: each series' values, under each dimension set.
+fn data_points(groups: &[MetricGroup<'_>]) -> u64 {
+    groups
+        .iter()
+        .map(|g| {
+            let values: u64 = g.metrics.iter().map(|m| m.stats.count).sum();
+            values * g.dimension_sets.len() as u64
+        })
+        .sum()
 }
 
 /// What one window of `groups` costs to send under `config`'s output: (a description, requests
@@ -326,8 +345,7 @@ fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (
                 .iter()
                 .map(|d| d.len() + LOGS_EVENT_OVERHEAD_BYTES)
                 .sum();
-            let destination = config.emf_destination();
-            let calls = if destination == EmfDestination::CloudWatchLogs {
+            let calls = if config.output.emf_destination == EmfDestination::CloudWatchLogs {
                 let events = docs
                     .into_iter()
                     .map(|message| LogEvent {
@@ -380,33 +398,36 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
             DataPoints::EverySample => DataPoints::Period,
         };
         let window = full_window(&other, shape);
-        let (_, requests, bytes) = volume(&other, &crate::encode::groups(&window, &ctx), &ctx);
+        let other_groups = crate::encode::groups(&window, &ctx);
+        let (_, requests, bytes) = volume(&other, &other_groups, &ctx);
         OtherShape {
             data_points: other.metrics.data_points,
+            points_per_window: data_points(&other_groups),
             requests_per_window: requests,
             log_bytes_per_window: bytes,
         }
     };
     let requests_per_month = requests_per_window * windows_per_month;
-    let request_cost = if config.output.format == OutputFormat::PutMetricData {
+    let requests_charge = if config.output.format == OutputFormat::PutMetricData {
         requests_per_month as f64 / 1000.0 * PRICE_PER_1000_REQUESTS
     } else {
         0.0
     };
-    let ingestion_cost =
+    let ingestion_charge =
         (log_bytes_per_window * windows_per_month) as f64 / 1e9 * PRICE_PER_GB_INGESTED;
     Plan {
         shape: *shape,
         output,
         publish_frequency_seconds: period,
-        metric_cost: metric_cost(series.len() as u64),
+        metrics_charge: metrics_charge(series.len() as u64),
         series: series.into_iter().collect(),
         windows_per_month,
         requests_per_window,
         log_bytes_per_window,
-        request_cost,
-        ingestion_cost,
+        requests_charge,
+        ingestion_charge,
         data_points: config.metrics.data_points,
+        points_per_window: data_points(&groups),
         other,
     }
 }
@@ -457,44 +478,50 @@ impl fmt::Display for Plan {
         let o = &self.other;
         writeln!(
             f,
-            "data points:              {} (with {}: {} requests and {} EMF bytes per window)",
-            describe_data_points(self.data_points),
+            "data points per window:   {} ({})",
+            self.points_per_window,
+            describe_data_points(self.data_points)
+        )?;
+        writeln!(
+            f,
+            "  with {}: {} data points, {} requests and {} EMF bytes per window",
             o.data_points.as_str(),
+            o.points_per_window,
             o.requests_per_window,
             o.log_bytes_per_window
         )?;
         writeln!(
             f,
-            "\nestimated CloudWatch cost per month (us-east-1 list prices):"
+            "\nestimated CloudWatch bill per month (us-east-1 list prices):"
         )?;
         writeln!(
             f,
             "  custom metrics (tiered from $0.30) ${:>9.2}  ({} series)",
-            self.metric_cost,
+            self.metrics_charge,
             self.series.len()
         )?;
         writeln!(
             f,
             "  API requests ($0.01 per 1,000)     ${:>9.2}",
-            self.request_cost
+            self.requests_charge
         )?;
         writeln!(
             f,
             "  log ingestion ($0.50 per GB)       ${:>9.2}",
-            self.ingestion_cost
+            self.ingestion_charge
         )?;
         writeln!(
             f,
             "  total                              ${:>9.2}",
-            self.total_cost()
+            self.monthly_bill()
         )
     }
 }
 
 fn describe_data_points(d: DataPoints) -> &'static str {
     match d {
-        DataPoints::Period => "period, one per series per window (SageMaker's shape)",
-        DataPoints::EverySample => "every_sample, one per sample",
+        DataPoints::Period => "period: one per series, SageMaker's shape",
+        DataPoints::EverySample => "every_sample: one per sample",
     }
 }
 
@@ -559,9 +586,9 @@ mod tests {
 
     #[test]
     fn tiers_add_up() {
-        assert_eq!(metric_cost(0), 0.0);
-        assert!((metric_cost(100) - 30.0).abs() < 1e-9);
-        assert!((metric_cost(10_001) - 3000.10).abs() < 1e-6);
+        assert_eq!(metrics_charge(0), 0.0);
+        assert!((metrics_charge(100) - 30.0).abs() < 1e-9);
+        assert!((metrics_charge(10_001) - 3000.10).abs() < 1e-6);
     }
 
     #[test]
@@ -576,7 +603,7 @@ mod tests {
         );
         assert_eq!(p.series.len(), 4);
         assert!(p.series.iter().all(|s| s.dimensions.len() == 2));
-        assert!((p.metric_cost - 1.20).abs() < 1e-9);
+        assert!((p.metrics_charge - 1.20).abs() < 1e-9);
         assert_eq!(
             p.requests_per_window, 0,
             "EMF to stdout: the agent calls nothing"
@@ -598,8 +625,8 @@ mod tests {
         assert_eq!(p.series.len(), 26 + 32 + 24 + 16 + 16, "{p}");
         assert_eq!(p.windows_per_month, 259_200);
         assert_eq!(p.requests_per_window, 2, "one per namespace: {p}");
-        assert!((p.request_cost - 5.184).abs() < 1e-9);
-        assert!((p.metric_cost - 114.0 * 0.30).abs() < 1e-9);
+        assert!((p.requests_charge - 5.184).abs() < 1e-9);
+        assert!((p.metrics_charge - 114.0 * 0.30).abs() < 1e-9);
         let text = p.to_string();
         assert!(
             text.contains("GPUUtilization  {EndpointName,VariantName,InstanceId,GpuId}  x8"),
@@ -620,8 +647,12 @@ mod tests {
             "{p}"
         );
         let text = p.to_string();
-        assert!(text.contains("data points:              period"), "{text}");
-        assert!(text.contains("with every_sample:"), "{text}");
+        assert!(text.contains("data points per window:   "), "{text}");
+        assert!(text.contains("with every_sample: "), "{text}");
+        // 114 series, one point each, and the second copy of each component adds a point to
+        // its {InferenceComponentName} series (2 x 4 metrics); every_sample: 60 times that.
+        assert_eq!(p.points_per_window, 114 + 8);
+        assert_eq!(p.other.points_per_window, (114 + 8) * 60);
         let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
         let q = plan(&every, &EIGHT_GPUS);
         assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);
@@ -646,12 +677,12 @@ mod tests {
     }
 
     #[test]
-    fn emf_through_cloudwatch_logs_costs_ingestion_not_requests() {
+    fn emf_through_cloudwatch_logs_is_billed_for_ingestion_not_requests() {
         let c =
             config("[metrics]\nenhanced = true\n[output]\nemf_destination = \"cloudwatch_logs\"\n");
         let p = plan(&c, &EIGHT_GPUS);
-        assert_eq!(p.request_cost, 0.0);
+        assert_eq!(p.requests_charge, 0.0);
         assert!(p.requests_per_window >= 1);
-        assert!(p.ingestion_cost > 0.0);
+        assert!(p.ingestion_charge > 0.0);
     }
 }

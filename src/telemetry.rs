@@ -1,262 +1,170 @@
-//! The agent's own counters. Every notable event is logged and counted here, in one call, so the
-//! logs and the self-metrics never disagree.
+//! The agent's own counters and gauges, each declared once in a table below. Every notable event
+//! is logged and counted here, in one call, so the logs and the self-metrics never disagree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Something the agent counts about itself.
+/// What a counter counts, for the self-metrics that sum them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Counter {
-    SamplesTaken,
-    SamplesMissed,
-    SampleValuesRejected,
-    CollectorErrors,
-    WindowsPublished,
-    WindowsDropped,
-    EmfDocumentsWritten,
-    EmfDocumentsDropped,
-    EmfGroupsSkipped,
-    EmfDimensionSetsDropped,
-    EmfMetricsSkipped,
-    EmfValuesSkipped,
-    SinkWriteErrors,
-    SinkReconnects,
+pub enum Kind {
+    /// Routine work (a sample taken, a request sent).
+    Routine,
+    /// Something going wrong: summed into the `Errors` self-metric.
+    Error,
+    /// An error that loses measured values: in `Errors` and in `DroppedPoints`.
+    DroppedPoint,
+}
+
+/// The counters table: each counter once, with its published name and its [`Kind`]; generates
+/// [`Counter`], `Counter::ALL`, `name` and `kind`.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident;)*) => {
+        /// Something the agent counts about itself.
+        #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in declaration order (its index in the counters' storage).
+            pub const ALL: [Counter; [$($name),*].len()] = [$(Counter::$variant),*];
+
+            /// The counter's name in logs and on `/metrics`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            pub fn kind(self) -> Kind {
+                match self {
+                    $(Counter::$variant => Kind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    SamplesTaken = "samples_taken", Routine;
+    SamplesMissed = "samples_missed", Routine;
+    SampleValuesRejected = "sample_values_rejected", DroppedPoint;
+    CollectorErrors = "collector_errors", Error;
+    WindowsPublished = "windows_published", Routine;
+    WindowsDropped = "windows_dropped", Error;
+    EmfDocumentsWritten = "emf_documents_written", Routine;
+    EmfDocumentsDropped = "emf_documents_dropped", Error;
+    EmfGroupsSkipped = "emf_groups_skipped", Error;
+    EmfDimensionSetsDropped = "emf_dimension_sets_dropped", Error;
+    EmfMetricsSkipped = "emf_metrics_skipped", DroppedPoint;
+    EmfValuesSkipped = "emf_values_skipped", DroppedPoint;
+    SinkWriteErrors = "sink_write_errors", Error;
+    SinkReconnects = "sink_reconnects", Routine;
     /// No NVML library or driver: the agent runs without GPU metrics (warned once).
-    GpuUnavailable,
+    GpuUnavailable = "gpu_unavailable", Routine;
     /// A GPU answered GPU_IS_LOST; its series stop until a re-initialisation finds it again.
-    GpuLost,
+    GpuLost = "gpu_lost", Error;
     /// An NVML call failed (other than "not supported", "lost" and "no new samples").
-    GpuErrors,
+    GpuErrors = "gpu_errors", Error;
     /// A GPU reading did not finish in time (a hanging NVML call): that tick has no GPU data.
-    GpuReadsMissed,
+    GpuReadsMissed = "gpu_reads_missed", Error;
     /// A process list with an impossible layout, rejected rather than misread.
-    GpuProcessListsRejected,
-    DockerUnavailable,
-    DockerInspectErrors,
-    ContainersWithoutComponent,
-    GpuProcessesUnattributed,
-    PmdGroupsSkipped,
-    PmdMetricsSkipped,
-    PmdValuesSkipped,
-    PmdDatumsSkipped,
-    PublishRequestsSent,
-    PublishRetries,
-    PublishRequestsDropped,
-    SpoolWrites,
-    SpoolItemsDropped,
-    SpoolItemsExpired,
-    SpoolItemsReplayed,
-    LogEventsSkipped,
-    LogEventsRejected,
-    ConfigReloads,
-    ConfigReloadsRejected,
-    AdminBadRequests,
+    GpuProcessListsRejected = "gpu_process_lists_rejected", Error;
+    DockerUnavailable = "docker_unavailable", Routine;
+    DockerInspectErrors = "docker_inspect_errors", Error;
+    ContainersWithoutComponent = "containers_without_component", Routine;
+    GpuProcessesUnattributed = "gpu_processes_unattributed", Routine;
+    PmdGroupsSkipped = "pmd_groups_skipped", Error;
+    PmdMetricsSkipped = "pmd_metrics_skipped", DroppedPoint;
+    PmdValuesSkipped = "pmd_values_skipped", DroppedPoint;
+    PmdDatumsSkipped = "pmd_datums_skipped", DroppedPoint;
+    PublishRequestsSent = "publish_requests_sent", Routine;
+    PublishRetries = "publish_retries", Routine;
+    PublishRequestsDropped = "publish_requests_dropped", Error;
+    SpoolWrites = "spool_writes", Routine;
+    SpoolItemsDropped = "spool_items_dropped", Error;
+    SpoolItemsExpired = "spool_items_expired", Error;
+    SpoolItemsReplayed = "spool_items_replayed", Routine;
+    LogEventsSkipped = "log_events_skipped", Error;
+    LogEventsRejected = "log_events_rejected", Error;
+    ConfigReloads = "config_reloads", Routine;
+    ConfigReloadsRejected = "config_reloads_rejected", Error;
+    AdminBadRequests = "admin_bad_requests", Error;
     /// No price for the instance (type unset or not in the table, no override): cost metrics
     /// off (warned once, at start).
-    CostUnpriced,
+    CostUnpriced = "cost_unpriced", Routine;
     /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
     /// table's count disagrees with the host): costs add up to more than the instance's price.
-    CostGpusOverallocated,
+    CostGpusOverallocated = "cost_gpus_overallocated", Routine;
     /// Front door: a request it could not read or route (400, 404, 413, 431).
-    ProxyBadRequests,
+    ProxyBadRequests = "proxy_bad_requests", Routine;
     /// Front door: a copy refused or reset the connection, or broke off its answer (502).
-    ProxyUpstreamErrors,
+    ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).
-    ProxyUpstreamTimeouts,
+    ProxyUpstreamTimeouts = "proxy_upstream_timeouts", Routine;
+    /// Front door: a client connection past `[proxy] max_connections`, closed at once.
+    ProxyConnectionsRefused = "proxy_connections_refused", Error;
+    /// Front door: accepting a connection failed (out of file descriptors and the like).
+    ProxyAcceptErrors = "proxy_accept_errors", Error;
+    /// Front door: a client connection closed after `[proxy] idle_timeout_ms` with nothing in
+    /// flight.
+    ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
+    /// Front door: requests still in flight when the drain at shutdown ended, cut.
+    ProxyRequestsCut = "proxy_requests_cut", Error;
     /// A model server's metrics endpoint refused, hung, answered an error, too much, or text
     /// that is not an exposition: that target has no figures for the period.
-    ScrapeFailures,
+    ScrapeFailures = "scrape_failures", DroppedPoint;
     /// A series of a scraped body not used: NaN or negative, duplicate, unknown or unexpected
     /// type, malformed histogram.
-    ScrapeValuesSkipped,
+    ScrapeValuesSkipped = "scrape_values_skipped", DroppedPoint;
     /// A scraped counter went down (the server restarted): a new baseline, no rate that time.
-    ScrapeCounterResets,
+    ScrapeCounterResets = "scrape_counter_resets", Routine;
     /// Docker lifecycle events the tick did not take in time (a full queue).
-    LifecycleEventsDropped,
+    LifecycleEventsDropped = "lifecycle_events_dropped", DroppedPoint;
 }
 
 impl Counter {
-    pub const ALL: [Counter; 48] = [
-        Counter::SamplesTaken,
-        Counter::SamplesMissed,
-        Counter::SampleValuesRejected,
-        Counter::CollectorErrors,
-        Counter::WindowsPublished,
-        Counter::WindowsDropped,
-        Counter::EmfDocumentsWritten,
-        Counter::EmfDocumentsDropped,
-        Counter::EmfGroupsSkipped,
-        Counter::EmfDimensionSetsDropped,
-        Counter::EmfMetricsSkipped,
-        Counter::EmfValuesSkipped,
-        Counter::SinkWriteErrors,
-        Counter::SinkReconnects,
-        Counter::GpuUnavailable,
-        Counter::GpuLost,
-        Counter::GpuErrors,
-        Counter::GpuReadsMissed,
-        Counter::GpuProcessListsRejected,
-        Counter::DockerUnavailable,
-        Counter::DockerInspectErrors,
-        Counter::ContainersWithoutComponent,
-        Counter::GpuProcessesUnattributed,
-        Counter::PmdGroupsSkipped,
-        Counter::PmdMetricsSkipped,
-        Counter::PmdValuesSkipped,
-        Counter::PmdDatumsSkipped,
-        Counter::PublishRequestsSent,
-        Counter::PublishRetries,
-        Counter::PublishRequestsDropped,
-        Counter::SpoolWrites,
-        Counter::SpoolItemsDropped,
-        Counter::SpoolItemsExpired,
-        Counter::SpoolItemsReplayed,
-        Counter::LogEventsSkipped,
-        Counter::LogEventsRejected,
-        Counter::ConfigReloads,
-        Counter::ConfigReloadsRejected,
-        Counter::AdminBadRequests,
-        Counter::CostUnpriced,
-        Counter::CostGpusOverallocated,
-        Counter::ProxyBadRequests,
-        Counter::ProxyUpstreamErrors,
-        Counter::ProxyUpstreamTimeouts,
-        Counter::ScrapeFailures,
-        Counter::ScrapeValuesSkipped,
-        Counter::ScrapeCounterResets,
-        Counter::LifecycleEventsDropped,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::SamplesTaken => "samples_taken",
-            Counter::SamplesMissed => "samples_missed",
-            Counter::SampleValuesRejected => "sample_values_rejected",
-            Counter::CollectorErrors => "collector_errors",
-            Counter::WindowsPublished => "windows_published",
-            Counter::WindowsDropped => "windows_dropped",
-            Counter::EmfDocumentsWritten => "emf_documents_written",
-            Counter::EmfDocumentsDropped => "emf_documents_dropped",
-            Counter::EmfGroupsSkipped => "emf_groups_skipped",
-            Counter::EmfDimensionSetsDropped => "emf_dimension_sets_dropped",
-            Counter::EmfMetricsSkipped => "emf_metrics_skipped",
-            Counter::EmfValuesSkipped => "emf_values_skipped",
-            Counter::SinkWriteErrors => "sink_write_errors",
-            Counter::SinkReconnects => "sink_reconnects",
-            Counter::GpuUnavailable => "gpu_unavailable",
-            Counter::GpuLost => "gpu_lost",
-            Counter::GpuErrors => "gpu_errors",
-            Counter::GpuReadsMissed => "gpu_reads_missed",
-            Counter::GpuProcessListsRejected => "gpu_process_lists_rejected",
-            Counter::DockerUnavailable => "docker_unavailable",
-            Counter::DockerInspectErrors => "docker_inspect_errors",
-            Counter::ContainersWithoutComponent => "containers_without_component",
-            Counter::GpuProcessesUnattributed => "gpu_processes_unattributed",
-            Counter::PmdGroupsSkipped => "pmd_groups_skipped",
-            Counter::PmdMetricsSkipped => "pmd_metrics_skipped",
-            Counter::PmdValuesSkipped => "pmd_values_skipped",
-            Counter::PmdDatumsSkipped => "pmd_datums_skipped",
-            Counter::PublishRequestsSent => "publish_requests_sent",
-            Counter::PublishRetries => "publish_retries",
-            Counter::PublishRequestsDropped => "publish_requests_dropped",
-            Counter::SpoolWrites => "spool_writes",
-            Counter::SpoolItemsDropped => "spool_items_dropped",
-            Counter::SpoolItemsExpired => "spool_items_expired",
-            Counter::SpoolItemsReplayed => "spool_items_replayed",
-            Counter::LogEventsSkipped => "log_events_skipped",
-            Counter::LogEventsRejected => "log_events_rejected",
-            Counter::ConfigReloads => "config_reloads",
-            Counter::ConfigReloadsRejected => "config_reloads_rejected",
-            Counter::AdminBadRequests => "admin_bad_requests",
-            Counter::CostUnpriced => "cost_unpriced",
-            Counter::CostGpusOverallocated => "cost_gpus_overallocated",
-            Counter::ProxyBadRequests => "proxy_bad_requests",
-            Counter::ProxyUpstreamErrors => "proxy_upstream_errors",
-            Counter::ProxyUpstreamTimeouts => "proxy_upstream_timeouts",
-            Counter::ScrapeFailures => "scrape_failures",
-            Counter::ScrapeValuesSkipped => "scrape_values_skipped",
-            Counter::ScrapeCounterResets => "scrape_counter_resets",
-            Counter::LifecycleEventsDropped => "lifecycle_events_dropped",
-        }
-    }
-
     /// Counters that count something going wrong, published as errors by kind.
     pub fn is_error(self) -> bool {
-        matches!(
-            self,
-            Counter::SampleValuesRejected
-                | Counter::CollectorErrors
-                | Counter::WindowsDropped
-                | Counter::EmfDocumentsDropped
-                | Counter::EmfGroupsSkipped
-                | Counter::EmfDimensionSetsDropped
-                | Counter::EmfMetricsSkipped
-                | Counter::EmfValuesSkipped
-                | Counter::SinkWriteErrors
-                | Counter::GpuLost
-                | Counter::GpuErrors
-                | Counter::GpuReadsMissed
-                | Counter::GpuProcessListsRejected
-                | Counter::DockerInspectErrors
-                | Counter::PmdGroupsSkipped
-                | Counter::PmdMetricsSkipped
-                | Counter::PmdValuesSkipped
-                | Counter::PmdDatumsSkipped
-                | Counter::PublishRequestsDropped
-                | Counter::SpoolItemsDropped
-                | Counter::SpoolItemsExpired
-                | Counter::LogEventsSkipped
-                | Counter::LogEventsRejected
-                | Counter::ConfigReloadsRejected
-                | Counter::AdminBadRequests
-                | Counter::ScrapeFailures
-                | Counter::ScrapeValuesSkipped
-                | Counter::LifecycleEventsDropped
-        )
+        self.kind() != Kind::Routine
     }
 
     /// Counters of measured values that never reached a document ("dropped points").
     pub fn is_dropped_point(self) -> bool {
-        matches!(
-            self,
-            Counter::SampleValuesRejected
-                | Counter::EmfValuesSkipped
-                | Counter::EmfMetricsSkipped
-                | Counter::PmdValuesSkipped
-                | Counter::PmdMetricsSkipped
-                | Counter::PmdDatumsSkipped
-        )
+        self.kind() == Kind::DroppedPoint
     }
 }
 
-/// Something the agent reports about its current state (last value wins).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Gauge {
-    /// 1 once the pipeline is running (READY=1 sent), 0 before and while stopping.
-    Ready,
-    /// Wall-clock ms of the last tick whose host reading arrived in time.
-    LastSampleMs,
-    /// Wall-clock ms of the last window the sink delivered whole.
-    LastPublishMs,
-    /// How long delivering the last window took, in microseconds.
-    PublishLatencyUs,
-    /// Windows encoded and waiting in the channel to the sink.
-    QueuedWindows,
-    /// Windows the sink holds because the destination failed (waiting for a retry).
-    SpooledWindows,
-    /// Wall-clock ms when the agent started running.
-    StartedMs,
+/// The gauges table, as [`counters!`] for counters: generates [`Gauge`] and `Gauge::ALL`.
+macro_rules! gauges {
+    ($($(#[doc = $doc:literal])* $variant:ident;)*) => {
+        /// Something the agent reports about its current state (last value wins).
+        #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+        pub enum Gauge {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Gauge {
+            /// Every gauge, in declaration order (its index in the gauges' storage).
+            pub const ALL: [Gauge; [$(stringify!($variant)),*].len()] = [$(Gauge::$variant),*];
+        }
+    };
 }
 
-impl Gauge {
-    pub const ALL: [Gauge; 7] = [
-        Gauge::Ready,
-        Gauge::LastSampleMs,
-        Gauge::LastPublishMs,
-        Gauge::PublishLatencyUs,
-        Gauge::QueuedWindows,
-        Gauge::SpooledWindows,
-        Gauge::StartedMs,
-    ];
+gauges! {
+    /// 1 once the pipeline is running (READY=1 sent), 0 before and while stopping.
+    Ready;
+    /// Wall-clock ms of the last tick whose host reading arrived in time.
+    LastSampleMs;
+    /// Wall-clock ms of the last window the sink delivered whole.
+    LastPublishMs;
+    /// How long delivering the last window took, in microseconds.
+    PublishLatencyUs;
+    /// Windows encoded and waiting in the channel to the sink.
+    QueuedWindows;
+    /// Windows the sink holds because the destination failed (waiting for a retry).
+    SpooledWindows;
+    /// Wall-clock ms when the agent started running.
+    StartedMs;
 }
 
 static GAUGES: [AtomicU64; Gauge::ALL.len()] = [const { AtomicU64::new(0) }; Gauge::ALL.len()];
@@ -277,19 +185,14 @@ pub fn add(counter: Counter, n: u64) {
     COUNTERS[counter as usize].fetch_add(n, Ordering::Relaxed);
 }
 
-/// Counts a problem and logs it as a warning, fields first, message last.
-pub fn warn(counter: Counter, n: u64, reason: &str) {
+/// Counts a problem and logs it as a warning: the message is `event` (what happened), the fields
+/// say which counter, by how much, and its total.
+pub fn warn(counter: Counter, n: u64, event: &str) {
     if n == 0 {
         return;
     }
     add(counter, n);
-    tracing::warn!(
-        counter = counter.name(),
-        n,
-        total = get(counter),
-        reason,
-        "counted"
-    );
+    tracing::warn!(counter = counter.name(), n, total = get(counter), "{event}");
 }
 
 /// At most one log line per counter per this interval from [`warn_sampled`]: per-request
@@ -301,7 +204,7 @@ static LAST_LOGGED_MS: [AtomicU64; Counter::ALL.len()] =
 
 /// Counts one event and logs it as [`warn`] does, but at most once per
 /// [`SAMPLED_LOG_INTERVAL_MS`] per counter; the logged `total` covers the ones not logged.
-pub fn warn_sampled(counter: Counter, reason: &str) {
+pub fn warn_sampled(counter: Counter, event: &str) {
     add(counter, 1);
     let now = crate::clock::system_now_ms();
     let last = &LAST_LOGGED_MS[counter as usize];
@@ -316,8 +219,8 @@ pub fn warn_sampled(counter: Counter, reason: &str) {
     tracing::warn!(
         counter = counter.name(),
         total = get(counter),
-        reason,
-        "counted (logged at most every 10 s)"
+        logged_every_ms = SAMPLED_LOG_INTERVAL_MS,
+        "{event}"
     );
 }
 
@@ -348,6 +251,59 @@ mod tests {
         }
         set(Gauge::QueuedWindows, 3);
         assert_eq!(gauge(Gauge::QueuedWindows), 3);
+    }
+
+    /// A `MakeWriter` into a shared buffer: what the JSON formatter writes, to read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_counted_warning_says_the_event_in_its_message_and_the_counter_in_fields() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(captured.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            warn(
+                Counter::SpoolItemsExpired,
+                3,
+                "spooled request too old; dropped",
+            );
+            warn(
+                Counter::SpoolItemsExpired,
+                0,
+                "nothing happened: not logged",
+            );
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["message"], "spooled request too old; dropped");
+        assert_eq!(lines[0]["counter"], "spool_items_expired");
+        assert_eq!(lines[0]["n"], 3);
+        assert_eq!(lines[0]["level"], "WARN");
     }
 
     #[test]

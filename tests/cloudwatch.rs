@@ -8,6 +8,13 @@
 //! published twice shows as a SampleCount over 10 (10 s windows sampled every second), a lost
 //! one as a missing or short bucket. Each test has its own namespace or log group: LocalStack has
 //! no reset.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

@@ -7,6 +7,13 @@
 //! the tests drive follows `DOCKER_HOST`). The tiny image is built by
 //! `scripts/setup/docker-image.sh` when missing. Without an engine these tests fail, unless
 //! `EMA_SKIP_DOCKER_TESTS=1` says to skip them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

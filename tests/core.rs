@@ -1,4 +1,11 @@
 //! The agent core through the built binary: its real EMF output, its exit codes and its logs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! GPU metrics through the real nvml-wrapper code path over a scripted fake driver library
 //! (tests/fixtures/fake_nvml), one copy per test; and, with `--ignored` on a machine with an
 //! NVIDIA GPU, the same collector and binary against the real driver (docs/gpu.md).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

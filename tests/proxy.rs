@@ -3,6 +3,13 @@
 //! invocation metrics in the agent's EMF output, counted exactly.
 //!
 //! The Docker test needs an engine (see tests/containers.rs); `EMA_SKIP_DOCKER_TESTS=1` skips it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

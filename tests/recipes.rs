@@ -8,6 +8,13 @@
 //! LocalStack matches a metric on a subset of its dimensions (real CloudWatch matches exactly)
 //! and has no SEARCH or metric math: exact dimension sets are read through ListMetrics, and each
 //! count is taken on a set no other published set contains, or derived as the spec says.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

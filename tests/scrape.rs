@@ -4,6 +4,13 @@
 //! definitions, tests/fixtures/scrape/, made by scripts/scrape-fixtures.py), one that hangs and
 //! one that answers garbage; and each copy's lifecycle from Docker's events, checked against the
 //! engine's own timestamps. `EMA_SKIP_DOCKER_TESTS=1` skips them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 

@@ -22,6 +22,14 @@ use crate::catalog::{Metric, Sample, Scope};
 use crate::cgroup_path::{cgroup_paths, container_id_from_cgroup, CgroupPaths};
 use crate::discovery::{ContainerInfo, Inventory};
 
+/// A cgroup file is read at most this far: the largest, `memory.stat`, is about 2 KB; anything
+/// much bigger is not a cgroup file.
+pub const MAX_CGROUP_FILE_BYTES: u64 = 64 * 1024;
+
+/// A container's CPU use may exceed the host's CPUs by this factor before the reading counts as
+/// impossible: the counter and the clock are read a few microseconds apart.
+pub const CPU_OVERSHOOT_ALLOWED: f64 = 1.1;
+
 /// A cgroup collector error: which file, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -182,12 +190,20 @@ impl OpenFile {
         buffer.clear();
         self.file
             .seek(SeekFrom::Start(0))
-            .and_then(|_| self.file.read_to_string(buffer))
-            .map(|_| ())
+            .and_then(|_| {
+                (&mut self.file)
+                    .take(MAX_CGROUP_FILE_BYTES + 1)
+                    .read_to_string(buffer)
+            })
             .map_err(|source| CgroupError::Io {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        if buffer.len() as u64 > MAX_CGROUP_FILE_BYTES {
+            buffer.clear();
+            return Err(self.parse_error("larger than any cgroup file"));
+        }
+        Ok(())
     }
 
     fn parse_error(&self, reason: &'static str) -> CgroupError {
@@ -353,7 +369,16 @@ fn sample(
             if let Some((prev_cpu, prev_now)) = tracked.previous {
                 if cpu_ns >= prev_cpu && now_ns > prev_now {
                     let busy = (cpu_ns - prev_cpu) as f64 / (now_ns - prev_now) as f64;
-                    usage.cpu_utilization_normalized = Some(busy * 100.0 / cores);
+                    if busy <= f64::from(host.cpus.max(1)) * CPU_OVERSHOOT_ALLOWED {
+                        usage.cpu_utilization_normalized = Some(busy * 100.0 / cores);
+                    } else {
+                        // A counter jump: more CPUs busy than the host has.
+                        errors.push(
+                            files
+                                .cpu
+                                .parse_error("CPU counter jumped past the host's CPUs"),
+                        );
+                    }
                 }
             }
             tracked.previous = Some((cpu_ns, now_ns));
@@ -364,6 +389,13 @@ fn sample(
         }
     }
     match read_memory_bytes(files, buffer) {
+        Ok(used) if used > host.memory_bytes => {
+            errors.push(
+                files
+                    .memory_usage
+                    .parse_error("more memory than the host has"),
+            );
+        }
         Ok(used) => {
             let whole = info.memory_reserved_bytes().unwrap_or(host.memory_bytes);
             usage.memory_used_bytes = Some(used);
@@ -649,6 +681,56 @@ mod tests {
         let mut samples = Vec::new();
         second.samples(&mut samples);
         assert_eq!(samples.len(), 2 + 2 * 2);
+    }
+
+    #[test]
+    fn impossible_readings_are_errors_not_huge_percentages() {
+        let dir = tree("v2");
+        let root = dir.path();
+        let (mut c, _tx) = collector(root, vec![info(C, "ic-c", 5151)]);
+        let cg = root.join(format!("sys/fs/cgroup/system.slice/docker-{C}.scope"));
+        let mut errors = Vec::new();
+        c.read_at(0, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        // u64::MAX bytes of memory, and 30 s of CPU in 1 s on a 2-CPU host.
+        std::fs::write(cg.join("memory.current"), format!("{}\n", u64::MAX)).unwrap();
+        std::fs::write(cg.join("cpu.stat"), "usage_usec 30000000\n").unwrap();
+        let r = c.read_at(1_000_000_000, &mut errors);
+        assert_eq!(usage(&r, C).memory_utilization_normalized, None);
+        assert_eq!(usage(&r, C).cpu_utilization_normalized, None);
+        let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("more memory than the host has")));
+        assert!(reasons.iter().any(|r| r.contains("CPU counter jumped")));
+        // Back to sane: the next interval is measured again.
+        std::fs::write(cg.join("memory.current"), "209715200\n").unwrap();
+        std::fs::write(cg.join("cpu.stat"), "usage_usec 30500000\n").unwrap();
+        errors.clear();
+        let r = c.read_at(2_000_000_000, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(close(
+            usage(&r, C).cpu_utilization_normalized.unwrap(),
+            25.0
+        ));
+    }
+
+    #[test]
+    fn a_cgroup_file_past_its_size_cap_is_an_error_not_a_read_of_it_all() {
+        let dir = tree("v2");
+        let root = dir.path();
+        let (mut c, _tx) = collector(root, vec![info(C, "ic-c", 5151)]);
+        let cg = root.join(format!("sys/fs/cgroup/system.slice/docker-{C}.scope"));
+        let mut errors = Vec::new();
+        c.read_at(0, &mut errors);
+        let big = "inactive_file 1\n".repeat((MAX_CGROUP_FILE_BYTES / 16 + 1) as usize);
+        std::fs::write(cg.join("memory.stat"), big).unwrap();
+        c.read_at(1_000_000_000, &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0]
+            .to_string()
+            .contains("larger than any cgroup file"));
     }
 
     #[test]

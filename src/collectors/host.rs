@@ -1,12 +1,15 @@
 //! Host CPU, memory and disk, from `/proc/stat`, `/proc/meminfo` and `statvfs`.
 //!
 //! The two proc files are opened once and re-read from offset 0 each sample (cheaper than opening
-//! them again), into a buffer that is reused. No process table is scanned.
+//! them again), into a buffer that is reused, and opened again when the path names another file
+//! (checked every [`REOPEN_CHECK_EVERY`] reads: a `proc_root` whose files were replaced never
+//! leaves a stale value). Every read is bounded. No process table is scanned.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{Metric, Sample, Scope};
@@ -14,6 +17,60 @@ use crate::catalog::{Metric, Sample, Scope};
 /// `/proc/stat` is read in chunks of this size until the per-CPU lines end; the interrupt lines
 /// after them can be long on big hosts and are not needed.
 const PROC_STAT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// `/proc/stat` is read at most this far (its cpu lines: about 100 bytes per CPU, 1 MiB is over
+/// 8,000 CPUs); a file that goes on without an `intr` line is cut there and its cpu lines used.
+pub const MAX_PROC_STAT_BYTES: usize = 1024 * 1024;
+
+/// `/proc/meminfo` is about 1.5 KB; it is read at most this far.
+pub const MAX_MEMINFO_BYTES: u64 = 64 * 1024;
+
+/// Every this many reads, a kept-open file is checked against its path (one `stat`).
+pub const REOPEN_CHECK_EVERY: u32 = 10;
+
+/// A file kept open and re-read from the start; opened again when its path names another file.
+struct KeptOpen {
+    path: PathBuf,
+    file: File,
+    reads: u32,
+}
+
+impl KeptOpen {
+    fn open(path: PathBuf) -> Result<KeptOpen, HostError> {
+        match File::open(&path) {
+            Ok(file) => Ok(KeptOpen {
+                path,
+                file,
+                reads: 0,
+            }),
+            Err(source) => Err(HostError::Io { path, source }),
+        }
+    }
+
+    /// The file, at offset 0: the same one, or the one its path names now.
+    fn rewound(&mut self) -> Result<&mut File, HostError> {
+        self.reads = self.reads.wrapping_add(1);
+        if self.reads % REOPEN_CHECK_EVERY == 0 {
+            let now = std::fs::metadata(&self.path).map_err(|source| self.io(source))?;
+            let open = self.file.metadata().map_err(|source| self.io(source))?;
+            if (now.dev(), now.ino()) != (open.dev(), open.ino()) {
+                tracing::info!(path = %self.path.display(), "file replaced; opened again");
+                self.file = File::open(&self.path).map_err(|source| self.io(source))?;
+            }
+        }
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|source| self.io(source))?;
+        Ok(&mut self.file)
+    }
+
+    fn io(&self, source: io::Error) -> HostError {
+        HostError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
 
 /// A host collector error: which file, and why.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +122,8 @@ impl HostReading {
 
 /// Reads the host. Owns its open files; meant to run on a collector thread.
 pub struct HostCollector {
-    stat_path: PathBuf,
-    stat: File,
-    meminfo_path: PathBuf,
-    meminfo: File,
+    stat: KeptOpen,
+    meminfo: KeptOpen,
     disk_path: CString,
     disk_path_display: PathBuf,
     buffer: Vec<u8>,
@@ -77,23 +132,15 @@ pub struct HostCollector {
 
 impl HostCollector {
     pub fn new(proc_root: &Path, disk_path: &Path) -> Result<Self, HostError> {
-        let open = |name: &str| {
-            let path = proc_root.join(name);
-            File::open(&path)
-                .map(|f| (path.clone(), f))
-                .map_err(|source| HostError::Io { path, source })
-        };
-        let (stat_path, stat) = open("stat")?;
-        let (meminfo_path, meminfo) = open("meminfo")?;
+        let stat = KeptOpen::open(proc_root.join("stat"))?;
+        let meminfo = KeptOpen::open(proc_root.join("meminfo"))?;
         let disk_path_c =
             CString::new(disk_path.as_os_str().as_bytes()).map_err(|_| HostError::Parse {
                 path: disk_path.to_path_buf(),
                 reason: "path contains a NUL byte",
             })?;
         Ok(HostCollector {
-            stat_path,
             stat,
-            meminfo_path,
             meminfo,
             disk_path: disk_path_c,
             disk_path_display: disk_path.to_path_buf(),
@@ -130,50 +177,47 @@ impl HostCollector {
     }
 
     fn read_cpu(&mut self) -> Result<(CpuTimes, u32), HostError> {
-        let io_err = |source| HostError::Io {
-            path: self.stat_path.clone(),
-            source,
-        };
-        self.stat.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        let file = self.stat.rewound()?;
         self.buffer.clear();
         loop {
             let len = self.buffer.len();
-            self.buffer.resize(len + PROC_STAT_CHUNK_BYTES, 0);
-            let n = self
-                .stat
-                .read(&mut self.buffer[len..])
-                .map_err(|source| HostError::Io {
-                    path: self.stat_path.clone(),
-                    source,
-                })?;
+            let want = PROC_STAT_CHUNK_BYTES.min(MAX_PROC_STAT_BYTES - len);
+            if want == 0 {
+                break;
+            }
+            self.buffer.resize(len + want, 0);
+            let n = match file.read(&mut self.buffer[len..]) {
+                Ok(n) => n,
+                Err(source) => return Err(self.stat.io(source)),
+            };
             self.buffer.truncate(len + n);
             // The cpu lines come first; once a later line has started, the rest is not needed.
             if n == 0 || self.buffer.windows(6).any(|w| w == b"\nintr ") {
                 break;
             }
         }
-        parse_proc_stat(&self.buffer).ok_or(HostError::Parse {
-            path: self.stat_path.clone(),
-            reason: "no aggregate cpu line with at least 4 counters",
-        })
+        let parse_error = |reason| HostError::Parse {
+            path: self.stat.path.clone(),
+            reason,
+        };
+        match parse_proc_stat(&self.buffer) {
+            None => Err(parse_error(
+                "no aggregate cpu line with at least 4 counters",
+            )),
+            // Without cpuN lines the CPU count is unknown: no value, never a false 0.
+            Some((_, 0)) => Err(parse_error("no cpuN lines")),
+            Some(found) => Ok(found),
+        }
     }
 
     fn read_memory(&mut self) -> Result<f64, HostError> {
-        self.meminfo
-            .seek(SeekFrom::Start(0))
-            .map_err(|source| HostError::Io {
-                path: self.meminfo_path.clone(),
-                source,
-            })?;
+        let file = self.meminfo.rewound()?;
         self.buffer.clear();
-        self.meminfo
-            .read_to_end(&mut self.buffer)
-            .map_err(|source| HostError::Io {
-                path: self.meminfo_path.clone(),
-                source,
-            })?;
+        if let Err(source) = file.take(MAX_MEMINFO_BYTES).read_to_end(&mut self.buffer) {
+            return Err(self.meminfo.io(source));
+        }
         parse_meminfo(&self.buffer).ok_or(HostError::Parse {
-            path: self.meminfo_path.clone(),
+            path: self.meminfo.path.clone(),
             reason: "no MemTotal, or neither MemAvailable nor MemFree",
         })
     }
@@ -373,6 +417,64 @@ mod tests {
             .find(|s| s.key.metric == Metric::CpuUtilizationNormalized)
             .unwrap();
         assert_eq!(normalized.value, 50.0);
+    }
+
+    fn tree(stat: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stat"), stat).unwrap();
+        std::fs::write(
+            dir.path().join("meminfo"),
+            b"MemTotal: 1000 kB\nMemAvailable: 400 kB\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn proc_stat_without_cpu_lines_is_an_error_not_a_false_zero() {
+        let dir = tree(b"cpu  100 0 50 800 50 0 0 0 0 0\nintr 1\n");
+        let mut c = HostCollector::new(dir.path(), dir.path()).unwrap();
+        let mut errors = Vec::new();
+        for _ in 0..2 {
+            let r = c.read(&mut errors);
+            assert_eq!(r.cpu_utilization, None);
+        }
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].to_string().contains("no cpuN lines"));
+    }
+
+    #[test]
+    fn a_huge_proc_stat_is_read_only_up_to_its_cap() {
+        // An aggregate line, two CPUs, then 4 MiB without an intr line.
+        let mut stat = b"cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1\ncpu1 1\n".to_vec();
+        stat.extend(std::iter::repeat_n(b'x', 4 * MAX_PROC_STAT_BYTES));
+        let dir = tree(&stat);
+        let mut c = HostCollector::new(dir.path(), dir.path()).unwrap();
+        let mut errors = Vec::new();
+        let r = c.read(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(r.cpus, 2);
+        assert!(c.buffer.len() <= MAX_PROC_STAT_BYTES);
+    }
+
+    #[test]
+    fn a_replaced_file_is_opened_again_within_the_check_interval() {
+        let dir = tree(STAT);
+        let mut c = HostCollector::new(dir.path(), dir.path()).unwrap();
+        let mut errors = Vec::new();
+        assert_eq!(c.read(&mut errors).memory_utilization, Some(60.0));
+        // Deleted and written anew: a new inode, which the open file never sees.
+        std::fs::remove_file(dir.path().join("meminfo")).unwrap();
+        std::fs::write(
+            dir.path().join("meminfo"),
+            b"MemTotal: 1000 kB\nMemAvailable: 900 kB\n",
+        )
+        .unwrap();
+        let seen: Vec<Option<f64>> = (0..REOPEN_CHECK_EVERY)
+            .map(|_| c.read(&mut errors).memory_utilization)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(seen.last(), Some(&Some(10.0)), "{seen:?}");
     }
 
     #[test]

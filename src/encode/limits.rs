@@ -10,6 +10,19 @@ pub const EMF_MAX_KEYS_PER_DIMENSION_SET: usize = 30;
 /// EMF specification and PutMetricData: a dimension value is 1 to 1024 characters.
 pub const MAX_DIMENSION_VALUE_CHARS: usize = 1024;
 
+/// CloudWatch (PutMetricData "Namespace"): a namespace is 1 to 255 characters.
+pub const MAX_NAMESPACE_CHARS: usize = 255;
+
+/// CloudWatch rejects custom metrics in namespaces starting with this prefix (PutMetricData
+/// "Namespace": "cannot begin with AWS/").
+pub const RESERVED_NAMESPACE_PREFIX: &str = "AWS/";
+
+/// CloudWatch Logs (CreateLogGroup "logGroupName"): 1 to 512 characters.
+pub const MAX_LOG_GROUP_CHARS: usize = 512;
+
+/// CloudWatch Logs (CreateLogStream "logStreamName"): 1 to 512 characters.
+pub const MAX_LOG_STREAM_CHARS: usize = 512;
+
 /// PutMetricData: a dimension name is 1 to 255 characters (EMF keys follow the same rule).
 pub const MAX_DIMENSION_NAME_CHARS: usize = 255;
 

@@ -9,6 +9,7 @@
 //! the connection, or the client went away.
 
 pub mod account;
+pub mod conn;
 pub mod pool;
 pub mod route;
 
@@ -69,8 +70,18 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// After a failed accept (out of file descriptors), the accept loop pauses this long.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// An idle connection told to close has this long to do it politely before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// While draining, requests in flight are checked this often.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
 struct State {
     accounts: Arc<Accounts>,
+    connections: conn::Connections,
     table: RwLock<Arc<Table>>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -85,8 +96,9 @@ impl State {
 
 /// The running front door.
 pub struct FrontDoor {
-    /// Dropping it stops the front door's thread at once; sending a deadline stops it by then.
-    stop: Option<tokio::sync::oneshot::Sender<Instant>>,
+    /// Dropping it stops the front door's thread at once; sending (drain until, stop by) lets
+    /// requests in flight finish until the first, then cuts them and stops by the second.
+    stop: Option<tokio::sync::oneshot::Sender<(Instant, Instant)>>,
     /// Says when the thread has dropped every connection (their requests accounted).
     stopped: Option<std::sync::mpsc::Receiver<()>>,
     state: Arc<State>,
@@ -114,7 +126,7 @@ impl FrontDoor {
                 .build()
         }
         .context("building the front door's runtime")?;
-        let listener = std::net::TcpListener::bind(&config.listen)
+        let listener = std::net::TcpListener::bind(config.listen)
             .with_context(|| format!("front door: cannot listen on {}", config.listen))?;
         listener
             .set_nonblocking(true)
@@ -138,6 +150,10 @@ impl FrontDoor {
         };
         let state = Arc::new(State {
             accounts: Arc::new(Accounts::new(config.instance_count)),
+            connections: conn::Connections::new(
+                config.max_connections,
+                Duration::from_millis(config.idle_timeout_ms),
+            ),
             table: RwLock::new(Arc::new(first)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
@@ -147,21 +163,26 @@ impl FrontDoor {
             let _enter = runtime.enter();
             tokio::net::TcpListener::from_std(listener).context("front door: listener")?
         };
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<Instant>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<(Instant, Instant)>();
         let (stopped_tx, stopped) = std::sync::mpsc::channel::<()>();
         let served = state.clone();
         let port = config.upstream_port;
         std::thread::Builder::new()
             .name("proxy".into())
             .spawn(move || {
+                let drained = served.clone();
                 let stop_by = runtime.block_on(async move {
                     if let Some(rx) = inventory {
                         tokio::spawn(follow_inventory(rx, statics, port, served.clone()));
                     }
-                    tokio::select! {
-                        () = serve(listener, served) => None,
-                        stop_by = stop_rx => stop_by.ok(),
-                    }
+                    let (drain_until, stop_by) = tokio::select! {
+                        () = serve(listener, served) => return None,
+                        stop = stop_rx => stop.ok()?,
+                    };
+                    // The listener is closed (serve is dropped): no new connections. Requests in
+                    // flight, streams included, may finish until `drain_until`.
+                    drain(&drained, drain_until).await;
+                    Some(stop_by)
                 });
                 // Drops every connection task, so their requests are accounted.
                 let left = stop_by.map_or(Duration::ZERO, |at| {
@@ -181,8 +202,10 @@ impl FrontDoor {
     }
 
     /// The invocation series since the last call: the sampling loop calls this once a tick.
-    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`].
+    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`], and hands memory
+    /// back after many client connections closed.
     pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
+        self.state.connections.trim_if_many_closed();
         let table = self.state.table();
         let now = Instant::now();
         for upstream in table.upstreams() {
@@ -193,13 +216,17 @@ impl FrontDoor {
             .drain(|component| table.copies(component))
     }
 
-    /// Stops serving by `stop_by` (the front door's share of the shutdown deadline): open
-    /// connections are dropped, and the requests in them accounted. Returns the series since
-    /// the last drain.
-    pub async fn stop(mut self, stop_by: tokio::time::Instant) -> Vec<(SeriesKey, Stats)> {
-        let stop_by = stop_by.into_std();
+    /// Stops accepting, lets requests in flight finish until `drain_until` (`[proxy]
+    /// drain_timeout_ms` from SIGTERM), then cuts what is left (counted) and stops by `stop_by`.
+    /// Every request is accounted. Returns the series since the last drain.
+    pub async fn stop(
+        mut self,
+        drain_until: tokio::time::Instant,
+        stop_by: tokio::time::Instant,
+    ) -> Vec<(SeriesKey, Stats)> {
+        let (drain_until, stop_by) = (drain_until.into_std(), stop_by.into_std());
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(stop_by);
+            let _ = stop.send((drain_until, stop_by));
         }
         if let Some(stopped) = self.stopped.take() {
             // Waiting blocks; not on the sampling loop's thread.
@@ -216,10 +243,11 @@ impl FrontDoor {
 fn static_upstreams(upstreams: &[StaticUpstream]) -> Vec<(Arc<str>, String)> {
     upstreams
         .iter()
-        .filter_map(|u| {
-            // Validated at load.
-            let authority = route::parse_static_url(&u.url).ok()?;
-            Some((Arc::from(u.component.trim()), authority))
+        .map(|u| {
+            (
+                Arc::from(u.component.as_str()),
+                u.url.authority().to_string(),
+            )
         })
         .collect()
 }
@@ -255,28 +283,78 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin. Counted with the
-                // requests the front door could not take.
+                // Out of file descriptors and the like: pause rather than spin.
                 telemetry::warn_sampled(
-                    Counter::ProxyBadRequests,
+                    Counter::ProxyAcceptErrors,
                     &format!("front door: accept failed: {e}"),
                 );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
+        };
+        // Past the cap the connection is closed at once (dropped), counted.
+        let Some(mut admitted) = state.connections.admit() else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let service = {
+                let state = state.clone();
+                let track = admitted.tracker();
+                hyper::service::service_fn(move |req| {
+                    let (state, active) = (state.clone(), track.request());
+                    async move {
+                        let response = handle(state, req).await?;
+                        Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, active)))
+                    }
+                })
+            };
             // Errors here are the client's (a malformed request gets 400 from hyper, a reset
             // connection ends its task): nothing to count beyond what `handle` counted.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let wake = tokio::select! {
+                _ = connection.as_mut() => return,
+                wake = admitted.wake() => wake,
+            };
+            // No new requests; those in flight finish (the drain's end bounds them).
+            connection.as_mut().graceful_shutdown();
+            match wake {
+                conn::Wake::Drain => {
+                    let _ = connection.await;
+                }
+                // Nothing in flight: a polite close (h2 GOAWAY), else dropped. A connection
+                // that never sent a byte does not notice the shutdown on its own.
+                conn::Wake::Idle => {
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+                }
+            }
         });
     }
+}
+
+/// Waits until no request is in flight or `until`; what is still in flight then is cut when
+/// the runtime shuts down, and counted here.
+async fn drain(state: &State, until: Instant) {
+    let in_flight = state.connections.in_flight();
+    if in_flight > 0 {
+        tracing::info!(
+            in_flight,
+            "front door draining: requests in flight may finish"
+        );
+    }
+    state.connections.drain();
+    while state.connections.in_flight() > 0 && Instant::now() < until {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let cut = state.connections.in_flight() as u64;
+    telemetry::warn(
+        Counter::ProxyRequestsCut,
+        cut,
+        "front door: requests still in flight at the end of the drain were cut",
+    );
 }
 
 async fn handle(
@@ -284,6 +362,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
+    if let Some((status, reason)) = refused_request(&req) {
+        telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
+        let guard = InFlight::new(state.accounts.clone(), None, started);
+        return Ok(local(guard, status, format!("{reason}\n")));
+    }
     let table = state.table();
     let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
@@ -430,6 +513,25 @@ fn clamp_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// Requests the front door answers itself instead of forwarding: a method a copy cannot serve
+/// through it (`CONNECT` would reach the copy as `CONNECT /`), and two `Host` headers (RFC 9112
+/// section 3.2: a server must answer 400; forwarding both lets the copy and the front door
+/// disagree on the target).
+fn refused_request<B>(req: &Request<B>) -> Option<(u16, &'static str)> {
+    if req.method() == http::Method::CONNECT {
+        return Some((405, "CONNECT is not served by the front door"));
+    }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some((400, "more than one Host header"));
+    }
+    None
+}
+
+/// End-to-end headers a `Connection` header may not remove: the copy needs them to read the
+/// request (`Connection: host` once removed the Host header before forwarding).
+const NEVER_HOP_BY_HOP: [HeaderName; 3] =
+    [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
     // send one, so the common case allocates nothing).
@@ -440,6 +542,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty())
+            .filter(|s| !NEVER_HOP_BY_HOP.iter().any(|h| h.as_str() == s))
             .collect();
         for name in &named {
             headers.remove(name.as_str());

@@ -181,28 +181,6 @@ impl Table {
     }
 }
 
-/// A static upstream's URL as an authority ("host:port"): plain `http://`, a host, an explicit
-/// port, no path, query or user.
-pub fn parse_static_url(url: &str) -> Result<String, String> {
-    let allowed = "allowed: \"http://host:port\", e.g. \"http://127.0.0.1:9001\"";
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("\"{url}\" is not plain http; {allowed}"))?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let authority: http::uri::Authority = rest
-        .parse()
-        .map_err(|_| format!("\"{url}\" has no valid host and port; {allowed}"))?;
-    if rest.contains(['/', '?', '#', '@']) || authority.host().is_empty() {
-        return Err(format!(
-            "\"{url}\" must have no path, query or user; {allowed}"
-        ));
-    }
-    match authority.port_u16() {
-        Some(p) if p != 0 => Ok(authority.as_str().to_string()),
-        _ => Err(format!("\"{url}\" names no port; {allowed}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,26 +206,6 @@ mod tests {
     fn inventory(containers: Vec<ContainerInfo>) -> Inventory {
         Inventory {
             containers: containers.into_iter().map(|c| (c.id.clone(), c)).collect(),
-        }
-    }
-
-    #[test]
-    fn static_urls_must_be_plain_http_with_a_port() {
-        assert_eq!(
-            parse_static_url("http://127.0.0.1:9001").unwrap(),
-            "127.0.0.1:9001"
-        );
-        assert_eq!(parse_static_url("http://model:80/").unwrap(), "model:80");
-        for bad in [
-            "https://x:1",
-            "http://x",
-            "http://x:0",
-            "http://x:1/path",
-            "http://u@x:1",
-            "x:1",
-            "http://:1",
-        ] {
-            assert!(parse_static_url(bad).is_err(), "{bad}");
         }
     }
 

@@ -85,9 +85,9 @@ pub fn targets(config: &ScrapeConfig, inventory: &Inventory) -> Vec<Target> {
         .iter()
         .map(|t| Target {
             component: t.component.as_str().into(),
-            copy_id: t.authority().into(),
-            authority: t.authority().into(),
-            path: t.path().into(),
+            copy_id: t.url.authority().into(),
+            authority: t.url.authority().into(),
+            path: t.url.path().into(),
         })
         .collect();
     for info in inventory.containers.values() {
@@ -169,15 +169,15 @@ async fn manage(
             keep
         });
         for target in wanted {
-            if !tasks.contains_key(&target) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(target) {
+                let target = Arc::new(slot.key().clone());
                 tracing::info!(component = %target.component, copy = %target.copy_id,
                     url = %format!("http://{}{}", target.authority, target.path), "scraping");
-                let task = tokio::spawn(scrape_loop(
-                    Arc::new(target.clone()),
+                slot.insert(tokio::spawn(scrape_loop(
+                    target,
                     config.clone(),
                     tx.clone(),
-                ));
-                tasks.insert(target, task);
+                )));
             }
         }
         let changed = async {

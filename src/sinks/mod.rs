@@ -40,7 +40,7 @@ impl Sink {
     /// cannot be opened, or no AWS Region.
     pub async fn open(config: &Config, instance_id: &str) -> anyhow::Result<Sink> {
         if !config.publishes_to_cloudwatch() {
-            let writer = EmfWriter::open(&config.emf_destination())
+            let writer = EmfWriter::open(&config.output.emf_destination)
                 .await
                 .with_context(|| {
                     format!("opening EMF destination {}", config.output.emf_destination)

@@ -4,6 +4,13 @@
 //! synced and renamed, so a crash leaves either the whole request or nothing. Replay is oldest
 //! window first; the sequence keeps the order of requests of one window and across restarts.
 //! When the spool is over its size the oldest requests are dropped, counted.
+//!
+//! Its folder is input too: at start only regular files of at most [`MAX_SPOOL_FILE_BYTES`] are
+//! indexed (a link, a FIFO, a folder or an oversized file is removed, counted, before the size
+//! limit evicts anything, so it cannot push good requests out); files are opened without
+//! following links and read with a bound; a file that cannot be read (permissions) is left in
+//! place for the operator and the next start, never deleted, and a file that reads but does not
+//! parse is removed, counted.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -48,6 +55,11 @@ pub struct Spool {
     next_seq: u64,
 }
 
+/// The largest spool file the agent writes or reads. One request is at most 1 MB gzipped
+/// (PutMetricData) or 1,048,576 bytes of events (PutLogEvents); as uncompressed JSON a
+/// PutMetricData request of 1,000 data with 150 values each is under 4 MB. 16 MiB leaves room.
+pub const MAX_SPOOL_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 const SUFFIX: &str = ".json";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -74,7 +86,33 @@ impl Spool {
             let Some(key) = parse_name(name) else {
                 continue;
             };
-            let size = entry.metadata()?.len();
+            // `DirEntry::metadata` does not follow links: a link is not a regular file.
+            let size = match entry.metadata() {
+                Ok(m) if m.is_file() && m.len() <= MAX_SPOOL_FILE_BYTES => m.len(),
+                Ok(m) if m.is_dir() => {
+                    tracing::warn!(path = %entry.path().display(), "spool entry left in place: a folder");
+                    continue;
+                }
+                Ok(m) => {
+                    let kind = if m.is_file() {
+                        "over the size cap"
+                    } else {
+                        "not a regular file"
+                    };
+                    tracing::warn!(path = %entry.path().display(), kind, "bad spool entry");
+                    telemetry::warn(
+                        Counter::SpoolItemsDropped,
+                        1,
+                        "spool entry that is not a request removed",
+                    );
+                    remove_entry(&entry.path(), &m);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "spool entry left in place: cannot read its metadata");
+                    continue;
+                }
+            };
             spool.entries.insert(key, size);
             spool.total_bytes += size;
             spool.next_seq = spool.next_seq.max(key.1 + 1);
@@ -133,25 +171,40 @@ impl Spool {
     pub fn oldest(&mut self, skip: impl Fn(&Key) -> bool) -> Option<(Key, Item)> {
         while let Some(key) = self.entries.keys().find(|k| !skip(k)).copied() {
             let path = self.path(key);
-            let read = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    serde_json::from_slice::<Item>(&bytes).map_err(|e| e.to_string())
-                });
-            match read {
-                Ok(item) => return Some((key, item)),
+            match read_bounded(&path) {
+                Ok(bytes) => match serde_json::from_slice::<Item>(&bytes) {
+                    Ok(item) => return Some((key, item)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "spool file is not a request");
+                        telemetry::warn(
+                            Counter::SpoolItemsDropped,
+                            1,
+                            "unparsable spool file removed",
+                        );
+                        self.remove(key);
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "unreadable spool file");
+                    // Permissions, a link, a FIFO swapped in: not this agent's to delete. Forget
+                    // it for this run; the next start looks again.
+                    tracing::warn!(path = %path.display(), error = %e, "spool file left in place: cannot read it");
                     telemetry::warn(
                         Counter::SpoolItemsDropped,
                         1,
-                        "unreadable spool file removed",
+                        "unreadable spool file skipped until the next start",
                     );
-                    self.remove(key);
+                    self.forget(key);
                 }
             }
         }
         None
+    }
+
+    /// Drops an entry from the index without touching its file.
+    fn forget(&mut self, key: Key) {
+        if let Some(size) = self.entries.remove(&key) {
+            self.total_bytes -= size;
+        }
     }
 
     /// Removes the oldest item (after it was sent, or dropped).
@@ -206,6 +259,39 @@ fn parse_name(name: &str) -> Option<Key> {
     let stem = name.strip_suffix(SUFFIX)?;
     let (start, seq) = stem.split_once('-')?;
     Some((start.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Reads a spool file without following a link or blocking on a FIFO, at most
+/// [`MAX_SPOOL_FILE_BYTES`]; anything but a regular file within the cap is an error.
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_SPOOL_FILE_BYTES {
+        return Err(io::Error::other("over the spool file size cap"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_SPOOL_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SPOOL_FILE_BYTES {
+        return Err(io::Error::other("over the spool file size cap"));
+    }
+    Ok(bytes)
+}
+
+/// Removes a bad entry found at start: the link, FIFO or file itself, never what a link points
+/// to (`unlink`).
+fn remove_entry(path: &Path, _meta: &fs::Metadata) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a bad spool entry");
+    }
 }
 
 #[cfg(test)]
@@ -282,5 +368,74 @@ mod tests {
         assert_eq!(spool.len(), 2);
         assert_eq!(spool.front(), Some(item(5, "ok")));
         assert_eq!(spool.len(), 1);
+    }
+
+    fn name(start: u64, seq: u64) -> String {
+        format!("{start:020}-{seq:012}.json")
+    }
+
+    #[test]
+    fn a_huge_bogus_file_is_removed_before_it_can_evict_good_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        for start in [1, 2, 3] {
+            spool.push(&item(start, "good")).unwrap();
+        }
+        drop(spool);
+        // The newest name, and (sparse) bigger than any request: at 1 MiB the size limit
+        // would drop every good request first if it were counted.
+        let bogus = std::fs::File::create(dir.path().join(name(9, 999))).unwrap();
+        bogus.set_len(MAX_SPOOL_FILE_BYTES + 1).unwrap();
+        let _counters = crate::testing::counters_blocking();
+        let before = telemetry::get(Counter::SpoolItemsDropped);
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.len(), 3, "the good requests stay");
+        assert!(!dir.path().join(name(9, 999)).exists());
+        assert_eq!(telemetry::get(Counter::SpoolItemsDropped), before + 1);
+    }
+
+    #[test]
+    fn a_link_named_like_a_request_is_removed_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.push(&item(5, "good")).unwrap();
+        drop(spool);
+        let link = dir.path().join(name(1, 7));
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.len(), 1);
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "the link is gone"
+        );
+        assert!(Path::new("/dev/zero").exists());
+        assert_eq!(spool.front(), Some(item(5, "good")));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_left_in_place_and_the_next_one_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let first = spool.push(&item(1, "first")).unwrap();
+        spool.push(&item(2, "second")).unwrap();
+        // Swapped for a FIFO after the start: opening it must neither block nor delete it.
+        let path = dir.path().join(name(first.0, first.1));
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(spool.front(), Some(item(2, "second")));
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "left in place");
+        assert_eq!(spool.len(), 1);
+        // A folder with a request's name is left alone at the next start, too.
+        std::fs::create_dir(dir.path().join(name(3, 1))).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            spool.len(),
+            1,
+            "the FIFO is removed at start, the folder skipped"
+        );
+        assert!(dir.path().join(name(3, 1)).is_dir());
     }
 }

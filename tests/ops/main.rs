@@ -3,6 +3,13 @@
 //!
 //! The sidecar image test (Dockerfile, real Docker engine) runs after scripts/setup/ops.sh; see
 //! `image::sidecar_image_reports_host_metrics_and_is_healthy`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 #[path = "../common/mod.rs"]
 mod common;

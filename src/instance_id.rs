@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::config::InstanceIdSetting;
+
 /// The whole IMDS exchange (token and instance ID) must finish within this.
 pub const IMDS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -18,10 +20,10 @@ const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 /// A response larger than this is not IMDS.
 const IMDS_MAX_RESPONSE_BYTES: u64 = 16 * 1024;
 
-/// Resolves the configured `instance_id`: a literal value is used as it is.
-pub async fn resolve_instance_id(configured: &str) -> String {
-    if configured != "auto" {
-        return configured.to_string();
+/// Resolves the configured `instance_id`: a given value is used as it is.
+pub async fn resolve_instance_id(configured: &InstanceIdSetting) -> String {
+    if let InstanceIdSetting::Given(id) = configured {
+        return id.clone();
     }
     let disabled =
         std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
@@ -145,7 +147,10 @@ mod tests {
 
     #[tokio::test]
     async fn literal_ids_are_kept_and_auto_falls_back_to_the_hostname() {
-        assert_eq!(resolve_instance_id("i-0123").await, "i-0123");
+        assert_eq!(
+            resolve_instance_id(&InstanceIdSetting::Given("i-0123".into())).await,
+            "i-0123"
+        );
         // Point IMDS at a closed local port: the lookup fails fast and the hostname is used.
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();

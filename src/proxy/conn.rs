@@ -1,0 +1,307 @@
+//! Client connections as a resource: a cap on how many are held, an idle timeout for those with
+//! nothing in flight, and a drain at shutdown.
+//!
+//! Every connection holds a permit of [`Connections`] (past `[proxy] max_connections` a new one is
+//! closed at once, counted). Each request holds an [`Active`] guard until its response body is
+//! done or dropped, so a connection knows when it is idle and the front door knows what is still
+//! in flight when it drains. An idle connection (a silent TCP connection, an idle keep-alive, an
+//! h2 connection without streams) is shut down gracefully after `[proxy] idle_timeout_ms`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::telemetry::{self, Counter};
+
+/// After this many client connections closed since the last trim, freed memory is handed back
+/// to the system (glibc keeps it otherwise: 10,000 idle connections left RSS 27 MB higher after
+/// they closed).
+pub const TRIM_AFTER_CLOSED: usize = 1024;
+
+/// The cap on client connections, and every request in flight on any of them.
+#[derive(Debug)]
+pub struct Connections {
+    max_connections: usize,
+    /// The most connections open since the last trim.
+    peak_open: AtomicUsize,
+    permits: Arc<Semaphore>,
+    in_flight: Arc<AtomicUsize>,
+    /// Set when the front door drains: every connection finishes its requests and closes.
+    draining: watch::Sender<bool>,
+    idle_timeout: Duration,
+}
+
+impl Connections {
+    pub fn new(max_connections: usize, idle_timeout: Duration) -> Connections {
+        Connections {
+            max_connections,
+            peak_open: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            in_flight: Arc::default(),
+            draining: watch::channel(false).0,
+            idle_timeout,
+        }
+    }
+
+    /// A slot for a new connection; None past the cap (the caller closes it, counted here).
+    pub fn admit(&self) -> Option<Connection> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(Connection {
+                _permit: permit,
+                activity: Arc::new(Activity {
+                    active: AtomicUsize::new(0),
+                    last_change_ms: AtomicU64::new(now_ms()),
+                }),
+                in_flight: self.in_flight.clone(),
+                draining: self.draining.subscribe(),
+                idle_timeout: self.idle_timeout,
+            }),
+            Err(_) => {
+                telemetry::warn_sampled(
+                    Counter::ProxyConnectionsRefused,
+                    "front door: connection refused, max_connections reached",
+                );
+                None
+            }
+        }
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> usize {
+        self.max_connections - self.permits.available_permits()
+    }
+
+    /// Hands freed memory back to the system when many connections closed since the last
+    /// time; called once a tick (cheap otherwise: two atomics). True when it trimmed.
+    pub fn trim_if_many_closed(&self) -> bool {
+        let open = self.open();
+        let peak = self.peak_open.fetch_max(open, Ordering::AcqRel).max(open);
+        if peak - open < TRIM_AFTER_CLOSED {
+            return false;
+        }
+        self.peak_open.store(open, Ordering::Release);
+        trim_heap();
+        true
+    }
+
+    /// Requests in flight on every connection.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Tells every connection to finish what it has and close.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks glibc's own heap; no pointers are passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// Milliseconds on the monotonic clock, from a process-wide origin.
+fn now_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+#[derive(Debug)]
+struct Activity {
+    active: AtomicUsize,
+    last_change_ms: AtomicU64,
+}
+
+/// One admitted client connection.
+#[derive(Debug)]
+pub struct Connection {
+    _permit: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+    in_flight: Arc<AtomicUsize>,
+    draining: watch::Receiver<bool>,
+    idle_timeout: Duration,
+}
+
+/// What ended a connection's wait.
+pub enum Wake {
+    /// Nothing in flight for the idle timeout: shut it down gracefully.
+    Idle,
+    /// The front door drains: shut it down gracefully.
+    Drain,
+}
+
+/// Starts request guards for one connection (its service holds it).
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    activity: Arc<Activity>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Tracker {
+    /// A request starts on this connection; the guard ends it.
+    pub fn request(&self) -> Active {
+        self.activity.active.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Active {
+            activity: self.activity.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+impl Connection {
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            activity: self.activity.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// Waits until the connection has been idle for the idle timeout, or the front door drains.
+    pub async fn wake(&mut self) -> Wake {
+        loop {
+            if *self.draining.borrow() {
+                return Wake::Drain;
+            }
+            let idle_since = self.activity.last_change_ms.load(Ordering::Acquire);
+            let active = self.activity.active.load(Ordering::Acquire);
+            let due_ms = idle_since + self.idle_timeout.as_millis() as u64;
+            if active == 0 && now_ms() >= due_ms {
+                telemetry::add(Counter::ProxyConnectionsIdleClosed, 1);
+                return Wake::Idle;
+            }
+            // Busy: look again one timeout later; idle: when it would be due.
+            let wait = if active > 0 {
+                self.idle_timeout
+            } else {
+                Duration::from_millis(due_ms.saturating_sub(now_ms()).max(1))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(Instant::now() + wait) => {}
+                _ = self.draining.changed() => {}
+            }
+        }
+    }
+}
+
+/// A request in flight; dropped with its response body (sent, or cut).
+#[derive(Debug)]
+pub struct Active {
+    activity: Arc<Activity>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.activity
+            .last_change_ms
+            .store(now_ms(), Ordering::Release);
+        self.activity.active.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request's [`Active`] guard until it is done or dropped.
+pub struct Guarded<B> {
+    body: B,
+    _active: Active,
+}
+
+impl<B> Guarded<B> {
+    pub fn new(body: B, active: Active) -> Guarded<B> {
+        Guarded {
+            body,
+            _active: active,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_the_cap_a_connection_is_refused_and_counted() {
+        let _counters = crate::testing::counters().await;
+        let before = telemetry::get(Counter::ProxyConnectionsRefused);
+        let c = Connections::new(2, Duration::from_secs(60));
+        let (a, _b) = (c.admit().unwrap(), c.admit().unwrap());
+        assert!(c.admit().is_none());
+        assert_eq!(telemetry::get(Counter::ProxyConnectionsRefused), before + 1);
+        drop(a);
+        assert!(c.admit().is_some(), "a closed connection frees its slot");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let c = Connections::new(4, Duration::from_millis(50));
+        let mut conn = c.admit().unwrap();
+        let active = conn.tracker().request();
+        assert_eq!(c.in_flight(), 1);
+        let busy = tokio::time::timeout(Duration::from_millis(200), conn.wake()).await;
+        assert!(busy.is_err(), "a request in flight keeps the connection");
+        drop(active);
+        assert_eq!(c.in_flight(), 0);
+        let idle = tokio::time::timeout(Duration::from_secs(2), conn.wake()).await;
+        assert!(matches!(idle, Ok(Wake::Idle)));
+    }
+
+    #[tokio::test]
+    async fn memory_is_trimmed_once_many_connections_closed() {
+        let c = Connections::new(4 * TRIM_AFTER_CLOSED, Duration::from_secs(60));
+        let open: Vec<Connection> = (0..TRIM_AFTER_CLOSED + 1)
+            .map(|_| c.admit().unwrap())
+            .collect();
+        assert!(!c.trim_if_many_closed(), "nothing closed yet");
+        assert_eq!(c.open(), TRIM_AFTER_CLOSED + 1);
+        drop(open);
+        assert!(c.trim_if_many_closed());
+        assert!(!c.trim_if_many_closed(), "once per drop");
+    }
+
+    #[tokio::test]
+    async fn a_drain_wakes_every_connection() {
+        let c = Connections::new(4, Duration::from_secs(60));
+        let mut conn = c.admit().unwrap();
+        let _active = conn.tracker().request();
+        c.drain();
+        let woke = tokio::time::timeout(Duration::from_secs(2), conn.wake()).await;
+        assert!(matches!(woke, Ok(Wake::Drain)));
+    }
+}
