@@ -448,3 +448,103 @@ fn a_copys_start_restarts_oom_kills_and_exits_match_dockers_own_events() {
     );
     assert!(exits.iter().any(|l| l.contains("137")), "{exits:?}");
 }
+
+#[test]
+fn a_copy_without_a_health_check_starts_at_its_first_scrape_and_cold_starts_at_its_first_2xx() {
+    if !docker_ready() {
+        return;
+    }
+    let run = std::process::id();
+    let dir = Workdir::new();
+    let config = format!(
+        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+         [metrics]\nenhanced = true\npublish_frequency_seconds = 10\nsample_interval_ms = 500\n\
+         [output]\nemf_destination = \"{}\"\n\
+         [gpu]\nenabled = false\n[admin]\nenabled = false\n\
+         [docker]\nsocket = \"{}\"\n\
+         [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\
+         [scrape]\nenabled = true\ninterval_seconds = 10\ntimeout_ms = 1000\n",
+        dir.emf_destination(),
+        engine_socket()
+    );
+    let mut agent = Agent::start(&dir, &config);
+    let line = agent.wait_for_message("front door listening");
+    let port: u16 = agent
+        .logs()
+        .lines()
+        .find(|l| l.text() == line)
+        .and_then(|l| l.field("address"))
+        .and_then(|a| a.rsplit(':').next().map(String::from))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    agent.wait_for_message("container discovery started");
+    std::thread::sleep(Duration::from_secs(2));
+    let since = now_ms() / 1000 - 1;
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    serve(&www, &fixture("vllm-v1-step0.txt"));
+    let component = format!("cold-{run}");
+    let mount = format!("{}:/www:ro", www.display());
+    let id = start(
+        &component,
+        &["-v", &mount],
+        &["busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    let _container = RemoveOnDrop(vec![id.clone()]);
+    // Until discovery has seen it the front door answers 404 or 503; then the copy's 200.
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: model\r\nX-Amzn-SageMaker-Inference-Component: {component}\r\nConnection: close\r\n\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answered_ms = loop {
+        let (status, _) = common::agent::http(port, request.as_bytes());
+        if status == 200 {
+            break now_ms();
+        }
+        assert!(matches!(status, 404 | 503), "{status}");
+        assert!(Instant::now() < deadline, "the copy never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Its first scrape falls in the middle of an interval, at most 10 s after the start; one
+    // more window closes after it.
+    std::thread::sleep(Duration::from_secs(22));
+    let stopped = agent.stop().success();
+    let docs = documents_in(&dir.emf_file());
+    let docs = copy_docs(&docs, &id[..12]);
+    let events = engine_events(&id, since);
+    let time_of = |action: &str| {
+        events
+            .iter()
+            .find(|(a, _)| a == action)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("{action}: {events:?}"))
+    };
+    let (created, started) = (time_of("create"), time_of("start"));
+    let logs = stopped.logs.text();
+
+    // Cold start: creation to the tick that saw the first 2xx (within one sampling interval
+    // of the answer the test read).
+    let cold: Vec<f64> = docs
+        .iter()
+        .flat_map(|d| values(d, "ColdStartDuration"))
+        .collect();
+    assert_eq!(cold.len(), 1, "{cold:?}\n{logs}");
+    let cold_end = created + (cold[0] * 1000.0).round() as u64;
+    assert!(
+        cold_end + 1000 >= answered_ms && cold_end <= answered_ms + 1000,
+        "created {created}, cold start ends {cold_end}, answered {answered_ms}"
+    );
+    // Start: Docker's start to the first of the first 2xx and the first successful scrape.
+    let start: Vec<f64> = docs
+        .iter()
+        .flat_map(|d| values(d, "ContainerStartDuration"))
+        .collect();
+    assert_eq!(start.len(), 1, "{start:?}\n{logs}");
+    let start_end = started + (start[0] * 1000.0).round() as u64;
+    let scraped_at_mid_interval = (start_end % INTERVAL_MS).abs_diff(INTERVAL_MS / 2) < 1000;
+    assert!(
+        start_end <= cold_end || scraped_at_mid_interval,
+        "started {started}, start ends {start_end}, first 2xx by {cold_end}"
+    );
+    assert!(start_end <= cold_end + 1000, "the earlier of the two");
+}
