@@ -100,3 +100,98 @@ impl Client {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server answering every request on a connection with `answer`, counting
+    /// accepted connections.
+    async fn server(answer: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 || stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn client(authority: &str, timeout_ms: u64, max_bytes: u64) -> Client {
+        let target = Target {
+            component: "c".into(),
+            copy_id: "x".into(),
+            authority: authority.into(),
+            path: "/metrics".into(),
+        };
+        let config = ScrapeConfig {
+            timeout_ms,
+            max_bytes,
+            ..ScrapeConfig::default()
+        };
+        Client::new(&target, &config)
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_every_scrape() {
+        let (address, accepted) =
+            server(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\na 1.0\n").await;
+        let mut c = client(&address, 1000, 1024);
+        for _ in 0..3 {
+            assert_eq!(c.get().await.unwrap(), "a 1.0\n");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "keep-alive");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_refused_declared_or_chunked() {
+        let (address, _) = server(b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").await;
+        let e = client(&address, 1000, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::TooLarge(1024)), "{e}");
+        // Chunked: 600 + 600 bytes, no length up front; refused once past the cap.
+        static CHUNKED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let body = CHUNKED.get_or_init(|| {
+            let chunk = "a".repeat(600);
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n").into_bytes()
+        });
+        let (address, _) = server(body.as_slice()).await;
+        let e = client(&address, 1000, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::TooLarge(1024)), "{e}");
+        let ok = client(&address, 1000, 4096).get().await.unwrap();
+        assert_eq!(ok.len(), 1200);
+    }
+
+    #[tokio::test]
+    async fn errors_statuses_slow_answers_and_binary_bodies_are_failures() {
+        let (address, _) = server(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n").await;
+        let e = client(&address, 1000, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::Status(503)), "{e}");
+        // Headers, then a body that never comes.
+        let (address, _) = server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+        let e = client(&address, 200, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::Timeout(200)), "{e}");
+        let (address, _) = server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n\xff\xfe").await;
+        let e = client(&address, 1000, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::NotText), "{e}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let e = client(&address, 1000, 1024).get().await.unwrap_err();
+        assert!(matches!(e, ScrapeError::Connect(_)), "{e}");
+    }
+}
