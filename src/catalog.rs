@@ -696,6 +696,36 @@ mod tests {
     }
 
     #[test]
+    fn model_server_and_lifecycle_metrics_have_sagemakers_names_units_and_shapes() {
+        let names: Vec<&str> = Metric::SCRAPED.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "TTFT",
+                "InterTokenLatency",
+                "KVCacheUtilization",
+                "QueueDepth",
+                "BatchSize",
+                "InputTokensPerSecond",
+                "OutputTokensPerSecond",
+                "TotalTPS"
+            ]
+        );
+        assert_eq!(Metric::Ttft.unit(), Unit::Microseconds);
+        assert_eq!(Metric::Ttft.period_value(), PeriodValue::Each);
+        assert_eq!(Metric::KvCacheUtilization.unit(), Unit::Percent);
+        assert_eq!(Metric::TotalTps.unit().as_str(), "Count/Second");
+        assert_eq!(Metric::QueueDepth.period_value(), PeriodValue::Mean);
+        assert_eq!(Metric::ContainerStartDuration.unit(), Unit::Seconds);
+        assert_eq!(
+            Metric::ContainerStartDuration.period_value(),
+            PeriodValue::Each
+        );
+        assert_eq!(Metric::ContainerOomKills.name(), "ContainerOOMKills");
+        assert_eq!(Metric::ContainerRestarts.period_value(), PeriodValue::Sum);
+    }
+
+    #[test]
     fn storage_resolution_is_high_under_a_minute() {
         assert_eq!(storage_resolution(10), 1);
         assert_eq!(storage_resolution(30), 1);
