@@ -22,7 +22,8 @@ use common::docker::{docker, docker_ready, engine_socket, image, RemoveOnDrop};
 use serde_json::Value;
 
 const NS: &str = "/aws/sagemaker/InferenceComponents";
-/// Scrapes fall in the middle of each 10 s interval (`scrape`'s cadence).
+/// Each target is scraped once every 10 s, at its own point between 2.5 s and 7.5 s into each
+/// interval (`scrape`'s cadence): files rewritten on the 10 s boundaries change between scrapes.
 const INTERVAL_MS: u64 = 10_000;
 
 fn fixture(name: &str) -> String {
@@ -164,26 +165,26 @@ fn model_servers_are_scraped_and_published_per_copy_value_by_value() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Every target's next scrape (the middle of the next interval) reads step 0, the baseline;
-    // the one after reads step 1, then two read step 2 (the server restarted, then quiet).
-    let first = (now_ms() + INTERVAL_MS / 2) / INTERVAL_MS * INTERVAL_MS + INTERVAL_MS / 2;
-    sleep_until_ms(first + INTERVAL_MS / 2);
+    // In the window from the next 10 s boundary (`base`) every target's scrape reads step 0, the
+    // baseline; in the next it reads step 1, then step 2 twice (the server restarted, then quiet).
+    let base = (now_ms() / INTERVAL_MS + 1) * INTERVAL_MS;
+    sleep_until_ms(base + INTERVAL_MS);
     for fw in frameworks {
         serve(&dir.join(fw), &fixture(&format!("{fw}-step1.txt")));
     }
-    sleep_until_ms(first + 3 * INTERVAL_MS / 2);
+    sleep_until_ms(base + 2 * INTERVAL_MS);
     for fw in frameworks {
         serve(&dir.join(fw), &fixture(&format!("{fw}-step2.txt")));
     }
-    // The scrape at first + 30 s lands in the window that closes at first + 35 s.
-    sleep_until_ms(first + 3 * INTERVAL_MS + INTERVAL_MS / 2 + 1_000);
+    // The fourth window closes at base + 40 s, with the tick after it.
+    sleep_until_ms(base + 4 * INTERVAL_MS + 1_000);
     let stopped = agent.stop().success();
     let docs = documents_in(&dir.emf_file());
     let logs = stopped.logs;
 
     let expected: Value = serde_json::from_str(&fixture("expected.json")).unwrap();
-    // The window of the scrape at `first + k * 10 s`.
-    let window = |k: u64| (first + k * INTERVAL_MS) / INTERVAL_MS * INTERVAL_MS;
+    // The k-th window from `base`.
+    let window = |k: u64| base + k * INTERVAL_MS;
     for (fw, id) in frameworks.iter().zip(&ids) {
         let want = &expected[*fw];
         let docs = copy_docs(&docs, &id[..12]);
@@ -505,7 +506,7 @@ fn a_copy_without_a_health_check_starts_at_its_first_scrape_and_cold_starts_at_i
         assert!(Instant::now() < deadline, "the copy never answered");
         std::thread::sleep(Duration::from_millis(100));
     };
-    // Its first scrape falls in the middle of an interval, at most 10 s after the start; one
+    // Its first scrape falls in the middle half of an interval, at most 10 s after the start; one
     // more window closes after it.
     std::thread::sleep(Duration::from_secs(22));
     let stopped = agent.stop().success();
@@ -541,7 +542,8 @@ fn a_copy_without_a_health_check_starts_at_its_first_scrape_and_cold_starts_at_i
         .collect();
     assert_eq!(start.len(), 1, "{start:?}\n{logs}");
     let start_end = started + (start[0] * 1000.0).round() as u64;
-    let scraped_at_mid_interval = (start_end % INTERVAL_MS).abs_diff(INTERVAL_MS / 2) < 1000;
+    let scraped_at_mid_interval =
+        (INTERVAL_MS / 4..INTERVAL_MS * 3 / 4 + 1000).contains(&(start_end % INTERVAL_MS));
     assert!(
         start_end <= cold_end || scraped_at_mid_interval,
         "started {started}, start ends {start_end}, first 2xx by {cold_end}"

@@ -4,9 +4,11 @@
 //! One thread with its own single-threaded runtime runs a task per target (a discovered copy at
 //! its address, `[scrape] port` and `path` unless its labels say otherwise, or a
 //! `[[scrape.target]]`). Each task keeps one HTTP/1.1 keep-alive connection, asks every
-//! `interval_seconds` at the middle of each interval on the wall clock (the answer lands well
-//! inside one publish window, and with the default 10 s a 10 s window gets exactly one), waits at
-//! most `timeout_ms` for the whole answer, and reads at most `max_bytes` of it, frame by frame.
+//! `interval_seconds` at its own fixed point of the middle half of each interval on the wall
+//! clock ([`scrape_offset_ms`]: the answer lands well inside one publish window, with the default
+//! 10 s a 10 s window gets exactly one, and 50 copies are not all asked at the same instant),
+//! waits at most `timeout_ms` for the whole answer, and reads at most `max_bytes` of it, frame by
+//! frame.
 //! Parsing and the baselines (`Tracker`) stay on that thread; the tick takes the finished
 //! [`Report`]s from a bounded channel without waiting ([`Scraper::drain`]). A target that hangs,
 //! refuses, answers garbage or too much costs only its own figures, counted and logged.
@@ -196,20 +198,30 @@ async fn manage(
     }
 }
 
-/// The wall-clock instant of the next scrape: the middle of the next interval.
-fn next_scrape_ms(now_ms: u64, interval_ms: u64) -> u64 {
-    let offset = interval_ms / 2;
-    (now_ms + interval_ms - offset) / interval_ms * interval_ms + offset
+/// A target's scrape point within each interval: between a quarter and three quarters of it,
+/// fixed per target (FNV-1a of its copy ID), so targets spread over the middle half and a result
+/// never straddles a window boundary.
+pub fn scrape_offset_ms(copy_id: &str, interval_ms: u64) -> u64 {
+    let hash = copy_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    interval_ms / 4 + hash % (interval_ms / 2).max(1)
+}
+
+/// The wall-clock instant of the next scrape at `offset_ms` into an interval.
+fn next_scrape_ms(now_ms: u64, interval_ms: u64, offset_ms: u64) -> u64 {
+    (now_ms + interval_ms - offset_ms) / interval_ms * interval_ms + offset_ms
 }
 
 async fn scrape_loop(target: Arc<Target>, config: ScrapeConfig, tx: mpsc::Sender<Report>) {
     let interval_ms = config.interval_seconds * 1000;
+    let offset_ms = scrape_offset_ms(&target.copy_id, interval_ms);
     let mut client = http::Client::new(&target, &config);
     let mut tracker = Tracker::default();
     let mut failing = false;
     loop {
         let now = crate::clock::system_now_ms();
-        let at = next_scrape_ms(now, interval_ms);
+        let at = next_scrape_ms(now, interval_ms, offset_ms);
         tokio::time::sleep(Duration::from_millis(at - now)).await;
         let outcome = client.get().await.and_then(|body| {
             let (lines, soft) = parse::parse(&body)?;
@@ -283,11 +295,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrapes_fall_in_the_middle_of_each_interval() {
-        assert_eq!(next_scrape_ms(0, 10_000), 5_000);
-        assert_eq!(next_scrape_ms(4_999, 10_000), 5_000);
-        assert_eq!(next_scrape_ms(5_000, 10_000), 15_000);
-        assert_eq!(next_scrape_ms(12_345, 10_000), 15_000);
-        assert_eq!(next_scrape_ms(1_700_000_006_000, 10_000), 1_700_000_015_000);
+    fn each_target_scrapes_at_its_own_point_of_the_middle_half_of_each_interval() {
+        assert_eq!(next_scrape_ms(0, 10_000, 5_000), 5_000);
+        assert_eq!(next_scrape_ms(4_999, 10_000, 5_000), 5_000);
+        assert_eq!(next_scrape_ms(5_000, 10_000, 5_000), 15_000);
+        assert_eq!(next_scrape_ms(12_345, 10_000, 2_500), 12_500);
+        assert_eq!(next_scrape_ms(12_600, 10_000, 2_500), 22_500);
+        let offsets: Vec<u64> = (0..50)
+            .map(|i| scrape_offset_ms(&format!("{:012x}", 0xa0000 + i), 10_000))
+            .collect();
+        assert!(
+            offsets.iter().all(|o| (2_500..7_500).contains(o)),
+            "{offsets:?}"
+        );
+        let mut distinct = offsets.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > 40, "spread: {offsets:?}");
+        assert_eq!(scrape_offset_ms("x", 1_000), scrape_offset_ms("x", 1_000));
     }
 }
