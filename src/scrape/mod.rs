@@ -199,10 +199,15 @@ async fn manage(
 }
 
 /// A target's scrape point within each interval: between a quarter and three quarters of it,
-/// fixed per target (FNV-1a of its copy ID), so targets spread over the middle half and a result
-/// never straddles a window boundary.
-pub fn scrape_offset_ms(copy_id: &str, interval_ms: u64) -> u64 {
-    let hash = copy_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// fixed per target (FNV-1a of its component and copy ID), so targets spread over the middle
+/// half and a result never straddles a window boundary.
+pub fn scrape_offset_ms(target: &Target, interval_ms: u64) -> u64 {
+    let bytes = target
+        .component
+        .bytes()
+        .chain([0])
+        .chain(target.copy_id.bytes());
+    let hash = bytes.fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     interval_ms / 4 + hash % (interval_ms / 2).max(1)
@@ -215,7 +220,7 @@ fn next_scrape_ms(now_ms: u64, interval_ms: u64, offset_ms: u64) -> u64 {
 
 async fn scrape_loop(target: Arc<Target>, config: ScrapeConfig, tx: mpsc::Sender<Report>) {
     let interval_ms = config.interval_seconds * 1000;
-    let offset_ms = scrape_offset_ms(&target.copy_id, interval_ms);
+    let offset_ms = scrape_offset_ms(&target, interval_ms);
     let mut client = http::Client::new(&target, &config);
     let mut tracker = Tracker::default();
     let mut failing = false;
@@ -301,8 +306,17 @@ mod tests {
         assert_eq!(next_scrape_ms(5_000, 10_000, 5_000), 15_000);
         assert_eq!(next_scrape_ms(12_345, 10_000, 2_500), 12_500);
         assert_eq!(next_scrape_ms(12_600, 10_000, 2_500), 22_500);
+        let target = |component: String, copy_id: &str| Target {
+            component: component.into(),
+            copy_id: copy_id.into(),
+            authority: "127.0.0.1:8000".into(),
+            path: "/metrics".into(),
+        };
+        // Copies of one component, and static targets of one address serving many components.
         let offsets: Vec<u64> = (0..50)
-            .map(|i| scrape_offset_ms(&format!("{:012x}", 0xa0000 + i), 10_000))
+            .map(|i| target("c".into(), &format!("{:012x}", 0xa0000 + i)))
+            .chain((0..50).map(|i| target(format!("model-{i}"), "127.0.0.1:8000")))
+            .map(|t| scrape_offset_ms(&t, 10_000))
             .collect();
         assert!(
             offsets.iter().all(|o| (2_500..7_500).contains(o)),
@@ -311,7 +325,6 @@ mod tests {
         let mut distinct = offsets.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert!(distinct.len() > 40, "spread: {offsets:?}");
-        assert_eq!(scrape_offset_ms("x", 1_000), scrape_offset_ms("x", 1_000));
+        assert!(distinct.len() > 80, "spread: {offsets:?}");
     }
 }
