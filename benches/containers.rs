@@ -102,6 +102,8 @@ fn fixture(root: &Path, v2: bool) -> Inventory {
                 gpus: GpuAllocation::None,
                 address: None,
                 upstream_port: None,
+                scrape: Default::default(),
+                health_check: false,
             },
         );
     }

@@ -61,6 +61,8 @@ fn bench(c: &mut Criterion) {
                 gpus,
                 address: None,
                 upstream_port: None,
+                scrape: Default::default(),
+                health_check: false,
             },
         );
     }

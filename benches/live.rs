@@ -98,6 +98,8 @@ fn tick() -> Tick {
                 gpus: GpuAllocation::Devices(vec![gpu.to_string()]),
                 address: None,
                 upstream_port: None,
+                scrape: Default::default(),
+                health_check: false,
             },
         );
     }

@@ -23,7 +23,8 @@ use crate::reload;
 use crate::shutdown::Deadline;
 use crate::sinks::{Output, Sink};
 use crate::sources::{
-    ContainerSource, CostSource, GpuSource, HostSource, SelfMetricsSource, Source, Tick,
+    ContainerSource, CostSource, GpuSource, HostSource, LifecycleSource, ScrapeSource,
+    SelfMetricsSource, Source, Tick,
 };
 use crate::supervisor::{Event, Supervisor};
 use crate::telemetry::{self, Counter};
@@ -36,6 +37,8 @@ struct Sources {
     containers: Option<ContainerSource>,
     cost: Option<CostSource>,
     front_door: Option<FrontDoor>,
+    scrape: Option<ScrapeSource>,
+    lifecycle: Option<LifecycleSource>,
     self_metrics: SelfMetricsSource,
 }
 
@@ -51,6 +54,8 @@ impl Sources {
         self.containers.read(tick).await;
         self.cost.read(tick).await;
         self.front_door.read(tick).await;
+        self.scrape.read(tick).await;
+        self.lifecycle.read(tick).await;
         self.self_metrics.read(tick).await;
     }
 }
@@ -82,7 +87,10 @@ pub async fn run(
     );
     let mut output = Output::start(sink);
 
-    let inventory = crate::discovery::start(&config);
+    let (inventory, lifecycle) = match crate::discovery::start_stage(&config) {
+        Some(stage) => (Some(stage.inventory), Some(stage.lifecycle)),
+        None => (None, None),
+    };
     let mut sources = Sources {
         host: HostSource::start(&config)?,
         gpu: GpuSource::start(&config)?,
@@ -90,9 +98,11 @@ pub async fn run(
         // Cost per model: off (one warning) without a price.
         cost: CostSource::start(&config),
         front_door: match config.proxy.enabled {
-            true => Some(FrontDoor::start(&config.proxy, inventory)?),
+            true => Some(FrontDoor::start(&config.proxy, inventory.clone())?),
             false => None,
         },
+        scrape: ScrapeSource::start(&config, inventory)?,
+        lifecycle: LifecycleSource::start(lifecycle),
         self_metrics: SelfMetricsSource::start(&config),
     };
     // What `top` shows: the last tick, served on the admin endpoint.
@@ -130,7 +140,9 @@ pub async fn run(
         sources.read(&mut tick).await;
         live.update(&tick);
         supervisor.ticked(output.queued());
-        windows.record(tick.wall_ms, tick.samples, tick.invocations, &mut closed);
+        let mut series = tick.invocations;
+        series.append(&mut tick.requests);
+        windows.record(tick.wall_ms, tick.samples, series, &mut closed);
         publish(&output.tx, &mut closed);
     }
 

@@ -322,6 +322,8 @@ mod tests {
             gpus,
             address: None,
             upstream_port: None,
+            scrape: Default::default(),
+            health_check: false,
         }
     }
 

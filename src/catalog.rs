@@ -16,6 +16,8 @@ pub enum Unit {
     /// GPU framebuffer figures, in MiB as DCGM publishes them (CloudWatch has no MiB unit).
     Megabytes,
     Seconds,
+    /// Token rates (`InputTokensPerSecond`, ...).
+    CountPerSecond,
     None,
 }
 
@@ -28,6 +30,7 @@ impl Unit {
             Unit::Bytes => "Bytes",
             Unit::Megabytes => "Megabytes",
             Unit::Seconds => "Seconds",
+            Unit::CountPerSecond => "Count/Second",
             Unit::None => "None",
         }
     }
@@ -126,6 +129,24 @@ pub enum Metric {
     /// GPU performance monitoring (Hopper and later): ratios 0..1, as DCGM's profiling fields.
     GpuSmActive,
     GpuDramActive,
+    /// What the model server knows (`scrape`), per copy (`Scope::Container`): time to first
+    /// token and between tokens (one value per request, from the server's histograms), KV cache
+    /// use, waiting and running requests, and token rates.
+    Ttft,
+    InterTokenLatency,
+    KvCacheUtilization,
+    QueueDepth,
+    BatchSize,
+    InputTokensPerSecond,
+    OutputTokensPerSecond,
+    TotalTps,
+    /// Each copy's lifecycle (`lifecycle`), from the Docker events: container start to healthy,
+    /// creation to the first 2xx invocation, and what went wrong (counted per copy).
+    ContainerStartDuration,
+    ColdStartDuration,
+    ContainerRestarts,
+    ContainerOomKills,
+    ContainerNonZeroExits,
 }
 
 impl Metric {
@@ -140,6 +161,18 @@ impl Metric {
         Metric::AgentQueuedWindows,
         Metric::AgentSpooledWindows,
         Metric::AgentDroppedPoints,
+    ];
+
+    /// What the model servers know (`scrape`), per copy.
+    pub const SCRAPED: [Metric; 8] = [
+        Metric::Ttft,
+        Metric::InterTokenLatency,
+        Metric::KvCacheUtilization,
+        Metric::QueueDepth,
+        Metric::BatchSize,
+        Metric::InputTokensPerSecond,
+        Metric::OutputTokensPerSecond,
+        Metric::TotalTps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -216,6 +249,19 @@ impl Metric {
             Metric::GpuXidErrors => "DCGM_EXP_XID_ERRORS_COUNT",
             Metric::GpuSmActive => "DCGM_FI_PROF_SM_ACTIVE",
             Metric::GpuDramActive => "DCGM_FI_PROF_DRAM_ACTIVE",
+            Metric::Ttft => "TTFT",
+            Metric::InterTokenLatency => "InterTokenLatency",
+            Metric::KvCacheUtilization => "KVCacheUtilization",
+            Metric::QueueDepth => "QueueDepth",
+            Metric::BatchSize => "BatchSize",
+            Metric::InputTokensPerSecond => "InputTokensPerSecond",
+            Metric::OutputTokensPerSecond => "OutputTokensPerSecond",
+            Metric::TotalTps => "TotalTPS",
+            Metric::ContainerStartDuration => "ContainerStartDuration",
+            Metric::ColdStartDuration => "ColdStartDuration",
+            Metric::ContainerRestarts => "ContainerRestarts",
+            Metric::ContainerOomKills => "ContainerOOMKills",
+            Metric::ContainerNonZeroExits => "ContainerNonZeroExits",
         }
     }
 
@@ -262,6 +308,18 @@ impl Metric {
             | Metric::GpuSmActive
             | Metric::GpuDramActive => Unit::None,
             Metric::AgentCpuTime => Unit::Seconds,
+            Metric::KvCacheUtilization => Unit::Percent,
+            Metric::ContainerStartDuration | Metric::ColdStartDuration => Unit::Seconds,
+            // Like ModelLatency: the servers' seconds, times 1e6.
+            Metric::Ttft | Metric::InterTokenLatency => Unit::Microseconds,
+            Metric::QueueDepth
+            | Metric::BatchSize
+            | Metric::ContainerRestarts
+            | Metric::ContainerOomKills
+            | Metric::ContainerNonZeroExits => Unit::Count,
+            Metric::InputTokensPerSecond | Metric::OutputTokensPerSecond | Metric::TotalTps => {
+                Unit::CountPerSecond
+            }
             Metric::AgentResidentMemory => Unit::Bytes,
             Metric::AgentPublishLatency
             | Metric::ModelLatency
@@ -323,7 +381,10 @@ impl Metric {
             | Metric::UnallocatedGpuCostAccrued
             | Metric::IdleGpuCostAccrued
             | Metric::GpuEnergy
-            | Metric::GpuXidErrors => PeriodValue::Sum,
+            | Metric::GpuXidErrors
+            | Metric::ContainerRestarts
+            | Metric::ContainerOomKills
+            | Metric::ContainerNonZeroExits => PeriodValue::Sum,
             Metric::GpuEccSbeVolatile
             | Metric::GpuEccDbeVolatile
             | Metric::GpuRetiredPagesSbe
@@ -335,7 +396,13 @@ impl Metric {
             | Metric::GpuRowRemapFailure
             | Metric::GpuPcieReplays
             | Metric::GpuClockEventReasons => PeriodValue::Max,
-            Metric::Invocations
+            // One value per request (histogram buckets become values with counts), and one per
+            // start: each its own data point.
+            Metric::Ttft
+            | Metric::InterTokenLatency
+            | Metric::ContainerStartDuration
+            | Metric::ColdStartDuration
+            | Metric::Invocations
             | Metric::Invocation4xxErrors
             | Metric::Invocation5xxErrors
             | Metric::InvocationModelErrors
@@ -389,7 +456,13 @@ impl Metric {
             | Metric::GpuFramebufferFree
             | Metric::GpuMemoryCopyUtilization
             | Metric::GpuSmActive
-            | Metric::GpuDramActive => PeriodValue::Mean,
+            | Metric::GpuDramActive
+            | Metric::KvCacheUtilization
+            | Metric::QueueDepth
+            | Metric::BatchSize
+            | Metric::InputTokensPerSecond
+            | Metric::OutputTokensPerSecond
+            | Metric::TotalTps => PeriodValue::Mean,
         }
     }
 }
@@ -862,6 +935,36 @@ mod tests {
         ] {
             assert_eq!(m.unit(), Unit::Microseconds, "{m:?}");
         }
+    }
+
+    #[test]
+    fn model_server_and_lifecycle_metrics_have_sagemakers_names_units_and_shapes() {
+        let names: Vec<&str> = Metric::SCRAPED.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "TTFT",
+                "InterTokenLatency",
+                "KVCacheUtilization",
+                "QueueDepth",
+                "BatchSize",
+                "InputTokensPerSecond",
+                "OutputTokensPerSecond",
+                "TotalTPS"
+            ]
+        );
+        assert_eq!(Metric::Ttft.unit(), Unit::Microseconds);
+        assert_eq!(Metric::Ttft.period_value(), PeriodValue::Each);
+        assert_eq!(Metric::KvCacheUtilization.unit(), Unit::Percent);
+        assert_eq!(Metric::TotalTps.unit().as_str(), "Count/Second");
+        assert_eq!(Metric::QueueDepth.period_value(), PeriodValue::Mean);
+        assert_eq!(Metric::ContainerStartDuration.unit(), Unit::Seconds);
+        assert_eq!(
+            Metric::ContainerStartDuration.period_value(),
+            PeriodValue::Each
+        );
+        assert_eq!(Metric::ContainerOomKills.name(), "ContainerOOMKills");
+        assert_eq!(Metric::ContainerRestarts.period_value(), PeriodValue::Sum);
     }
 
     #[test]

@@ -333,6 +333,8 @@ mod tests {
             gpus,
             address: None,
             upstream_port: None,
+            scrape: Default::default(),
+            health_check: false,
         };
         (id.to_string(), info)
     }

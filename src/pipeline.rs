@@ -151,16 +151,21 @@ impl Windows {
         self.samples.encoding()
     }
 
-    /// Records one tick: its samples in the sampling window, its invocation series in theirs.
-    /// Appends the windows that closed to `closed`.
+    /// Records one tick: its samples in the sampling window, its pre-aggregated series each in
+    /// its scope's window (invocation series in theirs, the model servers' requests in the
+    /// sampling window). Appends the windows that closed to `closed`.
     pub fn record(
         &mut self,
         tick_ms: u64,
         samples: impl IntoIterator<Item = Sample>,
-        invocations: Vec<(SeriesKey, Stats)>,
+        series: Vec<(SeriesKey, Stats)>,
         closed: &mut Vec<Encoded>,
     ) {
         closed.extend(self.samples.record(tick_ms, samples));
+        let (invocations, sampled): (Vec<_>, Vec<_>) = series
+            .into_iter()
+            .partition(|(key, _)| key.scope.is_invocation());
+        self.samples.merge(sampled);
         self.record_invocations(tick_ms, invocations, closed);
     }
 

@@ -273,6 +273,23 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
     if config.proxy.enabled {
         invocation_scopes(shape, components, &mut scopes);
     }
+    // What the model servers know, per copy and per static target. (Lifecycle series are
+    // published only on a start, restart, exit or OOM kill, and not counted here.)
+    if config.scrape.enabled {
+        for scope in scopes
+            .iter_mut()
+            .filter(|(s, _)| matches!(s, Scope::Container { .. }))
+        {
+            scope.1.extend_from_slice(&Metric::SCRAPED);
+        }
+        for target in &config.scrape.target {
+            let s = Scope::Container {
+                component: target.component.as_str().into(),
+                container_id: target.url.authority().into(),
+            };
+            scopes.push((s, Metric::SCRAPED.to_vec()));
+        }
+    }
     let mut aggregator = Aggregator::new(m.data_points);
     for (scope, metrics) in scopes {
         for metric in metrics {
@@ -618,6 +635,25 @@ mod tests {
         );
         let off = plan(&config("[gpu]\nenabled = false\n"), &shape);
         assert!(off.series.iter().all(|s| !s.metric.starts_with("DCGM_")));
+    }
+
+    #[test]
+    fn scraping_adds_eight_series_per_copy_and_static_target() {
+        let shape = HostShape {
+            gpus: 0,
+            containers: 2,
+            components: 1,
+        };
+        let base = "[metrics]\nenhanced = true\n";
+        let without = plan(&config(base), &shape).series.len();
+        let scrape = format!(
+            "{base}[scrape]\nenabled = true\n[[scrape.target]]\ncomponent = \"s\"\nurl = \"http://10.0.0.9:8000/metrics\"\n"
+        );
+        let with = plan(&config(&scrape), &shape).series;
+        let ttft = with.iter().filter(|s| s.metric == "TTFT").count();
+        // Per copy (2 + the static target) and per component (component-0 and s).
+        assert_eq!(ttft, 3 + 2, "{with:?}");
+        assert_eq!(with.len(), without + 8 * (3 + 2));
     }
 
     #[test]

@@ -104,6 +104,8 @@ reload_table! {
     Restart proxy.max_connections;
     Restart proxy.drain_timeout_ms;
     Restart proxy.upstream;
+    // The scrape thread and its targets' settings are fixed at start.
+    Restart scrape;
 }
 
 /// What a reload changes.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::aggregate::Stats;
@@ -26,7 +26,9 @@ use crate::collectors::worker::Worker;
 use crate::config::Config;
 use crate::cost::CostModel;
 use crate::discovery::Inventory;
+use crate::lifecycle::{Lifecycle, LifecycleEvent};
 use crate::proxy::FrontDoor;
+use crate::scrape::Scraper;
 use crate::self_metrics::{Process, WindowFigures};
 use crate::telemetry::{self, Counter, Gauge};
 
@@ -47,6 +49,11 @@ pub struct Tick {
     pub gpu_use: GpuUse,
     /// The front door's invocation series since the previous tick, pre-aggregated.
     pub invocations: Vec<(SeriesKey, Stats)>,
+    /// The model servers' requests since the previous tick (histogram buckets as values with
+    /// counts), for the sampling window.
+    pub requests: Vec<(SeriesKey, Stats)>,
+    /// The copies whose metrics endpoint answered this tick, with when (ms since the epoch).
+    pub scraped: Vec<(Arc<str>, u64)>,
 }
 
 impl Tick {
@@ -59,6 +66,8 @@ impl Tick {
             inventory: Arc::default(),
             gpu_use: GpuUse::new(),
             invocations: Vec::new(),
+            requests: Vec::new(),
+            scraped: Vec::new(),
         }
     }
 }
@@ -239,6 +248,75 @@ impl Source for CostSource {
 impl Source for FrontDoor {
     async fn read(&mut self, tick: &mut Tick) {
         tick.invocations = self.drain(tick.wall_ms);
+    }
+}
+
+/// What the model servers know (`scrape`): the reports that arrived since the previous tick, as
+/// samples of each copy (`Scope::Container`) and its requests. Never waits: the scrapes run on
+/// their own thread.
+pub struct ScrapeSource(Scraper);
+
+impl ScrapeSource {
+    /// None when `[scrape] enabled = false`.
+    pub fn start(
+        config: &Config,
+        inventory: Option<watch::Receiver<Arc<Inventory>>>,
+    ) -> anyhow::Result<Option<ScrapeSource>> {
+        if !config.scrape.enabled {
+            return Ok(None);
+        }
+        let scraper =
+            Scraper::start(&config.scrape, inventory).context("starting the scrape thread")?;
+        tracing::info!(settings = %config.scrape.summary(), "model server scrape started");
+        Ok(Some(ScrapeSource(scraper)))
+    }
+}
+
+impl Source for ScrapeSource {
+    async fn read(&mut self, tick: &mut Tick) {
+        for report in self.0.drain() {
+            let Ok(figures) = report.outcome else {
+                continue;
+            };
+            let scope = Scope::Container {
+                component: report.target.component.clone(),
+                container_id: report.target.copy_id.clone(),
+            };
+            for (metric, value) in figures.values {
+                tick.samples.push(Sample::new(scope.clone(), metric, value));
+            }
+            for (metric, stats) in figures.requests {
+                let key = SeriesKey {
+                    scope: scope.clone(),
+                    metric,
+                };
+                tick.requests.push((key, stats));
+            }
+            tick.scraped
+                .push((report.target.copy_id.clone(), report.at_ms));
+        }
+    }
+}
+
+/// Each copy's lifecycle (`lifecycle`): Docker's events, the first successful scrape and the
+/// first 2xx invocation of this tick.
+pub struct LifecycleSource(Lifecycle);
+
+impl LifecycleSource {
+    /// None without discovery.
+    pub fn start(events: Option<mpsc::Receiver<LifecycleEvent>>) -> Option<LifecycleSource> {
+        events.map(|rx| LifecycleSource(Lifecycle::new(rx)))
+    }
+}
+
+impl Source for LifecycleSource {
+    async fn read(&mut self, tick: &mut Tick) {
+        self.0.tick(
+            tick.wall_ms,
+            &tick.scraped,
+            &tick.invocations,
+            &mut tick.samples,
+        );
     }
 }
 

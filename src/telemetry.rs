@@ -129,6 +129,16 @@ counters! {
     ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
     /// Front door: requests still in flight when the drain at shutdown ended, cut.
     ProxyRequestsCut = "proxy_requests_cut", Error;
+    /// A model server's metrics endpoint refused, hung, answered an error, too much, or text
+    /// that is not an exposition: that target has no figures for the period.
+    ScrapeFailures = "scrape_failures", DroppedPoint;
+    /// A series of a scraped body not used: NaN or negative, duplicate, unknown or unexpected
+    /// type, malformed histogram.
+    ScrapeValuesSkipped = "scrape_values_skipped", DroppedPoint;
+    /// A scraped counter went down (the server restarted): a new baseline, no rate that time.
+    ScrapeCounterResets = "scrape_counter_resets", Routine;
+    /// Docker lifecycle events the tick did not take in time (a full queue).
+    LifecycleEventsDropped = "lifecycle_events_dropped", DroppedPoint;
 }
 
 impl Counter {

@@ -652,6 +652,8 @@ mod tests {
             gpus: GpuAllocation::None,
             address: None,
             upstream_port: None,
+            scrape: Default::default(),
+            health_check: false,
         }
     }
 

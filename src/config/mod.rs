@@ -20,7 +20,7 @@ use crate::encode::limits::{
 pub mod values;
 
 use values::{dimension_value, listen_address, validate_log_name};
-pub use values::{validate_namespace, EmfDestination, InstanceIdSetting, UpstreamUrl};
+pub use values::{validate_namespace, EmfDestination, InstanceIdSetting, ScrapeUrl, UpstreamUrl};
 
 /// Exit status for a configuration error (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -64,6 +64,10 @@ pub struct Config {
     /// request (invocation metrics).
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// The model servers' own metrics (TTFT, KV cache, queue, tokens per second), scraped from
+    /// each copy's metrics endpoint.
+    #[serde(default)]
+    pub scrape: ScrapeConfig,
 }
 
 /// A configuration that cannot be used: which file, which key, and why.
@@ -146,6 +150,8 @@ impl Config {
         self.self_metrics.validate()?;
         self.cost.validate()?;
         self.proxy.validate()?;
+        self.scrape
+            .validate(self.metrics.publish_frequency_seconds)?;
         Ok(())
     }
 
@@ -176,7 +182,8 @@ impl Config {
              log: {:?} at {}\n\
              admin: {}\n\
              self metrics: {}\n\
-             front door: {}",
+             front door: {}\n\
+             scrape: {}",
             self.endpoint.name,
             self.endpoint.variant,
             self.endpoint.instance_id,
@@ -222,6 +229,7 @@ impl Config {
             } else {
                 "disabled".into()
             },
+            self.scrape.summary(),
         )
     }
 }
@@ -938,6 +946,112 @@ impl ProxyConfig {
     }
 }
 
+// ---- [scrape] ----
+
+/// SageMaker's bring-your-own containers serve on 8080.
+pub const DEFAULT_SCRAPE_PORT: u16 = 8080;
+/// Where vLLM, SGLang and `prometheus_client` serve their metrics.
+pub const DEFAULT_SCRAPE_PATH: &str = "/metrics";
+/// Every 10 s: a 10 s window gets one scrape; see `scrape` for the cost to the server.
+pub const DEFAULT_SCRAPE_INTERVAL_SECONDS: u64 = 10;
+/// A local server answers in milliseconds; 2 s covers a loaded one and leaves most of the
+/// interval.
+pub const DEFAULT_SCRAPE_TIMEOUT_MS: u64 = 2_000;
+/// vLLM with 8 engines writes about 130 KB (tests/fixtures/scrape/vllm-v1-8-engines.txt);
+/// 4 MiB leaves room for LoRA adapters and many label sets.
+pub const DEFAULT_SCRAPE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `[scrape]`: each model copy's metrics endpoint (see `scrape`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeConfig {
+    /// Scrape the discovered copies and the static targets.
+    pub enabled: bool,
+    /// The copies' metrics port; a container's label `endpoint-metrics-agent.scrape-port`
+    /// overrides it (`endpoint-metrics-agent.scrape = "false"` turns a copy off).
+    pub port: u16,
+    /// The metrics path; the label `endpoint-metrics-agent.scrape-path` overrides it.
+    pub path: String,
+    /// Seconds between scrapes of one target, at most the publish frequency.
+    pub interval_seconds: u64,
+    /// The whole answer must arrive within this, else the period has no figures for the target.
+    pub timeout_ms: u64,
+    /// Answers larger than this are refused (read frame by frame, never buffered past it).
+    pub max_bytes: u64,
+    /// Static targets, for hosts without Docker.
+    pub target: Vec<StaticScrapeTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticScrapeTarget {
+    /// The inference component it serves, trimmed.
+    #[serde(deserialize_with = "dimension_value")]
+    pub component: String,
+    /// "http://host:port/path" (the path defaults to "/metrics").
+    pub url: ScrapeUrl,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            enabled: false,
+            port: DEFAULT_SCRAPE_PORT,
+            path: DEFAULT_SCRAPE_PATH.into(),
+            interval_seconds: DEFAULT_SCRAPE_INTERVAL_SECONDS,
+            timeout_ms: DEFAULT_SCRAPE_TIMEOUT_MS,
+            max_bytes: DEFAULT_SCRAPE_MAX_BYTES,
+            target: Vec::new(),
+        }
+    }
+}
+
+impl ScrapeConfig {
+    fn validate(&self, publish_frequency_seconds: u64) -> Result<(), Invalid> {
+        if self.port == 0 {
+            return Err(invalid("scrape.port", "allowed: 1 to 65535"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(invalid("scrape.path", "must start with \"/\""));
+        }
+        if self.interval_seconds == 0 || self.interval_seconds > publish_frequency_seconds {
+            return Err(invalid(
+                "scrape.interval_seconds",
+                format!("allowed: 1 to {publish_frequency_seconds} (the publish frequency)"),
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms >= self.interval_seconds * 1000 {
+            return Err(invalid(
+                "scrape.timeout_ms",
+                format!(
+                    "allowed: 1 to {} (under the interval)",
+                    self.interval_seconds * 1000 - 1
+                ),
+            ));
+        }
+        if self.max_bytes == 0 {
+            return Err(invalid("scrape.max_bytes", "allowed: 1 or more"));
+        }
+        Ok(())
+    }
+
+    /// For `check-config`.
+    pub fn summary(&self) -> String {
+        if !self.enabled {
+            return "disabled".into();
+        }
+        format!(
+            "copies on port {} path {} and {} static targets, every {} s, timeout {} ms, at most {} bytes",
+            self.port,
+            self.path,
+            self.target.len(),
+            self.interval_seconds,
+            self.timeout_ms,
+            self.max_bytes
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1066,12 +1180,50 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads", "1 to 64"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream[0].url", "not plain http"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"http://x:1\"\n[[proxy.upstream]]\ncomponent = \" \"\nurl = \"http://x:2\"\n", "proxy.upstream[1].component", "1 to 1024 characters"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nport = 0\n", "scrape.port", "1 to 65535"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\npath = \"metrics\"\n", "scrape.path", "start with"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ninterval_seconds = 61\n", "scrape.interval_seconds", "allowed: 1 to 60"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ninterval_seconds = 0\n", "scrape.interval_seconds", "allowed: 1 to 60"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\ntimeout_ms = 10000\n", "scrape.timeout_ms", "under the interval"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nmax_bytes = 0\n", "scrape.max_bytes", "1 or more"),
+            ("[endpoint]\nname = \"e\"\n[scrape]\nevery = 5\n", "scrape.every", "unknown field"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \"a\"\nurl = \"https://x:1/metrics\"\n", "scrape.target[0].url", "not plain http"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \"a\"\nurl = \"http://x/metrics\"\n", "scrape.target[0].url", "names no port"),
+            ("[endpoint]\nname = \"e\"\n[[scrape.target]]\ncomponent = \" \"\nurl = \"http://x:1\"\n", "scrape.target[0].component", "1 to 1024 characters"),
         ];
         for (text, key, reason) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!(e.key, key, "{text}");
             assert!(e.reason.contains(reason), "{key}: `{reason}` in {e}");
         }
+    }
+
+    #[test]
+    fn scrape_settings_default_to_sagemakers_port_and_show_in_the_summary() {
+        let c = parse("[endpoint]\nname = \"e\"\n").unwrap();
+        assert!(!c.scrape.enabled);
+        assert_eq!((c.scrape.port, c.scrape.path.as_str()), (8080, "/metrics"));
+        assert!(c.summary().contains("scrape: disabled"));
+        let c = parse(
+            "[endpoint]\nname = \"e\"\n[scrape]\nenabled = true\ninterval_seconds = 5\n\
+                       [[scrape.target]]\ncomponent = \"a\"\nurl = \"http://10.0.0.9:8000\"\n\
+                       [[scrape.target]]\ncomponent = \"b\"\nurl = \"http://h:9/stats/prom\"\n",
+        )
+        .unwrap();
+        let t = &c.scrape.target;
+        assert_eq!(
+            (t[0].url.authority(), t[0].url.path()),
+            ("10.0.0.9:8000", "/metrics")
+        );
+        assert_eq!(
+            (t[1].url.authority(), t[1].url.path()),
+            ("h:9", "/stats/prom")
+        );
+        assert!(
+            c.summary().contains("scrape: copies on port 8080 path /metrics and 2 static targets, every 5 s, timeout 2000 ms"),
+            "{}",
+            c.summary()
+        );
     }
 
     #[test]

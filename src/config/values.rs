@@ -178,6 +178,68 @@ impl From<UpstreamUrl> for String {
     }
 }
 
+/// A static scrape target, "http://host:port/path" (the path defaults to "/metrics"):
+/// `scrape.target.url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ScrapeUrl {
+    /// As written.
+    url: String,
+    /// "host:port".
+    authority: String,
+    /// Path and query, starting with "/".
+    path: String,
+}
+
+impl ScrapeUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, super::DEFAULT_SCRAPE_PATH),
+        };
+        let scheme = if url.starts_with("http://") {
+            "http://"
+        } else {
+            ""
+        };
+        let base = UpstreamUrl::parse(&format!("{scheme}{authority}")).map_err(|reason| {
+            reason.replace(
+                "allowed: \"http://host:port\", e.g. \"http://127.0.0.1:9001\"",
+                "allowed: \"http://host:port/path\", e.g. \"http://127.0.0.1:8000/metrics\"",
+            )
+        })?;
+        Ok(ScrapeUrl {
+            url: url.to_string(),
+            authority: base.authority().to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// "host:port".
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Path and query, starting with "/".
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl TryFrom<String> for ScrapeUrl {
+    type Error = String;
+    fn try_from(url: String) -> Result<Self, String> {
+        ScrapeUrl::parse(&url)
+    }
+}
+
+impl From<ScrapeUrl> for String {
+    fn from(url: ScrapeUrl) -> String {
+        url.url
+    }
+}
+
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.url)

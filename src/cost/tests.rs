@@ -33,6 +33,8 @@ fn inventory(copies: &[(&str, &str, GpuAllocation)]) -> Inventory {
                 gpus: gpus.clone(),
                 address: None,
                 upstream_port: None,
+                scrape: Default::default(),
+                health_check: false,
             },
         );
     }

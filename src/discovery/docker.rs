@@ -14,12 +14,12 @@ use bollard::models::{ContainerInspectResponse, EventMessage};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::cgroup_path::short_id;
 use crate::config::DockerConfig;
-use crate::discovery::{ContainerInfo, GpuAllocation, Inventory};
+use crate::discovery::{ContainerInfo, GpuAllocation, Inventory, LifecycleEvent, LifecycleKind};
 use crate::telemetry::{self, Counter};
 
 /// A full list every this often catches anything the event stream missed ("every few minutes").
@@ -129,11 +129,43 @@ pub fn classify(inspect: &ContainerInspectResponse, config: &DockerConfig) -> Cl
             .and_then(|l| l.get(UPSTREAM_PORT_LABEL))
             .and_then(|p| p.trim().parse::<u16>().ok())
             .filter(|p| *p != 0),
+        scrape: scrape_labels(labels),
+        health_check: inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.healthcheck.as_ref())
+            .and_then(|h| h.test.as_deref())
+            .is_some_and(|test| test.first().is_some_and(|t| t != "NONE")),
     })
+}
+
+/// The `[scrape]` overrides among a container's labels; a bad one is ignored (and the default
+/// used).
+fn scrape_labels(labels: Option<&HashMap<String, String>>) -> crate::discovery::ScrapeLabels {
+    let get = |name: &str| labels.and_then(|l| l.get(name)).map(|v| v.trim());
+    crate::discovery::ScrapeLabels {
+        enabled: get(SCRAPE_LABEL).and_then(|v| v.parse::<bool>().ok()),
+        port: get(SCRAPE_PORT_LABEL)
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0),
+        path: get(SCRAPE_PATH_LABEL)
+            .filter(|p| p.starts_with('/'))
+            .map(String::from),
+    }
 }
 
 /// The container label that overrides `[proxy] upstream_port` for one container.
 pub const UPSTREAM_PORT_LABEL: &str = "endpoint-metrics-agent.upstream-port";
+/// Container label: "false" turns scraping (`scrape`) off for that copy.
+pub const SCRAPE_LABEL: &str = "endpoint-metrics-agent.scrape";
+/// Container label: the metrics port, overriding `[scrape] port`.
+pub const SCRAPE_PORT_LABEL: &str = "endpoint-metrics-agent.scrape-port";
+/// Container label: the metrics path, overriding `[scrape] path`.
+pub const SCRAPE_PATH_LABEL: &str = "endpoint-metrics-agent.scrape-path";
+
+/// Lifecycle events waiting for the tick: a burst of 1024 container events between two ticks
+/// is far past any host's; past it events are dropped and counted.
+const LIFECYCLE_QUEUE: usize = 1024;
 
 /// The container's address for the front door: 127.0.0.1 with host networking, else its
 /// address on the first of its networks (by name) that gave it one.
@@ -196,15 +228,27 @@ fn event_action(action: &str) -> EventAction {
 /// Starts discovery on the current runtime. The receiver always holds the latest inventory
 /// (empty until the engine answers); the task ends when every receiver is dropped.
 pub fn spawn(config: DockerConfig) -> watch::Receiver<Arc<Inventory>> {
+    spawn_with_lifecycle(config).0
+}
+
+/// [`spawn`], with each copy's lifecycle events (start, healthy, exit, OOM) on a bounded channel.
+pub fn spawn_with_lifecycle(
+    config: DockerConfig,
+) -> (
+    watch::Receiver<Arc<Inventory>>,
+    mpsc::Receiver<LifecycleEvent>,
+) {
     let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
+    let (lifecycle, events) = mpsc::channel(LIFECYCLE_QUEUE);
     let discovery = Discovery {
         config,
         tx,
         inventory: Inventory::default(),
         ignored: HashSet::new(),
+        lifecycle,
     };
     tokio::spawn(discovery.run());
-    rx
+    (rx, events)
 }
 
 struct Discovery {
@@ -213,6 +257,8 @@ struct Discovery {
     inventory: Inventory,
     /// Running containers that are not model copies, so each is counted once.
     ignored: HashSet<String>,
+    /// Lifecycle events for the tick (a closed receiver: nobody listens).
+    lifecycle: mpsc::Sender<LifecycleEvent>,
 }
 
 impl Discovery {
@@ -305,6 +351,9 @@ impl Discovery {
             return;
         };
         let action = event.action.as_deref().unwrap_or_default();
+        // A copy that dies is still in the inventory before `forget`; one that starts is in it
+        // after `refresh`.
+        let before = self.copy_of(&id);
         let changed = match event_action(action) {
             EventAction::Refresh => self.refresh(docker, &id).await,
             EventAction::Remove => self.forget(&id),
@@ -313,6 +362,58 @@ impl Discovery {
         if changed {
             self.publish();
         }
+        let attributes = event.actor.as_ref().and_then(|a| a.attributes.as_ref());
+        let attribute = |name: &str| attributes.and_then(|a| a.get(name)).map(String::as_str);
+        let health_check = self
+            .inventory
+            .containers
+            .get(&id)
+            .is_some_and(|c| c.health_check);
+        let kind = match action {
+            "create" => LifecycleKind::Created,
+            "start" => LifecycleKind::Started { health_check },
+            "die" => LifecycleKind::Died {
+                exit_code: attribute("exitCode").and_then(|c| c.parse().ok()),
+            },
+            "oom" => LifecycleKind::OomKilled,
+            "destroy" => LifecycleKind::Destroyed,
+            "health_status: healthy" => LifecycleKind::Healthy,
+            "health_status" if attribute("health_status") == Some("healthy") => {
+                LifecycleKind::Healthy
+            }
+            _ => return,
+        };
+        let copy = before.or_else(|| self.copy_of(&id));
+        let at_ms = event
+            .time_nano
+            .and_then(|ns| u64::try_from(ns / 1_000_000).ok())
+            .or_else(|| {
+                event
+                    .time
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map(|s| s * 1000)
+            })
+            .unwrap_or_else(crate::clock::system_now_ms);
+        let event = LifecycleEvent {
+            id,
+            copy,
+            at_ms,
+            kind,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.lifecycle.try_send(event) {
+            telemetry::warn(
+                Counter::LifecycleEventsDropped,
+                1,
+                "lifecycle events are not being read; event dropped",
+            );
+        }
+    }
+
+    fn copy_of(&self, id: &str) -> Option<(Arc<str>, Arc<str>)> {
+        self.inventory
+            .containers
+            .get(id)
+            .map(|c| (c.component.clone(), c.short_id.clone()))
     }
 
     /// Lists running containers: inspects the ones not known yet, forgets the ones gone.

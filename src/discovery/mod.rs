@@ -11,9 +11,66 @@ pub mod docker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+
+/// Discovery's outputs: the latest inventory, and each copy's lifecycle events as they come.
+pub struct Stage {
+    pub inventory: watch::Receiver<Arc<Inventory>>,
+    pub lifecycle: mpsc::Receiver<LifecycleEvent>,
+}
+
+/// Starts discovery with its lifecycle events; None when `[docker] enabled = false`.
+pub fn start_stage(config: &Config) -> Option<Stage> {
+    let docker = &config.docker;
+    if !docker.enabled {
+        return None;
+    }
+    tracing::info!(
+        socket = %docker.socket,
+        component_label = %docker.component_label,
+        component_env = %docker.component_env,
+        "container discovery started"
+    );
+    let (inventory, lifecycle) = docker::spawn_with_lifecycle(docker.clone());
+    Some(Stage {
+        inventory,
+        lifecycle,
+    })
+}
+
+/// Something that happened to a model copy, with Docker's own time of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleEvent {
+    /// Full container ID.
+    pub id: String,
+    /// The copy's component and short ID; None for a container not (yet) known as a copy
+    /// (a `create` event comes before the container runs).
+    pub copy: Option<(Arc<str>, Arc<str>)>,
+    /// The engine's `timeNano`, in ms since the epoch.
+    pub at_ms: u64,
+    pub kind: LifecycleKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LifecycleKind {
+    Created,
+    /// It started running; `health_check`: it has a Docker health check.
+    Started {
+        health_check: bool,
+    },
+    /// Docker's health check passed (`health_status: healthy`).
+    Healthy,
+    /// Its process exited with this code.
+    Died {
+        exit_code: Option<i64>,
+    },
+    /// The kernel's OOM killer hit it (`oom`).
+    OomKilled,
+    /// Removed: nothing more to follow.
+    Destroyed,
+}
 
 /// Starts discovery; None when `[docker] enabled = false`. Must run inside the runtime
 /// (discovery is a task on it).
@@ -62,6 +119,20 @@ pub struct ContainerInfo {
     pub address: Option<std::net::IpAddr>,
     /// Its label [`docker::UPSTREAM_PORT_LABEL`], overriding `[proxy] upstream_port`.
     pub upstream_port: Option<u16>,
+    /// Its labels that override `[scrape]` for it.
+    pub scrape: ScrapeLabels,
+    /// Whether it has a Docker health check (its start ends when it turns healthy, else at the
+    /// first successful scrape or 2xx invocation).
+    pub health_check: bool,
+}
+
+/// A copy's labels that override `[scrape]` (see `scrape::SCRAPE_LABEL` and the others).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeLabels {
+    /// `Some(false)`: not scraped.
+    pub enabled: Option<bool>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
 }
 
 impl ContainerInfo {

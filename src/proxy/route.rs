@@ -240,6 +240,8 @@ mod tests {
             gpus: GpuAllocation::None,
             address: ip.map(|ip| ip.parse().unwrap()),
             upstream_port: port,
+            scrape: Default::default(),
+            health_check: false,
         }
     }
 
