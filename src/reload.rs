@@ -98,6 +98,9 @@ reload_table! {
     Restart proxy.connect_timeout_ms;
     Restart proxy.response_timeout_ms;
     Restart proxy.max_request_body_bytes;
+    Restart proxy.max_connections;
+    Restart proxy.idle_timeout_ms;
+    Restart proxy.drain_timeout_ms;
     Restart proxy.upstream;
 }
 

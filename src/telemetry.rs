@@ -101,6 +101,22 @@ counters! {
     ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).
     ProxyUpstreamTimeouts = "proxy_upstream_timeouts", Routine;
+    /// Front door: a connection closed at once because `proxy.max_connections` were open.
+    ProxyConnectionsRefused = "proxy_connections_refused", Error;
+    /// Front door: a connection closed because it sent no request in time or sat idle between
+    /// requests past `proxy.idle_timeout_ms`.
+    ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
+    /// Front door: a connection with a request in flight on which nothing moved for the
+    /// response timeout and more (a client that stopped reading, say): closed, the request cut.
+    ProxyConnectionsStalled = "proxy_connections_stalled", Error;
+    /// Front door: accepting a connection failed (out of file descriptors, say).
+    ProxyAcceptErrors = "proxy_accept_errors", Error;
+    /// Front door: requests still in flight when the drain time ran out at shutdown.
+    ProxyRequestsCut = "proxy_requests_cut", Error;
+    /// Admin endpoint: accepting a connection failed (out of file descriptors, say).
+    AdminAcceptErrors = "admin_accept_errors", Error;
+    /// Admin endpoint: a connection that had sent no request closed to make room for a new one.
+    AdminConnectionsEvicted = "admin_connections_evicted", Routine;
 }
 
 impl Counter {
@@ -146,6 +162,8 @@ gauges! {
     SpooledWindows;
     /// Wall-clock ms when the agent started running.
     StartedMs;
+    /// Front door: client connections open now.
+    ProxyConnectionsOpen;
 }
 
 static GAUGES: [AtomicU64; Gauge::ALL.len()] = [const { AtomicU64::new(0) }; Gauge::ALL.len()];

@@ -813,6 +813,22 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 60_000;
 /// SageMaker's real-time payload limit is 6 MB (25 MB for some); the larger one.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
+/// Client connections open at once. Each may hold a connection to a copy too (2 file
+/// descriptors) and about 20 KB while idle (docs/reliability.md, measured): 4,096 stay within
+/// the unit's `LimitNOFILE=65536` and well within its `MemoryMax=256M`. nginx's default is 512
+/// per worker (`worker_connections`).
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 4096;
+pub const MAX_PROXY_MAX_CONNECTIONS: usize = 1_000_000;
+/// A client connection with no request in flight is closed after this: AWS load balancers'
+/// default idle timeout (60 s); nginx's `keepalive_timeout` is 75 s.
+pub const DEFAULT_PROXY_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Shorter idle timeouts would cut clients that pause between requests; 1 s is the floor.
+pub const MIN_PROXY_IDLE_TIMEOUT_MS: u64 = 1_000;
+/// On SIGTERM, requests in flight (streamed answers too) may finish for this long: Kubernetes'
+/// and ECS's default grace before SIGKILL is 30 s. The unit's `TimeoutStopSec` covers it.
+pub const DEFAULT_PROXY_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// The longest drain allowed: past it a restart waits too long on one client.
+pub const MAX_PROXY_DRAIN_TIMEOUT_MS: u64 = 600_000;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -837,6 +853,16 @@ pub struct ProxyConfig {
     pub response_timeout_ms: u64,
     /// Largest request body accepted; larger ones get 413.
     pub max_request_body_bytes: u64,
+    /// Client connections open at once; past it new ones are closed at once, counted
+    /// (`proxy_connections_refused`). Lowered at start to what the file limit allows.
+    pub max_connections: usize,
+    /// A client connection with no request in flight for this long is closed; one that sends
+    /// no request at all is closed after 30 s (the request head's limit) or this, if shorter.
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM the front door stops accepting and lets requests in flight finish for up to
+    /// this long; what is still in flight then is cut, counted (`proxy_requests_cut`). 0: cut
+    /// at once.
+    pub drain_timeout_ms: u64,
     /// Static upstreams, for hosts without Docker.
     pub upstream: Vec<StaticUpstream>,
 }
@@ -863,6 +889,9 @@ impl Default for ProxyConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             response_timeout_ms: DEFAULT_RESPONSE_TIMEOUT_MS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_connections: DEFAULT_PROXY_MAX_CONNECTIONS,
+            idle_timeout_ms: DEFAULT_PROXY_IDLE_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_PROXY_DRAIN_TIMEOUT_MS,
             upstream: Vec::new(),
         }
     }
@@ -893,6 +922,24 @@ impl ProxyConfig {
             return Err(invalid(
                 "proxy.max_request_body_bytes",
                 "allowed: 1 or more",
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_PROXY_MAX_CONNECTIONS {
+            return Err(invalid(
+                "proxy.max_connections",
+                format!("allowed: 1 to {MAX_PROXY_MAX_CONNECTIONS}"),
+            ));
+        }
+        if self.idle_timeout_ms < MIN_PROXY_IDLE_TIMEOUT_MS {
+            return Err(invalid(
+                "proxy.idle_timeout_ms",
+                format!("allowed: {MIN_PROXY_IDLE_TIMEOUT_MS} or more"),
+            ));
+        }
+        if self.drain_timeout_ms > MAX_PROXY_DRAIN_TIMEOUT_MS {
+            return Err(invalid(
+                "proxy.drain_timeout_ms",
+                format!("allowed: 0 to {MAX_PROXY_DRAIN_TIMEOUT_MS}"),
             ));
         }
         Ok(())
@@ -1025,6 +1072,9 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[proxy]\nlisten = \"8080\"\n", "proxy.listen", "not an IP address and port"),
             ("[endpoint]\nname = \"e\"\n[proxy]\ninstance_count = 0\n", "proxy.instance_count", "1 or more"),
             ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads", "1 to 64"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nmax_connections = 0\n", "proxy.max_connections", "1 to 1000000"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nidle_timeout_ms = 999\n", "proxy.idle_timeout_ms", "1000 or more"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\ndrain_timeout_ms = 600001\n", "proxy.drain_timeout_ms", "0 to 600000"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream[0].url", "not plain http"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"http://x:1\"\n[[proxy.upstream]]\ncomponent = \" \"\nurl = \"http://x:2\"\n", "proxy.upstream[1].component", "1 to 1024 characters"),
         ];

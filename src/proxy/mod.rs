@@ -9,6 +9,7 @@
 //! the connection, or the client went away.
 
 pub mod account;
+pub mod conn;
 pub mod pool;
 pub mod route;
 
@@ -36,6 +37,7 @@ use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
 use account::{Accounts, Outcome};
+use conn::{Connections, Guarded, Limits};
 use pool::{SendError, Sender};
 use route::{Table, Upstream, COMPONENT_HEADER};
 
@@ -69,12 +71,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// End-to-end headers a `Connection` header may not remove: without `Host` the copy's routing
+/// (virtual hosts) changes (`Connection: host` removed it), and the body's length is framing.
+const NEVER_HOP_BY_HOP: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
 struct State {
     accounts: Arc<Accounts>,
     table: RwLock<Arc<Table>>,
     connect_timeout: Duration,
     response_timeout: Duration,
     max_request_body_bytes: u64,
+    connections: Arc<Connections>,
 }
 
 impl State {
@@ -121,6 +128,7 @@ impl FrontDoor {
             .context("front door: non-blocking listener")?;
         let local_addr = listener.local_addr().context("front door: local address")?;
 
+        let limits = connection_limits(config);
         let statics = static_upstreams(&config.upstream);
         let first = match &inventory {
             Some(rx) => Table::build(
@@ -142,6 +150,7 @@ impl FrontDoor {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             max_request_body_bytes: config.max_request_body_bytes,
+            connections: Connections::new(limits),
         });
         let listener = {
             let _enter = runtime.enter();
@@ -171,7 +180,7 @@ impl FrontDoor {
                 let _ = stopped_tx.send(());
             })
             .context("starting the front door's thread")?;
-        tracing::info!(address = %local_addr, threads = config.worker_threads, static_upstreams = config.upstream.len(), "front door listening");
+        tracing::info!(address = %local_addr, threads = config.worker_threads, static_upstreams = config.upstream.len(), max_connections = limits.max_connections, "front door listening");
         Ok(FrontDoor {
             stop: Some(stop),
             stopped: Some(stopped),
@@ -181,22 +190,45 @@ impl FrontDoor {
     }
 
     /// The invocation series since the last call: the sampling loop calls this once a tick.
-    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`].
+    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`], and hands closed
+    /// client connections' memory back.
     pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
         let table = self.state.table();
         let now = Instant::now();
         for upstream in table.upstreams() {
             upstream.pool.reap(now);
         }
+        self.state.connections.give_back_memory();
         self.state
             .accounts
             .drain(|component| table.copies(component))
     }
 
+    /// Starts the graceful drain: no new connections (the listener closes), idle ones close
+    /// now, busy ones once their requests (streamed answers included) are done.
+    pub fn begin_drain(&self) {
+        self.state.connections.drain();
+    }
+
+    /// Completes when every client connection has closed (after [`FrontDoor::begin_drain`]).
+    pub async fn drained(&self) {
+        self.state.connections.closed().await;
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.connections.in_flight()
+    }
+
     /// Stops serving by `stop_by` (the front door's share of the shutdown deadline): open
-    /// connections are dropped, and the requests in them accounted. Returns the series since
-    /// the last drain.
+    /// connections are dropped, the requests in them accounted and counted as cut. Returns the
+    /// series since the last drain.
     pub async fn stop(mut self, stop_by: tokio::time::Instant) -> Vec<(SeriesKey, Stats)> {
+        telemetry::warn(
+            Counter::ProxyRequestsCut,
+            self.in_flight() as u64,
+            "front door: requests still in flight at shutdown cut",
+        );
         let stop_by = stop_by.into_std();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(stop_by);
@@ -210,6 +242,26 @@ impl FrontDoor {
             }
         }
         self.drain()
+    }
+}
+
+/// `proxy.max_connections`, lowered to what the file limit allows (logged), and the timeouts.
+fn connection_limits(config: &ProxyConfig) -> Limits {
+    let mut max_connections = config.max_connections;
+    if let Some(budget) = conn::fd_budget() {
+        if budget < max_connections {
+            tracing::warn!(
+                configured = max_connections,
+                allowed = budget,
+                "front door: the file limit allows fewer connections than proxy.max_connections; using what it allows"
+            );
+            max_connections = budget.max(1);
+        }
+    }
+    Limits {
+        max_connections,
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        stall_timeout: Duration::from_millis(config.response_timeout_ms) + conn::STALL_MARGIN,
     }
 }
 
@@ -252,32 +304,60 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
+    let connections = state.connections.clone();
+    let mut drain = connections.watch_drain();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.wait_for(|draining| *draining) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin. Counted with the
-                // requests the front door could not take.
+                // Out of file descriptors and the like: pause rather than spin.
                 telemetry::warn_sampled(
-                    Counter::ProxyBadRequests,
+                    Counter::ProxyAcceptErrors,
                     &format!("front door: accept failed: {e}"),
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
+        let Some(conn) = connections.admit() else {
+            // Closed at once: no task, no buffer. The client sees the connection end.
+            drop(stream);
+            telemetry::warn_sampled(
+                Counter::ProxyConnectionsRefused,
+                "front door: connection refused: proxy.max_connections are open",
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let io = TokioIo::new(conn.watch_io(stream));
+            let requests = conn.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let guard = requests.request();
+                let answer = handle(state.clone(), req);
+                async move {
+                    let response = answer.await?;
+                    Ok::<_, Infallible>(response.map(|body| Guarded::new(body, guard)))
+                }
+            });
             // Errors here are the client's (a malformed request gets 400 from hyper, a reset
             // connection ends its task): nothing to count beyond what `handle` counted.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            conn.run(builder.serve_connection(io, service), |c| {
+                c.graceful_shutdown()
+            })
+            .await;
         });
     }
+    // Draining: the listener closes here (new connections are refused by the system); the
+    // connections finish on their own tasks until the front door stops.
+    drop(listener);
+    std::future::pending::<()>().await;
 }
 
 async fn handle(
@@ -285,6 +365,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
+    if let Some((status, message)) = refuse_before_routing(&req) {
+        telemetry::warn_sampled(Counter::ProxyBadRequests, message.trim_end());
+        let guard = InFlight::new(state.accounts.clone(), None, started);
+        return Ok(local(guard, status, message.into()));
+    }
     let table = state.table();
     let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
@@ -398,6 +483,21 @@ async fn handle(
     }
 }
 
+/// Requests the front door answers itself before routing: what a reverse proxy must not pass on.
+fn refuse_before_routing(req: &Request<Incoming>) -> Option<(u16, &'static str)> {
+    // A gateway, not a forward proxy: CONNECT would be sent on as `CONNECT /`.
+    if req.method() == http::Method::CONNECT {
+        return Some((405, "CONNECT is not supported by this endpoint\n"));
+    }
+    // RFC 9112 3.2: a request with more than one Host field line gets 400 (two would both reach
+    // the copy, which may read either).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Some((400, "more than one Host header\n"));
+    }
+    None
+}
+
 /// What a failed upstream call means for the client.
 fn classify(e: &SendError) -> (u16, &'static str) {
     match e {
@@ -443,7 +543,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter(|s| !s.is_empty())
             .collect();
         for name in &named {
-            headers.remove(name.as_str());
+            if !NEVER_HOP_BY_HOP.iter().any(|n| n.as_str() == name) {
+                headers.remove(name.as_str());
+            }
         }
     }
     for name in &HOP_BY_HOP {
@@ -628,6 +730,22 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["content-type", COMPONENT_HEADER]);
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_content_length_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Host, content-length, x-hop"),
+        );
+        h.insert("host", HeaderValue::from_static("model.example"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "host"]);
     }
 
     #[test]
