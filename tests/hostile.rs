@@ -4,11 +4,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use common::agent::{run_to_exit, Agent, Workdir};
+use common::agent::{admin_metric, free_port, get, run_to_exit, Agent, Launch, Workdir};
+
+/// A guard against a hang while waiting for the agent to close a connection: far above the
+/// timeouts the tests configure (1 s), not a claim about speed.
+const CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
 /// A config whose paths cannot work on this host is refused by `check-config` AND by `run`,
 /// both with exit 78 (the unit does not retry it) and the key that names the path.
@@ -85,7 +91,460 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> std::io::Result
     }
 }
 
-#[allow(dead_code)]
-fn send(stream: &mut TcpStream, bytes: &[u8]) {
-    stream.write_all(bytes).unwrap();
+/// An agent with the front door on a loopback port and the admin endpoint on `admin_port`.
+struct FrontDoor {
+    agent: Agent,
+    addr: SocketAddr,
+    admin_port: u16,
+}
+
+fn front_door_config(dir: &Workdir, admin_port: u16, proxy: &str) -> String {
+    format!(
+        "[endpoint]\nname = \"hostile\"\ninstance_id = \"i-hostile\"\n\
+         [metrics]\npublish_frequency_seconds = 10\n\
+         [output]\nemf_destination = \"{}\"\n\
+         [gpu]\nenabled = false\n[docker]\nenabled = false\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{proxy}",
+        dir.emf_destination()
+    )
+}
+
+impl FrontDoor {
+    fn start(proxy: &str) -> FrontDoor {
+        FrontDoor::launch(proxy, |l| l)
+    }
+
+    fn launch(proxy: &str, adjust: impl FnOnce(Launch) -> Launch) -> FrontDoor {
+        let dir = Workdir::new();
+        let admin_port = free_port();
+        let config = front_door_config(&dir, admin_port, proxy);
+        let mut agent = adjust(Agent::launch(&dir, &config)).start();
+        let line = agent.wait_for_message("front door listening");
+        let addr = agent
+            .logs()
+            .lines()
+            .find(|l| l.text() == line)
+            .and_then(|l| l.field("address"))
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        FrontDoor {
+            agent,
+            addr: addr.parse().unwrap(),
+            admin_port,
+        }
+    }
+}
+
+/// One request on a new connection with `Connection: close`: the status and the whole response.
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let response =
+        String::from_utf8_lossy(&read_until_closed(&mut c, CLOSE_LIMIT).unwrap()).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (status, response)
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: what an h2c client sends first.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+const H2_SETTINGS: u8 = 4;
+const H2_GOAWAY: u8 = 7;
+
+/// The frame types in bytes an h2 server sent (RFC 9113 4.1: 3 bytes length, type, flags,
+/// 4 bytes stream, payload).
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+/// A silent TCP connection, an h2c connection that sent its preface and nothing else, and an
+/// HTTP/1 keep-alive connection after its request: all closed by the agent once idle. Before,
+/// the first two stayed open for good (hyper times out nothing before the first request).
+#[test]
+fn silent_idle_h2c_and_idle_keep_alive_connections_are_closed() {
+    let fd = FrontDoor::start("idle_timeout_ms = 1000\n");
+    let mut silent = TcpStream::connect(fd.addr).unwrap();
+    let mut h2 = TcpStream::connect(fd.addr).unwrap();
+    h2.write_all(H2_PREFACE_AND_SETTINGS).unwrap();
+    let mut keep_alive = TcpStream::connect(fd.addr).unwrap();
+    // No copy is configured: the front door answers 503 itself, on a kept-alive connection.
+    keep_alive
+        .write_all(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+
+    read_until_closed(&mut silent, CLOSE_LIMIT).expect("the silent connection is closed");
+    let h2_got =
+        read_until_closed(&mut h2, CLOSE_LIMIT).expect("the idle h2c connection is closed");
+    // The server's own SETTINGS, then GOAWAY on the graceful close.
+    let types = h2_frame_types(&h2_got);
+    assert_eq!(types.first(), Some(&H2_SETTINGS), "{types:?}");
+    assert!(types.contains(&H2_GOAWAY), "{types:?}");
+    let answer = read_until_closed(&mut keep_alive, CLOSE_LIMIT)
+        .expect("the idle keep-alive connection is closed");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let stopped = fd.agent.stop().success();
+    assert_eq!(
+        stopped.logs.final_counter("proxy_connections_idle_closed"),
+        3,
+        "{}",
+        stopped.logs.text()
+    );
+}
+
+/// Under the file limit a unit without `LimitNOFILE=` gets (1,024), 1,100 idle connections
+/// used to take every descriptor: new clients and /healthz got nothing. Now the cap is lowered
+/// to what the limit allows, the rest are closed at once and counted, and the admin endpoint
+/// and a well-behaved client are still served.
+#[test]
+fn past_the_connection_cap_new_connections_are_refused_cheaply_and_health_still_answers() {
+    const FILE_LIMIT: u64 = 1024;
+    // (1,024 - 512 reserved) / 2 descriptors per connection.
+    const CAP: usize = 256;
+    const HOSTILE: usize = 300;
+    let fd = FrontDoor::launch("", |l| l.file_limit(FILE_LIMIT));
+    let logs = fd.agent.logs();
+    let lowered = logs
+        .lines()
+        .find(|l| {
+            l.message()
+                .contains("the file limit allows fewer connections")
+        })
+        .and_then(|l| l.field("allowed"));
+    assert_eq!(lowered.as_deref(), Some("256"), "{}", logs.text());
+    let connections: Vec<TcpStream> = (0..HOSTILE)
+        .map(|_| TcpStream::connect(fd.addr).unwrap())
+        .collect();
+    // Every one accepted or refused by now, as the agent's own figures say.
+    let deadline = Instant::now() + CLOSE_LIMIT;
+    while admin_metric(
+        fd.admin_port,
+        "endpoint_metrics_agent_proxy_connections_refused_total",
+    ) < (HOSTILE - CAP) as f64
+    {
+        assert!(Instant::now() < deadline, "{}", fd.agent.logs().text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        admin_metric(
+            fd.admin_port,
+            "endpoint_metrics_agent_proxy_connections_open"
+        ),
+        CAP as f64
+    );
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut c in connections {
+        c.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match c.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held.push(c),
+            // Closed at once: refused.
+            _ => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), CAP, "refused {refused}");
+    assert_eq!(refused, HOSTILE - CAP);
+
+    // The admin endpoint still has descriptors to answer with.
+    let (status, response) = get(fd.admin_port, "/healthz");
+    assert!(status == 200 || status == 503, "{response}");
+    assert!(response.contains("\"ready\""), "{response}");
+    // Once the hostile connections go, a well-behaved client is served again.
+    drop(held);
+    let deadline = Instant::now() + CLOSE_LIMIT;
+    loop {
+        let mut c = TcpStream::connect(fd.addr).unwrap();
+        c.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let got = read_until_closed(&mut c, CLOSE_LIMIT).unwrap();
+        if got.starts_with(b"HTTP/1.1 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer after the flood ended");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = fd.agent.stop().success();
+    assert_eq!(
+        stopped.logs.final_counter("proxy_connections_refused"),
+        (HOSTILE - CAP) as u64,
+        "{}",
+        stopped.logs.text()
+    );
+    assert_eq!(stopped.logs.final_counter("proxy_accept_errors"), 0);
+}
+
+/// Sixteen idle loopback connections used to hold every admin slot: the image's healthcheck
+/// failed and Docker marked the sidecar unhealthy. Now the oldest idle one makes room.
+#[test]
+fn idle_clients_holding_every_admin_slot_do_not_fail_the_healthcheck() {
+    let dir = Workdir::new();
+    let admin_port = free_port();
+    let config = format!(
+        "[endpoint]\nname = \"hostile\"\ninstance_id = \"i-hostile\"\n\
+         [metrics]\npublish_frequency_seconds = 10\n\
+         [output]\nemf_destination = \"{}\"\n\
+         [gpu]\nenabled = false\n[docker]\nenabled = false\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n",
+        dir.emf_destination()
+    );
+    let mut agent = Agent::start(&dir, &config);
+    agent.wait_for_message("agent started");
+    // Ready and healthy first (one sample in).
+    let deadline = Instant::now() + CLOSE_LIMIT;
+    while get(admin_port, "/healthz").0 != 200 {
+        assert!(Instant::now() < deadline, "{}", agent.logs().text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", admin_port)).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let (code, _, stderr) = run_to_exit(&[
+        "healthcheck",
+        "--config",
+        agent.config_file().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let stopped = agent.stop().success();
+    assert_eq!(
+        stopped.logs.final_counter("admin_connections_evicted"),
+        1,
+        "{}",
+        stopped.logs.text()
+    );
+    drop(idle);
+}
+
+/// A copy that answers every request with the request head it received as its body, and
+/// remembers how many requests reached it.
+fn echo_copy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let heads = seen.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let heads = heads.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    heads.lock().unwrap().push(head.clone());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if conn.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Two Host headers (RFC 9112: 400), `Connection: host` (Host must still reach the copy) and
+/// CONNECT (a gateway is not a forward proxy): none reaches the copy as it came.
+#[test]
+fn duplicate_host_connection_naming_host_and_connect_are_not_passed_on() {
+    let (copy, seen) = echo_copy();
+    let fd = FrontDoor::start(&format!(
+        "[[proxy.upstream]]\ncomponent = \"model\"\nurl = \"http://{copy}\"\n"
+    ));
+    let (status, response) = exchange(
+        fd.addr,
+        "GET /a HTTP/1.1\r\nHost: one.example\r\nHost: two.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{response}");
+    assert!(response.contains("more than one Host header"), "{response}");
+
+    let (status, response) = exchange(
+        fd.addr,
+        "CONNECT model.example:443 HTTP/1.1\r\nHost: model.example:443\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 405, "{response}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    let (status, response) = exchange(
+        fd.addr,
+        "GET /b HTTP/1.1\r\nHost: model.example\r\nConnection: host, close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{response}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("host: model.example\r\n"),
+        "{heads:?}"
+    );
+    let stopped = fd.agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 2);
+}
+
+/// A copy that streams a chunked answer: `chunks` chunks, one every `every`.
+fn streaming_copy(chunks: usize, every: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+                );
+                for i in 0..chunks {
+                    let data = format!("data: token {i}\n\n");
+                    if write!(conn, "{:x}\r\n{data}\r\n", data.len()).is_err() {
+                        return;
+                    }
+                    thread::sleep(every);
+                }
+                let _ = conn.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+/// SIGTERM while a streamed answer is in flight: no new connection is taken, the stream runs
+/// to its end, then the agent exits 0 with nothing cut. Before, the stream was cut after 500 ms.
+#[test]
+fn sigterm_lets_a_streamed_answer_finish_and_refuses_new_connections_while_draining() {
+    const CHUNKS: usize = 12;
+    let copy = streaming_copy(CHUNKS, Duration::from_millis(250));
+    let fd = FrontDoor::start(&format!(
+        "drain_timeout_ms = 30000\n\
+         [[proxy.upstream]]\ncomponent = \"model\"\nurl = \"http://{copy}\"\n"
+    ));
+    let mut client = TcpStream::connect(fd.addr).unwrap();
+    client
+        .write_all(
+            b"POST /invocations-response-stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+    // The answer has started.
+    let mut first = [0u8; 64];
+    client.set_read_timeout(Some(CLOSE_LIMIT)).unwrap();
+    let n = client.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+
+    fd.agent.signal(libc::SIGTERM);
+    // The listener closes: a new client is refused (or closed without an answer).
+    let deadline = Instant::now() + CLOSE_LIMIT;
+    loop {
+        match TcpStream::connect(fd.addr) {
+            Err(_) => break,
+            Ok(mut c) => {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                if read_until_closed(&mut c, Duration::from_secs(2)).is_ok_and(|got| got.is_empty())
+                {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let rest = read_until_closed(&mut client, CLOSE_LIMIT).unwrap();
+    let body = String::from_utf8_lossy(&rest);
+    assert!(
+        body.contains(&format!("data: token {}", CHUNKS - 1)) && body.ends_with("0\r\n\r\n"),
+        "the stream ran to its end: {body:?}"
+    );
+    let stopped = fd.agent.wait_exit().success();
+    let logs = &stopped.logs;
+    assert_eq!(
+        logs.final_counter("proxy_requests_cut"),
+        0,
+        "{}",
+        logs.text()
+    );
+    assert!(logs.find_message("draining the front door").is_some());
+}
+
+/// A client that asks for a large answer and stops reading: the request is in flight for good
+/// and holds a connection to the copy. It is cut once nothing moved for the response timeout
+/// and the stall margin, counted.
+#[test]
+fn a_client_that_stops_reading_is_cut_after_the_stall_limit() {
+    // A copy that writes a 64 MiB answer as fast as it can.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let copy = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let len = 64 * 1024 * 1024;
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                let block = vec![b'x'; 1024 * 1024];
+                for _ in 0..64 {
+                    if conn.write_all(&block).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let fd = FrontDoor::start(&format!(
+        "response_timeout_ms = 1000\n\
+         [[proxy.upstream]]\ncomponent = \"model\"\nurl = \"http://{copy}\"\n"
+    ));
+    let mut client = TcpStream::connect(fd.addr).unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut agent = fd.agent;
+    agent.wait_for_log("the stalled connection cut", |l| {
+        l.is_counted_warning("proxy_connections_stalled")
+    });
+    // The client reads what was buffered, then sees the end.
+    let got = read_until_closed(&mut client, CLOSE_LIMIT).expect("the connection is closed");
+    assert!(got.len() < 64 * 1024 * 1024, "cut short");
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_connections_stalled"), 1);
 }

@@ -1,6 +1,6 @@
-//! One shutdown deadline: SIGTERM to exit within the README's 5 s while the front door has
-//! requests in flight to a copy that never answers and the sink's CloudWatch endpoint accepts
-//! connections but never answers either.
+//! One shutdown deadline: SIGTERM to exit within the README's promise (the front door's drain
+//! time, then 5 s) while the front door has requests in flight to a copy that never answers and
+//! the sink's CloudWatch endpoint accepts connections but never answers either.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use common::agent::{Agent, Workdir};
 
-/// The README's promise.
+/// The drain time the test configures: requests in flight may finish for this long.
+const DRAIN: Duration = Duration::from_millis(1000);
+
+/// The README's promise: the drain time, then 5 s.
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
 
 /// Accepts connections and reads from them, never answering, until the test ends.
@@ -38,7 +41,8 @@ fn black_hole() -> std::net::SocketAddr {
 }
 
 #[test]
-fn sigterm_exits_within_five_seconds_with_the_front_door_busy_and_the_sink_stuck() {
+fn sigterm_exits_within_the_drain_time_and_five_seconds_with_the_front_door_busy_and_the_sink_stuck(
+) {
     let dir = Workdir::new();
     let (copy, cloudwatch) = (black_hole(), black_hole());
     let config = format!(
@@ -46,9 +50,10 @@ fn sigterm_exits_within_five_seconds_with_the_front_door_busy_and_the_sink_stuck
          [metrics]\npublish_frequency_seconds = 10\n\
          [output]\nformat = \"put_metric_data\"\nspool_dir = \"{}\"\n\
          [gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n\
-         [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\
+         [proxy]\nenabled = true\nlisten = \"127.0.0.1:0\"\ndrain_timeout_ms = {}\n\
          [[proxy.upstream]]\ncomponent = \"model\"\nurl = \"http://{copy}\"\n",
-        dir.join("spool").display()
+        dir.join("spool").display(),
+        DRAIN.as_millis()
     );
     let mut agent = Agent::launch(&dir, &config)
         .env("AWS_ENDPOINT_URL", format!("http://{cloudwatch}"))
@@ -82,9 +87,15 @@ fn sigterm_exits_within_five_seconds_with_the_front_door_busy_and_the_sink_stuck
     let stopped = agent.stop().success();
     let text = stopped.logs.text();
     assert!(
-        stopped.took < EXIT_WITHIN,
-        "SIGTERM to exit took {:?}, over the README's 5 s\n{text}",
+        stopped.took < DRAIN + EXIT_WITHIN,
+        "SIGTERM to exit took {:?}, over the README's drain time + 5 s\n{text}",
         stopped.took
+    );
+    // The copy never answers: every request was still in flight when the drain time ran out.
+    assert_eq!(
+        stopped.logs.final_counter("proxy_requests_cut"),
+        16,
+        "{text}"
     );
     let spooled = std::fs::read_dir(dir.join("spool"))
         .unwrap()

@@ -279,7 +279,9 @@ impl Conn {
         if now_ms >= due {
             Verdict::Idle
         } else {
-            Verdict::Until(due)
+            // A request starting meanwhile stalls at the earliest a stall timeout from now: look
+            // again by then, in case that is before `due`.
+            Verdict::Until(due.min(now_ms + limits.stall_timeout.as_millis() as u64))
         }
     }
 
@@ -497,6 +499,13 @@ mod tests {
         let c = Connections::new(limits(4));
         let conn = c.admit().unwrap();
         let first = FIRST_REQUEST_TIMEOUT.as_millis() as u64;
+        // A stall timeout shorter than the idle ones: looked at again by then.
+        let quick = Connections::new(Limits {
+            stall_timeout: Duration::from_secs(11),
+            ..limits(4)
+        });
+        let q = quick.admit().unwrap();
+        assert_eq!(q.verdict(5_000), Verdict::Until(16_000));
         // Accepted at ~0: bytes alone do not extend the first-request limit.
         conn.shared.last_io_ms.store(first - 1, Ordering::Relaxed);
         assert_eq!(
