@@ -168,15 +168,32 @@ fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
     types
 }
 
-/// A silent TCP connection, an h2c connection that sent its preface and nothing else, and an
-/// HTTP/1 keep-alive connection after its request: all closed by the agent once idle. Before,
-/// the first two stayed open for good (hyper times out nothing before the first request).
+/// A silent TCP connection, an h2c connection that sent its preface and nothing else, an HTTP/1
+/// keep-alive connection after its request, and one trickling its request head a byte at a time:
+/// all closed by the agent once idle. Before, the first two stayed open for good (hyper times
+/// out nothing before the first request).
 #[test]
-fn silent_idle_h2c_and_idle_keep_alive_connections_are_closed() {
+fn silent_idle_h2c_trickling_and_idle_keep_alive_connections_are_closed() {
     let fd = FrontDoor::start("idle_timeout_ms = 1000\n");
     let mut silent = TcpStream::connect(fd.addr).unwrap();
     let mut h2 = TcpStream::connect(fd.addr).unwrap();
     h2.write_all(H2_PREFACE_AND_SETTINGS).unwrap();
+    // Slowloris: a head that never ends, one byte every 100 ms, for at most CLOSE_LIMIT.
+    let trickle = TcpStream::connect(fd.addr).unwrap();
+    let trickler = thread::spawn({
+        let mut trickle = trickle.try_clone().unwrap();
+        move || {
+            let head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            let started = Instant::now();
+            for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                if trickle.write_all(&[*byte]).is_err() || started.elapsed() > CLOSE_LIMIT {
+                    return started.elapsed();
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            unreachable!()
+        }
+    });
     let mut keep_alive = TcpStream::connect(fd.addr).unwrap();
     // No copy is configured: the front door answers 503 itself, on a kept-alive connection.
     keep_alive
@@ -197,11 +214,17 @@ fn silent_idle_h2c_and_idle_keep_alive_connections_are_closed() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    let trickled_for = trickler.join().unwrap();
+    assert!(
+        trickled_for < CLOSE_LIMIT,
+        "the trickling connection was never closed"
+    );
+    drop(trickle);
 
     let stopped = fd.agent.stop().success();
     assert_eq!(
         stopped.logs.final_counter("proxy_connections_idle_closed"),
-        3,
+        4,
         "{}",
         stopped.logs.text()
     );
@@ -547,4 +570,45 @@ fn a_client_that_stops_reading_is_cut_after_the_stall_limit() {
     assert!(got.len() < 64 * 1024 * 1024, "cut short");
     let stopped = agent.stop().success();
     assert_eq!(stopped.logs.final_counter("proxy_connections_stalled"), 1);
+}
+
+/// A full disk under the EMF file (`/dev/full`: every write fails with ENOSPC): each failed write
+/// is counted and logged and retried, what is left at the stop is dropped, counted, nothing is
+/// claimed written, and the agent exits 0.
+#[test]
+fn a_full_disk_under_the_emf_file_is_counted_and_the_agent_runs_on() {
+    let dir = Workdir::new();
+    let config = "[endpoint]\nname = \"hostile\"\ninstance_id = \"i-hostile\"\n\
+         [metrics]\npublish_frequency_seconds = 10\n\
+         [output]\nemf_destination = \"file:/dev/full\"\n\
+         [gpu]\nenabled = false\n[docker]\nenabled = false\n[admin]\nenabled = false\n";
+    let mut agent = Agent::start(&dir, config);
+    agent.wait_for_message("agent started");
+    thread::sleep(Duration::from_millis(1500));
+    let stopped = agent.stop().success();
+    let logs = &stopped.logs;
+    // Retried with backoff until the stop, then dropped, counted; how many windows and retries
+    // depends on the wall clock.
+    assert!(
+        logs.final_counter("sink_write_errors") >= 1,
+        "{}",
+        logs.text()
+    );
+    assert!(
+        logs.final_counter("emf_documents_dropped") >= 1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(
+        logs.final_counter("emf_documents_written"),
+        0,
+        "{}",
+        logs.text()
+    );
+    assert!(
+        logs.find_message("EMF write failed")
+            .is_some_and(|l| l.contains("os error 28")),
+        "{}",
+        logs.text()
+    );
 }
