@@ -524,6 +524,31 @@ mod tests {
         assert_eq!(conn.verdict(ended + 60_000), Verdict::Idle);
     }
 
+    /// The unit's limits follow from the agent's: the stop timeout covers the default drain and
+    /// the shutdown budget; the file limit covers the default cap's two descriptors per
+    /// connection and the reserve.
+    #[test]
+    fn the_unit_file_covers_the_drain_and_the_connection_cap() {
+        let unit = include_str!("../../systemd/endpoint-metrics-agent.service");
+        let value = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {key} in the unit"))
+                .trim()
+                .to_string()
+        };
+        let stop_s: u64 = value("TimeoutStopSec")
+            .strip_suffix('s')
+            .unwrap()
+            .parse()
+            .unwrap();
+        let needed = Duration::from_millis(crate::config::DEFAULT_PROXY_DRAIN_TIMEOUT_MS)
+            + crate::shutdown::SHUTDOWN_BUDGET;
+        assert!(Duration::from_secs(stop_s) > needed, "{stop_s} s");
+        let nofile: u64 = value("LimitNOFILE").parse().unwrap();
+        assert!(nofile >= 2 * crate::config::DEFAULT_PROXY_MAX_CONNECTIONS as u64 + FD_RESERVE);
+    }
+
     #[tokio::test]
     async fn closed_completes_when_the_last_connection_goes() {
         let c = Connections::new(limits(4));
