@@ -1,6 +1,13 @@
 //! Hostile input and clumsy operators (issue 14): what an attacker on the front door, a bad file
 //! or a mistyped configuration can do to the built agent, each tried on loopback. Every test
 //! here has a row in docs/reliability.md.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
+)]
 
 mod common;
 
