@@ -194,7 +194,9 @@ url = "http://127.0.0.1:{copy_port}"
         print(f"RSS before: {rss_kib(agent.pid) / 1024:.1f} MiB")
         conns = await open_idle(front_port, args.idle)
         await asyncio.sleep(1)
-        print(f"RSS with {len(conns)} idle keep-alive connections: {rss_kib(agent.pid) / 1024:.1f} MiB")
+        print(
+            f"RSS with {len(conns)} idle keep-alive connections open ({args.idle - len(conns)} of {args.idle} refused past the cap): {rss_kib(agent.pid) / 1024:.1f} MiB"
+        )
         for _, w in conns:
             w.close()
         conns.clear()
@@ -232,7 +234,7 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--hostile", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--max-connections", type=int, default=10000)
+    parser.add_argument("--max-connections", type=int, default=4096)
     parser.add_argument("--file-limit", type=int, default=65536)
     args = parser.parse_args()
     if not os.path.exists(args.agent):

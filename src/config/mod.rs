@@ -814,9 +814,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 60_000;
 /// SageMaker's real-time payload limit is 6 MB (25 MB for some); the larger one.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// Client connections open at once. Each may hold a connection to a copy too (2 file
-/// descriptors) and about 20 KB while idle (docs/reliability.md, measured): 4,096 stay within
-/// the unit's `LimitNOFILE=65536` and well within its `MemoryMax=256M`. nginx's default is 512
-/// per worker (`worker_connections`).
+/// descriptors) and about 24 KB while idle (docs/reliability.md, measured: 4,096 idle ones took
+/// RSS to 109 MB): within the unit's `LimitNOFILE=65536` and its `MemoryMax=256M`. nginx's
+/// default is 512 per worker (`worker_connections`).
 pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 4096;
 pub const MAX_PROXY_MAX_CONNECTIONS: usize = 1_000_000;
 /// A client connection with no request in flight is closed after this: AWS load balancers'
