@@ -549,6 +549,42 @@ mod tests {
         assert!(nofile >= 2 * crate::config::DEFAULT_PROXY_MAX_CONNECTIONS as u64 + FD_RESERVE);
     }
 
+    proptest::proptest! {
+        /// The watchdog never spins (a later look is always in the future) nor sleeps past what
+        /// it guards (at most the longest limit away), and closes as idle only a connection
+        /// with nothing in flight.
+        #[test]
+        fn verdicts_look_again_in_the_future_and_idle_needs_nothing_in_flight(
+            idle_s in 1u64..120,
+            stall_s in 1u64..120,
+            in_flight in 0usize..3,
+            last_request in proptest::option::of(1u64..100_000),
+            last_io in 0u64..100_000,
+            later in 0u64..200_000,
+        ) {
+            let c = Connections::new(Limits {
+                max_connections: 1,
+                idle_timeout: Duration::from_secs(idle_s),
+                stall_timeout: Duration::from_secs(stall_s),
+            });
+            let conn = c.admit().unwrap();
+            let s = &conn.shared;
+            s.in_flight.store(in_flight, Ordering::Relaxed);
+            s.last_request_ms.store(last_request.unwrap_or(0), Ordering::Relaxed);
+            s.last_io_ms.store(last_io, Ordering::Relaxed);
+            let now = last_io.max(last_request.unwrap_or(0)) + later;
+            let longest = (idle_s.max(stall_s) * 1000).max(FIRST_REQUEST_TIMEOUT.as_millis() as u64);
+            match conn.verdict(now) {
+                Verdict::Until(at) => {
+                    proptest::prop_assert!(at > now);
+                    proptest::prop_assert!(at <= now + longest);
+                }
+                Verdict::Idle => proptest::prop_assert_eq!(in_flight, 0),
+                Verdict::Stalled => proptest::prop_assert!(in_flight > 0),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn closed_completes_when_the_last_connection_goes() {
         let c = Connections::new(limits(4));
