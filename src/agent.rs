@@ -161,8 +161,9 @@ pub async fn run(
     Ok(())
 }
 
-/// On SIGTERM with requests in flight at the front door: stops it accepting and lets them finish
-/// until the returned time (`proxy.drain_timeout_ms`). None: nothing to wait for.
+/// On SIGTERM with the front door on: stops it accepting and lets the requests in flight finish
+/// until the returned time (`proxy.drain_timeout_ms`); idle connections close at once, so with
+/// none in flight the drain ends at once. None: no front door, or no drain configured.
 fn begin_drain(front_door: Option<&FrontDoor>, drain_timeout_ms: u64) -> Option<Instant> {
     let front_door = front_door?;
     if drain_timeout_ms == 0 {
