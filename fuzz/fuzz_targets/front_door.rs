@@ -41,29 +41,29 @@ fn copy() -> SocketAddr {
 }
 
 fn front_door() -> SocketAddr {
-    static FRONT_DOOR: OnceLock<(FrontDoor, SocketAddr)> = OnceLock::new();
-    FRONT_DOOR
-        .get_or_init(|| {
-            std::panic::set_hook(Box::new(|info| {
-                eprintln!("{info}");
-                std::process::abort();
-            }));
-            let config = ProxyConfig {
-                enabled: true,
-                listen: "127.0.0.1:0".parse().unwrap(),
-                response_timeout_ms: 2_000,
-                max_request_body_bytes: 64 * 1024,
-                upstream: vec![StaticUpstream {
-                    component: "model".into(),
-                    url: UpstreamUrl::parse(&format!("http://{}", copy())).unwrap(),
-                }],
-                ..ProxyConfig::default()
-            };
-            let fd = FrontDoor::start(&config, None).unwrap();
-            let addr = fd.local_addr;
-            (fd, addr)
-        })
-        .1
+    static FRONT_DOOR: OnceLock<SocketAddr> = OnceLock::new();
+    *FRONT_DOOR.get_or_init(|| {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("{info}");
+            std::process::abort();
+        }));
+        let config = ProxyConfig {
+            enabled: true,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            response_timeout_ms: 2_000,
+            max_request_body_bytes: 64 * 1024,
+            upstream: vec![StaticUpstream {
+                component: "model".into(),
+                url: UpstreamUrl::parse(&format!("http://{}", copy())).unwrap(),
+            }],
+            ..ProxyConfig::default()
+        };
+        let fd = FrontDoor::start(&config, None).unwrap();
+        let addr = fd.local_addr;
+        // Serves for the life of the process.
+        std::mem::forget(fd);
+        addr
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
