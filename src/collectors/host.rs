@@ -297,7 +297,7 @@ pub fn parse_meminfo(text: &[u8]) -> Option<f64> {
     }
     let total = total.filter(|&t| t > 0)?;
     // Kernels before 3.14 have no MemAvailable; free + buffers + page cache approximates it.
-    // Saturating: a garbled file's huge values must not overflow (found by fuzzing).
+    // Saturating: a garbled file's huge values must not overflow.
     let available =
         available.or_else(|| free.map(|f| f.saturating_add(buffers).saturating_add(cached)))?;
     Some(total.saturating_sub(available) as f64 / total as f64 * 100.0)
