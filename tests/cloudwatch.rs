@@ -23,21 +23,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use common::agent::{now_ms, Agent, Logs, Workdir};
+use common::aws::{cloudwatch, endpoint_url, logs};
 
 const MEMORY_PERCENT: f64 = 25.0;
 const PERIOD_S: u64 = 10;
 const SAMPLES_PER_WINDOW: f64 = 10.0;
-
-fn endpoint_url() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
 
 fn localstack_addr() -> SocketAddr {
     let url = endpoint_url();
@@ -126,49 +122,12 @@ fn spool_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-async fn cloudwatch() -> aws_sdk_cloudwatch::Client {
-    let config = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint_url())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .build();
-    aws_sdk_cloudwatch::Client::from_conf(config)
-}
-
-async fn logs() -> aws_sdk_cloudwatchlogs::Client {
-    let config = aws_sdk_cloudwatchlogs::Config::builder()
-        .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
-        .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint_url())
-        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .build();
-    aws_sdk_cloudwatchlogs::Client::from_conf(config)
-}
-
 /// (bucket start ms, SampleCount, Sum, Maximum) of MemoryUtilization per 10 s window since
 /// `from_ms`. LocalStack starts buckets at StartTime, so StartTime is window-aligned.
 async fn windows(namespace: &str, from_ms: u64) -> Vec<(u64, f64, f64, f64)> {
     let start = from_ms / 1000 / PERIOD_S * PERIOD_S - PERIOD_S;
     let end = now_ms() / 1000 + PERIOD_S;
     let out = cloudwatch()
-        .await
         .get_metric_statistics()
         .namespace(namespace)
         .metric_name("MemoryUtilization")
@@ -288,7 +247,6 @@ async fn emf_through_cloudwatch_logs_creates_the_group_and_round_trips() {
     sleep_s(22).await;
     let samples = stop(agent).final_counter("samples_taken");
     let out = logs()
-        .await
         .get_log_events()
         .log_group_name(&group)
         .log_stream_name("test-host")

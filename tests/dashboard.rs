@@ -17,15 +17,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use serde_json::Value;
 
 use common::agent::binary;
+use common::aws::{cloudwatch, endpoint_url};
 use common::fake_nvml;
-
-fn endpoint_url() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
 
 fn run_id() -> String {
     let ns = SystemTime::now()
@@ -273,23 +269,6 @@ fn the_check_catches_a_widget_naming_what_the_host_does_not_publish() {
         extra.iter().any(|r| r.0 == "/aws/sagemaker/Invocations"),
         "{extra:?}"
     );
-}
-
-fn cloudwatch() -> aws_sdk_cloudwatch::Client {
-    let config = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint_url())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .build();
-    aws_sdk_cloudwatch::Client::from_conf(config)
 }
 
 #[tokio::test]

@@ -20,11 +20,11 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, DimensionFilter, Statistic};
 
 use common::agent::{Agent, Workdir};
+use common::aws::{cloudwatch, endpoint_url};
 use common::docker::{docker, docker_ready, image, RemoveOnDrop};
 use common::fake_nvml;
 
@@ -35,32 +35,11 @@ const GPUS_PER_INSTANCE: f64 = 4.0;
 /// Full 10 s periods the test checks.
 const PERIODS: i64 = 2;
 
-fn endpoint_url() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
-
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn cloudwatch() -> aws_sdk_cloudwatch::Client {
-    let config = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint_url())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .build();
-    aws_sdk_cloudwatch::Client::from_conf(config)
 }
 
 fn dims(pairs: &[(&str, &str)]) -> Vec<Dimension> {

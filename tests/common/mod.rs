@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod aws;
 pub mod docker;
 pub mod fake_nvml;
