@@ -957,4 +957,36 @@ mod tests {
         assert_eq!(response.status(), 404);
         assert_eq!(response.body().size_hint().exact(), Some(3));
     }
+
+    proptest::proptest! {
+        /// Whatever a Connection header names: no hop-by-hop header is forwarded, Host and
+        /// Content-Length always are, and an end-to-end header it does not name stays.
+        #[test]
+        fn stripping_keeps_end_to_end_headers_and_drops_every_hop_by_hop_one(
+            named in proptest::collection::vec("[a-zA-Z-]{1,12}|host|content-length|te|x-keep", 0..6),
+            present in proptest::collection::vec("[a-z-]{1,12}|host|content-length|keep-alive|upgrade|x-keep", 0..8),
+        ) {
+            let mut h = HeaderMap::new();
+            for name in &present {
+                h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+            }
+            h.insert(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).unwrap());
+            let before = h.clone();
+            strip_hop_by_hop(&mut h);
+            let named: Vec<String> = named.iter().map(|n| n.to_ascii_lowercase()).collect();
+            for name in before.keys() {
+                let hop = HOP_BY_HOP.contains(name);
+                let protected = NEVER_HOP_BY_HOP.contains(name);
+                let kept = h.contains_key(name);
+                if hop {
+                    proptest::prop_assert!(!kept, "{name} forwarded");
+                } else if protected || !named.iter().any(|n| n == name.as_str()) {
+                    proptest::prop_assert!(kept, "{name} dropped");
+                    proptest::prop_assert_eq!(h.get_all(name).iter().count(), before.get_all(name).iter().count());
+                } else {
+                    proptest::prop_assert!(!kept, "{name} named by Connection but forwarded");
+                }
+            }
+        }
+    }
 }
