@@ -1,6 +1,10 @@
 //! Run: cargo bench --bench proxy
 //! The front door's per-request accounting: one start and one finish (two short lock holds, a
 //! few increments, two latency buckets), and a tick's drain after 10,000 requests.
+//!
+//! And the EMF a 10 s window of invocation series takes at 1, 1,000 and 50,000 requests/s
+//! (printed, and checked against `EMF_MAX_VALUES_PER_SERIES`): the time measured is encoding
+//! that window; the bytes are what matters.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,8 +13,105 @@
     reason = "benchmark code: a failed step stops it with its message (Cargo.toml [lints] is for the agent)"
 )]
 
+use std::sync::Arc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
-use endpoint_metrics_agent::proxy::account::{Accounts, CopyKey, Outcome};
+use endpoint_metrics_agent::aggregate::{Aggregator, Window};
+use endpoint_metrics_agent::catalog::Identity;
+use endpoint_metrics_agent::encode::limits::{EMF_MAX_DOCUMENT_BYTES, EMF_MAX_VALUES_PER_SERIES};
+use endpoint_metrics_agent::encode::{emf, groups, EncodeContext};
+use endpoint_metrics_agent::proxy::account::{
+    Accounts, CopyKey, FirstChunk, Outcome, StreamOutcome,
+};
+
+fn outcome(i: u32) -> Outcome {
+    let model_us = 800.0 + f64::from(i % 997) * 37.0;
+    // 1 in 10 streamed; 1 in 100 a 500, 1 in 200 a 404.
+    let stream = (i % 10 == 0).then_some(StreamOutcome {
+        first_chunk: Some(FirstChunk {
+            total_us: model_us / 4.0 + 60.0,
+            model_us: model_us / 4.0,
+        }),
+        broke_mid_stream: i % 1000 == 0,
+    });
+    let status = if i % 100 == 0 {
+        500
+    } else if i % 200 == 1 {
+        404
+    } else {
+        200
+    };
+    Outcome {
+        status,
+        model_error: status != 200,
+        model_us,
+        total_us: model_us + 40.0 + f64::from(i % 13),
+        stream,
+    }
+}
+
+fn context() -> EncodeContext {
+    EncodeContext {
+        identity: Identity {
+            endpoint_name: "bench".into(),
+            variant_name: "AllTraffic".into(),
+            instance_id: "i-0123456789abcdef0".into(),
+        },
+        enhanced: true,
+        endpoints_namespace: "/aws/sagemaker/Endpoints".into(),
+        components_namespace: "/aws/sagemaker/InferenceComponents".into(),
+        self_metrics_namespace: "EndpointMetricsAgent".into(),
+        invocations_namespace: "/aws/sagemaker/Invocations".into(),
+        gpu_dimension_name: "GpuId".into(),
+        storage_resolution: 1,
+        log_group: None,
+    }
+}
+
+/// A 10 s window of `rate` requests/s to one component's two copies, drained every second as
+/// the sampling loop does.
+fn window(rate: u32) -> Window {
+    let accounts = Accounts::new(1);
+    let copies = [
+        CopyKey {
+            component: "model-a".into(),
+            container_id: "0123456789ab".into(),
+        },
+        CopyKey {
+            component: "model-a".into(),
+            container_id: "ba9876543210".into(),
+        },
+    ];
+    let listed = [(Arc::from("model-a"), 2)];
+    let mut aggregator = Aggregator::new(endpoint_metrics_agent::aggregate::DataPoints::Period);
+    let mut i = 0u32;
+    for second in 1..=10u64 {
+        for _ in 0..rate {
+            let copy = &copies[(i % 2) as usize];
+            accounts.start(copy);
+            accounts.finish(copy, Some(&outcome(i)));
+            i = i.wrapping_add(1);
+        }
+        for (key, stats) in accounts.drain(second * 1000, &listed, false) {
+            aggregator.merge(key, &stats).unwrap();
+        }
+    }
+    aggregator.flush(0, 10)
+}
+
+fn encode(w: &Window, ctx: &EncodeContext) -> Vec<String> {
+    let mut out = Vec::new();
+    let report = emf::encode(
+        &groups(w, ctx),
+        w.start_ms,
+        1,
+        None,
+        EMF_MAX_DOCUMENT_BYTES,
+        &mut out,
+    );
+    assert!(report.is_clean());
+    out
+}
 
 fn bench(c: &mut Criterion) {
     let accounts = Accounts::new(1);
@@ -18,43 +119,56 @@ fn bench(c: &mut Criterion) {
         component: "model-a".into(),
         container_id: "0123456789ab".into(),
     };
+    let listed = [(Arc::from("model-a"), 1)];
     let mut i = 0u32;
     c.bench_function("account one request (start + finish)", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            accounts.start(Some(&copy));
-            accounts.finish(
-                Some(&copy),
-                &Outcome {
-                    status: 200,
-                    model_error: false,
-                    model_us: Some(100.0 + f64::from(i % 1000)),
-                    total_us: 130.0 + f64::from(i % 1000),
-                },
-            );
+            accounts.start(&copy);
+            accounts.finish(&copy, Some(&outcome(i)));
         })
     });
-    accounts.drain(|_| 1);
+    accounts.drain(1_000, &listed, false);
     c.bench_function("drain a tick of 10,000 requests", |b| {
         b.iter_batched(
             || {
                 for i in 0..10_000u32 {
-                    accounts.start(Some(&copy));
-                    accounts.finish(
-                        Some(&copy),
-                        &Outcome {
-                            status: 200,
-                            model_error: false,
-                            model_us: Some(50.0 + f64::from(i % 5000)),
-                            total_us: 80.0 + f64::from(i % 5000),
-                        },
-                    );
+                    accounts.start(&copy);
+                    accounts.finish(&copy, Some(&outcome(i)));
                 }
             },
-            |()| accounts.drain(|_| 1),
+            |()| accounts.drain(2_000, &listed, false),
             criterion::BatchSize::PerIteration,
         )
     });
+
+    let ctx = context();
+    for rate in [1u32, 1_000, 50_000] {
+        let w = window(rate);
+        let docs = encode(&w, &ctx);
+        let bytes: usize = docs.iter().map(|d| d.len() + 1).sum();
+        let most_values = w
+            .series
+            .iter()
+            .map(|(_, s)| {
+                emf::window_values(&s.distribution, EMF_MAX_VALUES_PER_SERIES, &mut 0).len()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(most_values <= EMF_MAX_VALUES_PER_SERIES);
+        // Every value at most 24 characters and a comma, plus each document's frame.
+        let bound = w.series.len() * EMF_MAX_VALUES_PER_SERIES * 25 + docs.len() * 2048;
+        assert!(bytes <= bound, "{bytes} > {bound}");
+        eprintln!(
+            "EMF for a 10 s window at {rate} requests/s: {bytes} bytes in {} documents, {} series, at most {most_values} values per series (budget {EMF_MAX_VALUES_PER_SERIES}, bound {bound} bytes)",
+            docs.len(),
+            w.series.len(),
+        );
+        c.bench_function(
+            &format!("encode a 10 s invocation window at {rate} requests/s"),
+            |b| b.iter(|| encode(&w, &ctx)),
+        );
+    }
 }
 
 criterion_group!(benches, bench);

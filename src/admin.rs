@@ -1,5 +1,6 @@
 //! The admin endpoint: `GET /healthz` (ready, recent sample, recent publish; 200 or 503 with a
-//! JSON body) and `GET /metrics` (the agent's own figures in Prometheus text format).
+//! JSON body), `GET /metrics` (the agent's own figures in Prometheus text format) and
+//! `GET /snapshot` (the last tick as JSON, for `top`: see `live`).
 //!
 //! A small hand-written HTTP/1.1 server over a tokio `TcpListener` rather than hyper (which the
 //! front door uses): two fixed GET routes, one response per connection (`Connection: close`), so
@@ -13,9 +14,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::clock::system_now_ms;
+use crate::live::LiveView;
 use crate::self_metrics::{self, Process};
 use crate::telemetry::{self, Counter, Gauge};
 
@@ -84,9 +86,16 @@ pub fn health(limits: HealthLimits, now_ms: u64) -> (bool, serde_json::Value) {
         ));
     }
     let healthy = reasons.is_empty();
+    let degraded = crate::telemetry::degraded();
+    let status = match (healthy, degraded.is_empty()) {
+        (false, _) => "unhealthy",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
     let opt = |ms: u64| (ms > 0).then_some(ms);
     let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unhealthy" },
+        "status": status,
+        "degraded": degraded,
         "ready": ready,
         "last_sample_ms": opt(last_sample),
         "last_sample_age_ms": sample_age,
@@ -102,8 +111,11 @@ pub async fn bind(listen: &SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
+/// The last tick's view, as the agent publishes it once a tick.
+pub type LiveViews = watch::Receiver<Arc<LiveView>>;
+
 /// Serves the admin endpoint until the task is aborted.
-pub async fn serve(listener: TcpListener, limits: HealthLimits) {
+pub async fn serve(listener: TcpListener, limits: HealthLimits, live: LiveViews) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -123,8 +135,9 @@ pub async fn serve(listener: TcpListener, limits: HealthLimits) {
             );
             continue;
         };
+        let live = live.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, limits).await {
+            if let Err(e) = handle(stream, limits, &live).await {
                 tracing::debug!(%peer, error = %e, "admin connection ended early");
             }
             drop(permit);
@@ -150,7 +163,11 @@ impl Response {
     }
 }
 
-async fn handle(mut stream: tokio::net::TcpStream, limits: HealthLimits) -> std::io::Result<()> {
+async fn handle(
+    mut stream: tokio::net::TcpStream,
+    limits: HealthLimits,
+    live: &LiveViews,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let (response, head_only) = match head {
@@ -162,7 +179,13 @@ async fn handle(mut stream: tokio::net::TcpStream, limits: HealthLimits) -> std:
         Ok(Ok(HeadRead::TooLarge)) => (Response::text(431, "request head too large"), false),
         Ok(Ok(HeadRead::Closed)) => return Ok(()),
         Ok(Ok(HeadRead::Complete(n))) => match parse_request(&buf[..n]) {
-            Ok(request) => (route(&request, limits), request.method == Method::Head),
+            Ok(request) => {
+                let view = live.borrow().clone();
+                (
+                    route(&request, limits, &view),
+                    request.method == Method::Head,
+                )
+            }
             Err(reason) => (Response::text(400, reason), false),
         },
     };
@@ -228,6 +251,8 @@ pub enum Method {
 pub struct Request<'a> {
     pub method: Method,
     pub path: &'a str,
+    /// What follows `?` in the target, if anything did.
+    pub query: Option<&'a str>,
 }
 
 /// Parses a request head. Anything that is not a well-formed HTTP/1.x request is an error with
@@ -268,11 +293,18 @@ pub fn parse_request(head: &[u8]) -> Result<Request<'_>, &'static str> {
         "HEAD" => Method::Head,
         _ => Method::Other,
     };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(Request { method, path })
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    Ok(Request {
+        method,
+        path,
+        query,
+    })
 }
 
-fn route(request: &Request<'_>, limits: HealthLimits) -> Response {
+fn route(request: &Request<'_>, limits: HealthLimits, live: &LiveView) -> Response {
     if request.method == Method::Other {
         return Response::text(405, "only GET and HEAD are served");
     }
@@ -290,7 +322,27 @@ fn route(request: &Request<'_>, limits: HealthLimits) -> Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: self_metrics::prometheus_text(&Process::read()),
         },
-        _ => Response::text(404, "not found; try /healthz or /metrics"),
+        "/snapshot" => snapshot(request, live),
+        _ => Response::text(404, "not found; try /healthz, /metrics or /snapshot"),
+    }
+}
+
+/// `GET /snapshot`: the last tick as JSON; 503 before the first tick. It takes no parameters:
+/// a query is a client's mistake, answered 400 (and counted).
+fn snapshot(request: &Request<'_>, live: &LiveView) -> Response {
+    if request.query.is_some() {
+        return Response::text(400, "/snapshot takes no parameters");
+    }
+    if live.tick_ms == 0 {
+        return Response::text(503, "no tick yet");
+    }
+    match serde_json::to_string(live) {
+        Ok(body) => Response {
+            status: 200,
+            content_type: "application/json",
+            body,
+        },
+        Err(e) => Response::text(500, &format!("cannot encode the snapshot: {e}")),
     }
 }
 
@@ -302,6 +354,7 @@ fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     }
@@ -365,8 +418,10 @@ pub fn get(listen: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// `get` reads at most this much of an answer: /metrics is about 8 KiB.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// `get` reads at most this much of an answer: /metrics is about 8 KiB, /snapshot at most
+/// [`crate::live::MAX_SNAPSHOT_BYTES`].
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+const _: () = assert!(crate::live::MAX_SNAPSHOT_BYTES + 1024 < MAX_RESPONSE_BYTES);
 
 #[cfg(test)]
 mod tests {
@@ -376,6 +431,7 @@ mod tests {
     fn parses_get_and_head_and_drops_the_query() {
         let r = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         assert_eq!((r.method, r.path), (Method::Get, "/metrics"));
+        assert_eq!(r.query, Some("x=1"));
         let r = parse_request(b"HEAD /healthz HTTP/1.0\n\n").unwrap();
         assert_eq!((r.method, r.path), (Method::Head, "/healthz"));
         let r = parse_request(b"POST /healthz HTTP/1.1\r\n\r\n").unwrap();
@@ -406,6 +462,35 @@ mod tests {
                 String::from_utf8_lossy(head)
             );
         }
+    }
+
+    #[test]
+    fn the_snapshot_route_serves_the_last_tick_and_refuses_parameters() {
+        let limits = HealthLimits::new(1000, 10);
+        let get = |target: &str| format!("GET {target} HTTP/1.1\r\n\r\n");
+        let ask = |target: &str, view: &LiveView| {
+            let head = get(target);
+            route(&parse_request(head.as_bytes()).unwrap(), limits, view)
+        };
+        let empty = LiveView::default();
+        assert_eq!(
+            ask("/snapshot", &empty).status,
+            503,
+            "before the first tick"
+        );
+        let view = LiveView {
+            tick_ms: 1_700_000_000_000,
+            endpoint_name: "ep".into(),
+            ..LiveView::default()
+        };
+        let r = ask("/snapshot", &view);
+        assert_eq!((r.status, r.content_type), (200, "application/json"));
+        let back: LiveView = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(back, view);
+        assert_eq!(ask("/snapshot?sort=cpu", &view).status, 400);
+        assert_eq!(ask("/snapshot/x", &view).status, 404);
+        let post = parse_request(b"POST /snapshot HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(route(&post, limits, &view).status, 405);
     }
 
     #[test]

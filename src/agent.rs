@@ -16,6 +16,7 @@ use crate::clock::{system_now_ms, Ticker};
 use crate::config::Config;
 use crate::encode::Encoded;
 use crate::instance_id::resolve_instance_id;
+use crate::live::Live;
 use crate::pipeline::Windows;
 use crate::proxy::FrontDoor;
 use crate::reload;
@@ -104,7 +105,9 @@ pub async fn run(
         lifecycle: LifecycleSource::start(lifecycle),
         self_metrics: SelfMetricsSource::start(&config),
     };
-    let mut supervisor = Supervisor::start(&config).await;
+    // What `top` shows: the last tick, served on the admin endpoint.
+    let mut live = Live::new(identity.clone(), m.sample_interval_ms, config.proxy.enabled);
+    let mut supervisor = Supervisor::start(&config, live.subscribe()).await;
 
     // Every source's reading is in by half a sampling interval after the tick.
     let collect_for = Duration::from_millis(m.sample_interval_ms / 2);
@@ -135,6 +138,7 @@ pub async fn run(
         );
         let mut tick = Tick::new(due.wall_ms, Instant::now() + collect_for);
         sources.read(&mut tick).await;
+        live.update(&tick);
         supervisor.ticked(output.queued());
         let mut series = tick.invocations;
         series.append(&mut tick.requests);

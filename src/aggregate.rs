@@ -207,6 +207,7 @@ impl Aggregator {
                 }
                 let value = match key.metric.period_value() {
                     PeriodValue::Sum => stats.sum,
+                    PeriodValue::Max => stats.max,
                     PeriodValue::Mean | PeriodValue::Each => stats.mean(),
                 };
                 (key, Stats::single(value))

@@ -356,6 +356,7 @@ mod tests {
                 process(200, 0, 4 * GIB, 20.0),
                 process(300, 0, 2 * GIB, 10.0), // a host process
             ],
+            ..Default::default()
         };
         let pids = HashMap::from([(100, a.clone()), (101, a.clone()), (200, b.clone())]);
         let mut out = Vec::new();
@@ -436,6 +437,7 @@ mod tests {
         let reading = GpuReading {
             devices: vec![device(0, Some(60.0), 4 * GIB, 16 * GIB)],
             processes: vec![process(100, 0, 2 * GIB, 50.0)],
+            ..Default::default()
         };
         let mut samples = Vec::new();
         attribute_gpu(
@@ -513,6 +515,7 @@ mod tests {
         let reading = GpuReading {
             devices: vec![device(0, None, GIB, 8 * GIB), device(1, None, 0, 8 * GIB)],
             processes: vec![process(7, 1, 2 * GIB, 70.0)],
+            ..Default::default()
         };
         let mut out = Vec::new();
         attribute_gpu(
@@ -557,6 +560,7 @@ mod tests {
         let reading = GpuReading {
             devices: vec![device(0, Some(10.0), GIB, 8 * GIB)],
             processes: vec![process(9, 0, GIB, 10.0)],
+            ..Default::default()
         };
         let mut out = Vec::new();
         let pids = HashMap::from([(9, "f".repeat(64))]);

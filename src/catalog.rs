@@ -13,6 +13,8 @@ pub enum Unit {
     Count,
     Microseconds,
     Bytes,
+    /// GPU framebuffer figures, in MiB as DCGM publishes them (CloudWatch has no MiB unit).
+    Megabytes,
     Seconds,
     /// Token rates (`InputTokensPerSecond`, ...).
     CountPerSecond,
@@ -26,6 +28,7 @@ impl Unit {
             Unit::Count => "Count",
             Unit::Microseconds => "Microseconds",
             Unit::Bytes => "Bytes",
+            Unit::Megabytes => "Megabytes",
             Unit::Seconds => "Seconds",
             Unit::CountPerSecond => "Count/Second",
             Unit::None => "None",
@@ -84,6 +87,48 @@ pub enum Metric {
     InvocationsPerCopy,
     ConcurrentRequestsPerModel,
     ConcurrentRequestsPerCopy,
+    NoCapacityInvocationFailures,
+    FirstChunkLatency,
+    FirstChunkModelLatency,
+    FirstChunkOverheadLatency,
+    MidStreamErrors,
+    /// GPU health (`Scope::GpuHealth`, `Scope::MigInstance`; docs/gpu.md), under DCGM's field
+    /// names. Temperatures in degrees C, power in W, energy in J, clocks in MHz: CloudWatch has
+    /// none of these units, so they are `None` and the unit is in the documentation.
+    GpuTemperature,
+    GpuMemoryTemperature,
+    GpuPowerUsage,
+    GpuEnforcedPowerLimit,
+    /// Energy the GPU used since the previous sample (J), from NVML's mJ counter: a period's
+    /// Sum is the energy of the period.
+    GpuEnergy,
+    GpuSmClock,
+    GpuMemoryClock,
+    /// The raw NVML clock event (throttle) reason mask, and 0/1 series for the reasons operators
+    /// act on (the agent's own names, in DCGM's style: DCGM publishes only the mask).
+    GpuClockEventReasons,
+    GpuClockEventPowerCap,
+    GpuClockEventThermal,
+    GpuClockEventHwSlowdown,
+    GpuFramebufferUsed,
+    GpuFramebufferFree,
+    GpuMemoryCopyUtilization,
+    GpuEccSbeVolatile,
+    GpuEccDbeVolatile,
+    GpuRetiredPagesSbe,
+    GpuRetiredPagesDbe,
+    GpuRetiredPagesPending,
+    GpuRemappedRowsCorrectable,
+    GpuRemappedRowsUncorrectable,
+    GpuRowRemapPending,
+    GpuRowRemapFailure,
+    GpuPcieReplays,
+    /// XID errors received since the previous sample (dcgm-exporter's count, not DCGM's
+    /// last-XID-code field): a period's Sum is the period's count.
+    GpuXidErrors,
+    /// GPU performance monitoring (Hopper and later): ratios 0..1, as DCGM's profiling fields.
+    GpuSmActive,
+    GpuDramActive,
     /// What the model server knows (`scrape`), per copy (`Scope::Container`): time to first
     /// token and between tokens (one value per request, from the server's histograms), KV cache
     /// use, waiting and running requests, and token rates.
@@ -172,6 +217,38 @@ impl Metric {
             Metric::InvocationsPerCopy => "InvocationsPerCopy",
             Metric::ConcurrentRequestsPerModel => "ConcurrentRequestsPerModel",
             Metric::ConcurrentRequestsPerCopy => "ConcurrentRequestsPerCopy",
+            Metric::NoCapacityInvocationFailures => "NoCapacityInvocationFailures",
+            Metric::FirstChunkLatency => "FirstChunkLatency",
+            Metric::FirstChunkModelLatency => "FirstChunkModelLatency",
+            Metric::FirstChunkOverheadLatency => "FirstChunkOverheadLatency",
+            Metric::MidStreamErrors => "MidStreamErrors",
+            Metric::GpuTemperature => "DCGM_FI_DEV_GPU_TEMP",
+            Metric::GpuMemoryTemperature => "DCGM_FI_DEV_MEMORY_TEMP",
+            Metric::GpuPowerUsage => "DCGM_FI_DEV_POWER_USAGE",
+            Metric::GpuEnforcedPowerLimit => "DCGM_FI_DEV_ENFORCED_POWER_LIMIT",
+            Metric::GpuEnergy => "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            Metric::GpuSmClock => "DCGM_FI_DEV_SM_CLOCK",
+            Metric::GpuMemoryClock => "DCGM_FI_DEV_MEM_CLOCK",
+            Metric::GpuClockEventReasons => "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+            Metric::GpuClockEventPowerCap => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP",
+            Metric::GpuClockEventThermal => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_THERMAL",
+            Metric::GpuClockEventHwSlowdown => "DCGM_FI_DEV_CLOCKS_EVENT_REASON_HW_SLOWDOWN",
+            Metric::GpuFramebufferUsed => "DCGM_FI_DEV_FB_USED",
+            Metric::GpuFramebufferFree => "DCGM_FI_DEV_FB_FREE",
+            Metric::GpuMemoryCopyUtilization => "DCGM_FI_DEV_MEM_COPY_UTIL",
+            Metric::GpuEccSbeVolatile => "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+            Metric::GpuEccDbeVolatile => "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+            Metric::GpuRetiredPagesSbe => "DCGM_FI_DEV_RETIRED_SBE",
+            Metric::GpuRetiredPagesDbe => "DCGM_FI_DEV_RETIRED_DBE",
+            Metric::GpuRetiredPagesPending => "DCGM_FI_DEV_RETIRED_PENDING",
+            Metric::GpuRemappedRowsCorrectable => "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+            Metric::GpuRemappedRowsUncorrectable => "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+            Metric::GpuRowRemapPending => "DCGM_FI_DEV_ROW_REMAP_PENDING",
+            Metric::GpuRowRemapFailure => "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+            Metric::GpuPcieReplays => "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+            Metric::GpuXidErrors => "DCGM_EXP_XID_ERRORS_COUNT",
+            Metric::GpuSmActive => "DCGM_FI_PROF_SM_ACTIVE",
+            Metric::GpuDramActive => "DCGM_FI_PROF_DRAM_ACTIVE",
             Metric::Ttft => "TTFT",
             Metric::InterTokenLatency => "InterTokenLatency",
             Metric::KvCacheUtilization => "KVCacheUtilization",
@@ -204,7 +281,33 @@ impl Metric {
             | Metric::MemoryReservation
             | Metric::GpuUtilizationUnattributed
             | Metric::GpuMemoryUtilizationUnattributed
+            | Metric::GpuMemoryCopyUtilization
             | Metric::KvCacheUtilization => Unit::Percent,
+            Metric::GpuFramebufferUsed | Metric::GpuFramebufferFree => Unit::Megabytes,
+            Metric::GpuEccSbeVolatile
+            | Metric::GpuEccDbeVolatile
+            | Metric::GpuRetiredPagesSbe
+            | Metric::GpuRetiredPagesDbe
+            | Metric::GpuRetiredPagesPending
+            | Metric::GpuRemappedRowsCorrectable
+            | Metric::GpuRemappedRowsUncorrectable
+            | Metric::GpuPcieReplays
+            | Metric::GpuXidErrors => Unit::Count,
+            Metric::GpuTemperature
+            | Metric::GpuMemoryTemperature
+            | Metric::GpuPowerUsage
+            | Metric::GpuEnforcedPowerLimit
+            | Metric::GpuEnergy
+            | Metric::GpuSmClock
+            | Metric::GpuMemoryClock
+            | Metric::GpuClockEventReasons
+            | Metric::GpuClockEventPowerCap
+            | Metric::GpuClockEventThermal
+            | Metric::GpuClockEventHwSlowdown
+            | Metric::GpuRowRemapPending
+            | Metric::GpuRowRemapFailure
+            | Metric::GpuSmActive
+            | Metric::GpuDramActive => Unit::None,
             Metric::AgentCpuTime | Metric::ContainerStartDuration | Metric::ColdStartDuration => {
                 Unit::Seconds
             }
@@ -219,17 +322,23 @@ impl Metric {
                 Unit::CountPerSecond
             }
             Metric::AgentResidentMemory => Unit::Bytes,
-            Metric::AgentPublishLatency | Metric::ModelLatency | Metric::OverheadLatency => {
-                Unit::Microseconds
-            }
+            Metric::AgentPublishLatency
+            | Metric::ModelLatency
+            | Metric::OverheadLatency
+            | Metric::FirstChunkLatency
+            | Metric::FirstChunkModelLatency
+            | Metric::FirstChunkOverheadLatency => Unit::Microseconds,
+            // The SageMaker metrics reference: "Units: None" for these five.
             Metric::Invocations
             | Metric::Invocation4xxErrors
             | Metric::Invocation5xxErrors
             | Metric::InvocationModelErrors
-            | Metric::InvocationsPerInstance
-            | Metric::InvocationsPerCopy
+            | Metric::InvocationsPerInstance => Unit::None,
+            Metric::InvocationsPerCopy
             | Metric::ConcurrentRequestsPerModel
-            | Metric::ConcurrentRequestsPerCopy => Unit::Count,
+            | Metric::ConcurrentRequestsPerCopy
+            | Metric::NoCapacityInvocationFailures
+            | Metric::MidStreamErrors => Unit::Count,
             Metric::AgentSamplesTaken
             | Metric::AgentSamplesMissed
             | Metric::AgentErrors
@@ -253,8 +362,12 @@ pub enum PeriodValue {
     /// One data point, the mean of the period's samples: utilization, reservation, prices per
     /// hour, GPUs held, the agent's own figures.
     Mean,
-    /// One data point, the sum of the period's samples: what accrues (cost over time).
+    /// One data point, the sum of the period's samples: what accrues (cost over time, the
+    /// energy of each sample, the XID errors since the previous one).
     Sum,
+    /// One data point, the largest of the period's samples: counters that only grow (ECC
+    /// counts, retired pages, remapped rows, PCIe replays) and the throttle reason mask.
+    Max,
     /// Every value: one data point per request, so `SampleCount` and `Sum` count requests and
     /// percentiles work (invocation metrics).
     Each,
@@ -268,9 +381,22 @@ impl Metric {
             | Metric::CostAccruedUtilizationWeighted
             | Metric::UnallocatedGpuCostAccrued
             | Metric::IdleGpuCostAccrued
+            | Metric::GpuEnergy
+            | Metric::GpuXidErrors
             | Metric::ContainerRestarts
             | Metric::ContainerOomKills
             | Metric::ContainerNonZeroExits => PeriodValue::Sum,
+            Metric::GpuEccSbeVolatile
+            | Metric::GpuEccDbeVolatile
+            | Metric::GpuRetiredPagesSbe
+            | Metric::GpuRetiredPagesDbe
+            | Metric::GpuRetiredPagesPending
+            | Metric::GpuRemappedRowsCorrectable
+            | Metric::GpuRemappedRowsUncorrectable
+            | Metric::GpuRowRemapPending
+            | Metric::GpuRowRemapFailure
+            | Metric::GpuPcieReplays
+            | Metric::GpuClockEventReasons => PeriodValue::Max,
             // One value per request (histogram buckets become values with counts), and one per
             // start: each its own data point.
             Metric::Ttft
@@ -286,7 +412,12 @@ impl Metric {
             | Metric::InvocationsPerInstance
             | Metric::InvocationsPerCopy
             | Metric::ConcurrentRequestsPerModel
-            | Metric::ConcurrentRequestsPerCopy => PeriodValue::Each,
+            | Metric::ConcurrentRequestsPerCopy
+            | Metric::NoCapacityInvocationFailures
+            | Metric::FirstChunkLatency
+            | Metric::FirstChunkModelLatency
+            | Metric::FirstChunkOverheadLatency
+            | Metric::MidStreamErrors => PeriodValue::Each,
             Metric::CpuUtilization
             | Metric::CpuUtilizationNormalized
             | Metric::MemoryUtilization
@@ -313,6 +444,20 @@ impl Metric {
             | Metric::GpusAllocated
             | Metric::CostPerHour
             | Metric::UnallocatedGpuCostPerHour
+            | Metric::GpuTemperature
+            | Metric::GpuMemoryTemperature
+            | Metric::GpuPowerUsage
+            | Metric::GpuEnforcedPowerLimit
+            | Metric::GpuSmClock
+            | Metric::GpuMemoryClock
+            | Metric::GpuClockEventPowerCap
+            | Metric::GpuClockEventThermal
+            | Metric::GpuClockEventHwSlowdown
+            | Metric::GpuFramebufferUsed
+            | Metric::GpuFramebufferFree
+            | Metric::GpuMemoryCopyUtilization
+            | Metric::GpuSmActive
+            | Metric::GpuDramActive
             | Metric::KvCacheUtilization
             | Metric::QueueDepth
             | Metric::BatchSize
@@ -330,6 +475,12 @@ pub enum Scope {
     Instance,
     /// One GPU of the instance, by NVML index (`/aws/sagemaker/Endpoints`, enhanced only).
     Gpu { index: u32 },
+    /// One GPU's health series (`/aws/sagemaker/Endpoints`): per GPU whether or not enhanced
+    /// metrics are on, since a health figure averaged over GPUs hides the one bad GPU; which
+    /// of them exist is `[gpu] health`.
+    GpuHealth { index: u32 },
+    /// One MIG GPU instance of a GPU, by its GPU instance ID (GPM activity; as `GpuHealth`).
+    MigInstance { gpu_index: u32, gpu_instance: u32 },
     /// One model copy: a container of an inference component (`/aws/sagemaker/InferenceComponents`).
     Container {
         component: Arc<str>,
@@ -349,8 +500,14 @@ pub enum Scope {
     Component { component: Arc<str> },
     /// Requests through the front door, all components together (`[proxy] namespace`).
     Invocations,
+    /// Requests through the front door, published under `{EndpointName, VariantName}` only
+    /// whatever `enhanced` says (`[proxy] namespace`): the spec's rows for
+    /// `ConcurrentRequestsPerModel` and the streaming metrics name that set alone.
+    EndpointInvocations,
     /// Requests to one inference component, all its copies on this host together (`[proxy]
-    /// namespace`): the component's concurrency.
+    /// namespace`): `InvocationsPerCopy`, `ConcurrentRequestsPerCopy`,
+    /// `NoCapacityInvocationFailures`, which the spec publishes under `{InferenceComponentName}`
+    /// only.
     ComponentInvocations { component: Arc<str> },
     /// Requests to one model copy: a container of a component, or a static upstream
     /// (`[proxy] namespace`).
@@ -384,6 +541,8 @@ pub enum Dim {
     Gpu,
     InferenceComponentName,
     ContainerId,
+    /// A MIG GPU instance's ID on its GPU (NVML's GPU instance ID).
+    GpuInstanceId,
 }
 
 impl Dim {
@@ -395,6 +554,7 @@ impl Dim {
             Dim::Gpu => gpu_dimension_name,
             Dim::InferenceComponentName => "InferenceComponentName",
             Dim::ContainerId => "ContainerId",
+            Dim::GpuInstanceId => "GpuInstanceId",
         }
     }
 }
@@ -404,6 +564,7 @@ use Dim::*;
 const ENDPOINT: &[Dim] = &[EndpointName, VariantName];
 const ENDPOINT_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId];
 const ENDPOINT_GPU: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu];
+const MIG_INSTANCE: &[Dim] = &[EndpointName, VariantName, InstanceId, Gpu, GpuInstanceId];
 const COMPONENT: &[Dim] = &[InferenceComponentName];
 const AGENT: &[Dim] = &[EndpointName, InstanceId];
 const COMPONENT_CONTAINER: &[Dim] = &[
@@ -434,12 +595,16 @@ const COMPONENT_CONTAINER_GPU: &[Dim] = &[
 impl Scope {
     pub fn namespace(&self) -> Namespace {
         match self {
-            Scope::Instance | Scope::Gpu { .. } => Namespace::Endpoints,
+            Scope::Instance
+            | Scope::Gpu { .. }
+            | Scope::GpuHealth { .. }
+            | Scope::MigInstance { .. } => Namespace::Endpoints,
             Scope::Container { .. } | Scope::ContainerGpu { .. } | Scope::Component { .. } => {
                 Namespace::InferenceComponents
             }
             Scope::Agent => Namespace::Agent,
             Scope::Invocations
+            | Scope::EndpointInvocations
             | Scope::ComponentInvocations { .. }
             | Scope::CopyInvocations { .. } => Namespace::Invocations,
         }
@@ -453,6 +618,8 @@ impl Scope {
             (Scope::Instance, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
             (Scope::Gpu { .. }, false) => &[],
             (Scope::Gpu { .. }, true) => &[ENDPOINT_GPU],
+            (Scope::GpuHealth { .. }, _) => &[ENDPOINT_GPU],
+            (Scope::MigInstance { .. }, _) => &[MIG_INSTANCE],
             (Scope::Container { .. }, false) => &[COMPONENT],
             (Scope::Container { .. }, true) => &[COMPONENT, COMPONENT_CONTAINER],
             (Scope::ContainerGpu { .. }, false) => &[],
@@ -465,6 +632,7 @@ impl Scope {
             (Scope::Component { .. }, true) => &[COMPONENT, COMPONENT_INSTANCE],
             (Scope::Invocations, false) => &[ENDPOINT],
             (Scope::Invocations, true) => &[ENDPOINT, ENDPOINT_INSTANCE],
+            (Scope::EndpointInvocations, _) => &[ENDPOINT],
             // The whole component: per-copy dimensions would not describe it.
             (Scope::ComponentInvocations { .. }, _) => &[COMPONENT],
             (Scope::CopyInvocations { .. }, false) => &[COMPONENT],
@@ -477,12 +645,22 @@ impl Scope {
     pub fn dimension_value(&self, dim: Dim) -> Option<String> {
         match (self, dim) {
             (Scope::Gpu { index }, Gpu)
+            | (Scope::GpuHealth { index }, Gpu)
+            | (
+                Scope::MigInstance {
+                    gpu_index: index, ..
+                },
+                Gpu,
+            )
             | (
                 Scope::ContainerGpu {
                     gpu_index: index, ..
                 },
                 Gpu,
             ) => Some(gpu_dimension_value(*index)),
+            (Scope::MigInstance { gpu_instance, .. }, GpuInstanceId) => {
+                Some(gpu_instance.to_string())
+            }
             (Scope::Container { component, .. }, InferenceComponentName)
             | (Scope::ContainerGpu { component, .. }, InferenceComponentName)
             | (Scope::Component { component }, InferenceComponentName)
@@ -607,6 +785,33 @@ mod tests {
     }
 
     #[test]
+    fn gpu_health_is_per_gpu_with_or_without_enhanced_metrics() {
+        let health = Scope::GpuHealth { index: 2 };
+        let mig = Scope::MigInstance {
+            gpu_index: 1,
+            gpu_instance: 5,
+        };
+        for enhanced in [false, true] {
+            assert_eq!(
+                health.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu][..]]
+            );
+            assert_eq!(
+                mig.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName, InstanceId, Gpu, GpuInstanceId][..]]
+            );
+        }
+        assert_eq!(health.namespace(), Namespace::Endpoints);
+        assert_eq!(health.dimension_value(Gpu).as_deref(), Some("gpu_2"));
+        assert_eq!(mig.dimension_value(Gpu).as_deref(), Some("gpu_1"));
+        assert_eq!(mig.dimension_value(GpuInstanceId).as_deref(), Some("5"));
+        assert_eq!(Metric::GpuTemperature.name(), "DCGM_FI_DEV_GPU_TEMP");
+        assert_eq!(Metric::GpuTemperature.unit(), Unit::None);
+        assert_eq!(Metric::GpuFramebufferUsed.unit().as_str(), "Megabytes");
+        assert_eq!(Metric::GpuXidErrors.unit(), Unit::Count);
+    }
+
+    #[test]
     fn container_scope_carries_its_dimension_values() {
         let scope = Scope::ContainerGpu {
             component: "model-a".into(),
@@ -693,6 +898,44 @@ mod tests {
         assert_eq!(Metric::Invocation4xxErrors.name(), "Invocation4XXErrors");
         assert_eq!(Metric::ModelLatency.unit(), Unit::Microseconds);
         assert_eq!(Metric::ConcurrentRequestsPerCopy.unit(), Unit::Count);
+        for enhanced in [false, true] {
+            assert_eq!(
+                Scope::EndpointInvocations.dimension_sets(enhanced),
+                &[&[EndpointName, VariantName][..]],
+                "ConcurrentRequestsPerModel and the streaming metrics: that set only"
+            );
+        }
+    }
+
+    #[test]
+    fn invocation_units_follow_the_spec() {
+        for m in [
+            Metric::Invocations,
+            Metric::Invocation4xxErrors,
+            Metric::Invocation5xxErrors,
+            Metric::InvocationModelErrors,
+            Metric::InvocationsPerInstance,
+        ] {
+            assert_eq!(m.unit(), Unit::None, "{m:?}");
+        }
+        for m in [
+            Metric::InvocationsPerCopy,
+            Metric::ConcurrentRequestsPerModel,
+            Metric::ConcurrentRequestsPerCopy,
+            Metric::NoCapacityInvocationFailures,
+            Metric::MidStreamErrors,
+        ] {
+            assert_eq!(m.unit(), Unit::Count, "{m:?}");
+        }
+        for m in [
+            Metric::ModelLatency,
+            Metric::OverheadLatency,
+            Metric::FirstChunkLatency,
+            Metric::FirstChunkModelLatency,
+            Metric::FirstChunkOverheadLatency,
+        ] {
+            assert_eq!(m.unit(), Unit::Microseconds, "{m:?}");
+        }
     }
 
     #[test]

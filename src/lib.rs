@@ -4,7 +4,9 @@
 //! readers on their own threads) -> `attribution` (GPU processes to copies) and `cost` -> `sources`
 //! (one call shape per tick) -> `pipeline` (publish windows: `aggregate` then `encode`) ->
 //! `sinks`. `proxy` (the front door) is a source too; `agent` wires the stages and `main` parses
-//! the command line. `catalog` holds every published name, `config` every setting.
+//! the command line. `catalog` holds every published name, `config` every setting. `live` is the
+//! last tick as the admin endpoint serves it to `top`; `dashboard` turns `plan`'s series into a
+//! CloudWatch dashboard.
 #![deny(clippy::print_stdout)]
 
 pub mod admin;
@@ -19,10 +21,12 @@ pub mod clock;
 pub mod collectors;
 pub mod config;
 pub mod cost;
+pub mod dashboard;
 pub mod discovery;
 pub mod encode;
 pub mod instance_id;
 pub mod lifecycle;
+pub mod live;
 pub mod logging;
 pub mod pipeline;
 pub mod plan;
@@ -38,3 +42,4 @@ pub mod supervisor;
 pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod top;

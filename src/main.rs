@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use endpoint_metrics_agent::cli::{self, ShapeOverrides};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
-use endpoint_metrics_agent::logging;
+use endpoint_metrics_agent::{dashboard, logging, top};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,33 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print a CloudWatch dashboard body (JSON) for the configured endpoint and the components
+    /// found now (or named), on the metrics this host publishes; `--put NAME` saves it with
+    /// PutDashboard instead (standard AWS credential chain and Region).
+    Dashboard {
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// An inference component to chart (repeat for more; default: those found now).
+        #[arg(long = "component")]
+        components: Vec<String>,
+        /// GPUs per instance (default: what NVML shows now).
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Save the body as this dashboard with PutDashboard.
+        #[arg(long)]
+        put: Option<String>,
+        /// Print the widget list instead of the body.
+        #[arg(long)]
+        list: bool,
+    },
+    /// A live view of the running agent (its admin endpoint's /snapshot), refreshed every
+    /// sample: `s` sorts, `r` reverses, `q` quits. Piped, it prints one snapshot and exits.
+    Top {
+        /// The configuration file (its `[admin] listen` is read).
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Validate a configuration file and print a summary of the effective settings.
     CheckConfig {
         /// The configuration file.
@@ -75,6 +102,8 @@ impl Command {
             | Command::Plan { config, .. }
             | Command::Healthcheck { config }
             | Command::Cost { config }
+            | Command::Dashboard { config, .. }
+            | Command::Top { config }
             | Command::CheckConfig { config } => config,
         }
     }
@@ -113,6 +142,23 @@ fn main() -> ExitCode {
         ),
         Command::Cost { .. } => cli::cost(&config, &runtime),
         Command::Healthcheck { .. } => cli::healthcheck(&path, &config),
+        Command::Dashboard {
+            components,
+            gpus,
+            put,
+            list,
+            ..
+        } => dashboard::run(
+            &config,
+            &runtime,
+            &dashboard::Args {
+                components,
+                gpus,
+                put,
+                list,
+            },
+        ),
+        Command::Top { .. } => top::run(&path, &config),
     }
 }
 

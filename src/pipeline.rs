@@ -419,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn by_default_a_window_publishes_one_data_point_per_series_its_mean_or_its_sum() {
+    fn by_default_a_window_publishes_one_data_point_per_series_its_mean_sum_or_max() {
         let mut p = Pipeline::new(ctx(false), 10, EMF, DataPoints::Period);
         let component = Scope::Component {
             component: "ic".into(),
@@ -429,6 +429,12 @@ mod tests {
                 Sample::new(Scope::Instance, Metric::CpuUtilization, t as f64),
                 Sample::new(component.clone(), Metric::CostAccrued, 0.25),
                 Sample::new(component.clone(), Metric::CostPerHour, 9.0),
+                // A counter that only grows: the period's last (largest) value.
+                Sample::new(
+                    Scope::GpuHealth { index: 0 },
+                    Metric::GpuPcieReplays,
+                    (t * 3) as f64,
+                ),
             ];
             assert!(p.record(t * 1000, samples).is_none());
         }

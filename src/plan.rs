@@ -57,21 +57,29 @@ fn metrics_of(scope: &Scope) -> &'static [Metric] {
             DiskUtilization,
         ],
         Scope::Gpu { .. } => &[GpuUtilization, GpuMemoryUtilization],
+        // Which health series exist is configuration: see `health_metrics`.
+        Scope::GpuHealth { .. } => &[],
+        Scope::MigInstance { .. } => &[GpuSmActive, GpuDramActive],
         Scope::Container { .. } => &[CpuUtilizationNormalized, MemoryUtilizationNormalized],
         Scope::ContainerGpu { .. } => &[GpuUtilizationNormalized, GpuMemoryUtilizationNormalized],
         Scope::Agent => &Metric::AGENT,
         Scope::Component { .. } => &crate::cost::COMPONENT_METRICS,
         Scope::Invocations => &crate::proxy::account::INSTANCE_METRICS,
+        Scope::EndpointInvocations => &crate::proxy::account::ENDPOINT_METRICS,
         Scope::ComponentInvocations { .. } => &crate::proxy::account::COMPONENT_METRICS,
         Scope::CopyInvocations { .. } => &crate::proxy::account::COPY_METRICS,
     }
 }
 
-/// The front door's series: the instance, each component, each copy (static upstreams are not
-/// counted). Their window is the same as the rest here, which overstates EMF bytes without
-/// enhanced metrics (they then keep 60 s windows) and ignores that their values grow with traffic.
+/// The front door's series: the instance, the endpoint-only ones, each component, each copy
+/// (static upstreams are not counted). Their window is the same as the rest here, which
+/// overstates EMF bytes without enhanced metrics (they then keep 60 s windows); their values
+/// grow with traffic up to `EMF_MAX_VALUES_PER_SERIES` per window in EMF (not modelled here).
 fn invocation_scopes(shape: &HostShape, components: u32, scopes: &mut Vec<(Scope, Vec<Metric>)>) {
-    scopes.push((Scope::Invocations, metrics_of(&Scope::Invocations).to_vec()));
+    for s in [Scope::Invocations, Scope::EndpointInvocations] {
+        let metrics = metrics_of(&s).to_vec();
+        scopes.push((s, metrics));
+    }
     for c in 0..components.min(shape.containers) {
         let s = Scope::ComponentInvocations {
             component: format!("component-{c}").into(),
@@ -108,6 +116,27 @@ const CONTAINER_GPU_METRICS: &[Metric] = &[
     Metric::GpuUtilizationNormalized,
     Metric::GpuMemoryUtilizationNormalized,
 ];
+
+/// The health series each GPU publishes with this configuration (`[gpu] health`), whether or
+/// not enhanced metrics are on. MIG instances' GPM series are not counted (`plan` has no MIG
+/// shape): 2 more per GPU instance.
+fn health_metrics(config: &Config) -> Vec<Metric> {
+    if !config.gpu.enabled {
+        return Vec::new();
+    }
+    config
+        .gpu
+        .health
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .flat_map(|&group| {
+            crate::collectors::gpu::health_metrics(group)
+                .iter()
+                .copied()
+        })
+        .collect()
+}
 
 /// One billed metric: namespace, name and dimension values.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -185,6 +214,12 @@ pub fn full_window(config: &Config, shape: &HostShape) -> Window {
                 metrics.extend_from_slice(UNATTRIBUTED_GPU_METRICS);
             }
             scopes.push((s, metrics));
+        }
+        let health = health_metrics(config);
+        if !health.is_empty() {
+            for index in 0..shape.gpus {
+                scopes.push((Scope::GpuHealth { index }, health.clone()));
+            }
         }
     }
     if config.self_metrics.enabled {
@@ -559,10 +594,47 @@ mod tests {
             .iter()
             .filter(|s| s.namespace == "/aws/sagemaker/Invocations")
             .collect();
-        // Instance: 8 metrics; the component: ConcurrentRequestsPerModel and, shared by both
-        // copies (same {InferenceComponentName}), the 8 per-copy metrics.
-        assert_eq!(invocations.len(), 8 + 1 + 8, "{invocations:?}");
+        // Instance: 7 metrics under {EndpointName, VariantName}; 5 more under that set only
+        // (concurrency, streaming); the component's 3; and, shared by both copies (same
+        // {InferenceComponentName}), the 6 per-copy metrics.
+        assert_eq!(invocations.len(), 7 + 5 + 3 + 6, "{invocations:?}");
         assert_eq!(with.len(), without + invocations.len());
+    }
+
+    #[test]
+    fn gpu_health_series_are_counted_per_gpu_with_or_without_enhanced_metrics() {
+        let shape = HostShape {
+            gpus: 8,
+            containers: 0,
+            components: 0,
+        };
+        let none = plan(&config("[gpu]\nhealth = []\n"), &shape).series.len();
+        // Defaults: temperature 2, power 3, throttle 4, ECC 7, XID 1, GPM 2 = 19 per GPU.
+        let defaults = plan(&config(""), &shape);
+        assert_eq!(defaults.series.len(), none + 19 * 8, "{defaults}");
+        let temp: Vec<&Series> = defaults
+            .series
+            .iter()
+            .filter(|s| s.metric == "DCGM_FI_DEV_GPU_TEMP")
+            .collect();
+        assert_eq!(temp.len(), 8);
+        assert!(temp.iter().all(|s| s.dimensions.len() == 4), "{temp:?}");
+        let all = "[gpu]\nhealth = [\"temperature\", \"power\", \"clocks\", \"throttle\", \"memory\", \"ecc\", \"xid\", \"gpm\", \"xid\"]\n";
+        let every = plan(
+            &config(&format!("[metrics]\nenhanced = true\n{all}")),
+            &shape,
+        );
+        let enhanced_none = plan(
+            &config("[metrics]\nenhanced = true\n[gpu]\nhealth = []\n"),
+            &shape,
+        );
+        assert_eq!(
+            every.series.len(),
+            enhanced_none.series.len() + 24 * 8,
+            "a group named twice counts once"
+        );
+        let off = plan(&config("[gpu]\nenabled = false\n"), &shape);
+        assert!(off.series.iter().all(|s| !s.metric.starts_with("DCGM_")));
     }
 
     #[test]
@@ -614,7 +686,7 @@ mod tests {
     #[test]
     fn eight_gpus_four_containers_enhanced_put_metric_data_at_10_s() {
         let c = config(
-            "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+            "[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n[gpu]\nhealth = []\n",
         );
         let p = plan(&c, &EIGHT_GPUS);
         // Instance: (4 host + 4 GPU + 3 reservation + 2 unattributed) x 2 sets = 26; per GPU:
@@ -649,10 +721,12 @@ mod tests {
         let text = p.to_string();
         assert!(text.contains("data points per window:   "), "{text}");
         assert!(text.contains("with every_sample: "), "{text}");
-        // 114 series, one point each, and the second copy of each component adds a point to
-        // its {InferenceComponentName} series (2 x 4 metrics); every_sample: 60 times that.
-        assert_eq!(p.points_per_window, 114 + 8);
-        assert_eq!(p.other.points_per_window, (114 + 8) * 60);
+        // 114 series and 19 default GPU health series x 8 GPUs, one point each, and the second
+        // copy of each component adds a point to its {InferenceComponentName} series (2 x 4
+        // metrics); every_sample: 60 times that.
+        let points = 114 + 19 * 8 + 8;
+        assert_eq!(p.points_per_window, points);
+        assert_eq!(p.other.points_per_window, points * 60);
         let every = config("[metrics]\nenhanced = true\ndata_points = \"every_sample\"\n");
         let q = plan(&every, &EIGHT_GPUS);
         assert_eq!(q.log_bytes_per_window, p.other.log_bytes_per_window);
@@ -662,7 +736,7 @@ mod tests {
     #[test]
     fn a_priced_instance_adds_the_cost_series() {
         let c = config(
-            "instance_type = \"ml.g5.48xlarge\"\n[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n",
+            "instance_type = \"ml.g5.48xlarge\"\n[metrics]\nenhanced = true\npublish_frequency_seconds = 10\n[output]\nformat = \"put_metric_data\"\n[gpu]\nhealth = []\n",
         );
         let p = plan(&c, &EIGHT_GPUS);
         // 3 instance cost metrics x 2 sets; 2 components x 4 metrics x 2 sets.

@@ -83,6 +83,8 @@ reload_table! {
     Restart gpu.nvml_library;
     Live gpu.dimension_name;
     Restart gpu.process_interval_ms;
+    Restart gpu.health;
+    Restart gpu.health_slow_interval_ms;
     Restart docker;
     Restart admin;
     Live self_metrics.enabled;

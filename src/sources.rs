@@ -247,7 +247,7 @@ impl Source for CostSource {
 /// The front door's invocation series since the previous tick.
 impl Source for FrontDoor {
     async fn read(&mut self, tick: &mut Tick) {
-        tick.invocations = self.drain();
+        tick.invocations = self.drain(tick.wall_ms);
     }
 }
 

@@ -38,17 +38,18 @@ pub struct Supervisor {
 impl Supervisor {
     /// Binds the admin endpoint and installs the SIGHUP handler. Neither failing stops the
     /// agent: both are logged and counted, the metrics keep flowing.
-    pub async fn start(config: &Config) -> Supervisor {
+    /// `live`: the last tick's view, served on `/snapshot`.
+    pub async fn start(config: &Config, live: admin::LiveViews) -> Supervisor {
         telemetry::set(Gauge::StartedMs, system_now_ms());
         telemetry::set(Gauge::Ready, 0);
         let m = &config.metrics;
         let admin = if config.admin.enabled {
             match admin::bind(&config.admin.listen).await {
                 Ok(listener) => {
-                    tracing::info!(listen = %config.admin.listen, "admin endpoint: /healthz /metrics");
+                    tracing::info!(listen = %config.admin.listen, "admin endpoint: /healthz /metrics /snapshot");
                     let limits =
                         HealthLimits::new(m.sample_interval_ms, m.publish_frequency_seconds);
-                    Some(tokio::spawn(admin::serve(listener, limits)))
+                    Some(tokio::spawn(admin::serve(listener, limits, live)))
                 }
                 Err(e) => {
                     tracing::error!(listen = %config.admin.listen, error = %e, "cannot listen for the admin endpoint; running without it");
@@ -152,7 +153,16 @@ mod tests {
     async fn a_tick_sets_the_queue_gauge() {
         let text = "[endpoint]\nname = \"e\"\ninstance_id = \"i\"\n[admin]\nenabled = false\n";
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
-        let mut supervisor = Supervisor::start(&config).await;
+        let live = crate::live::Live::new(
+            crate::catalog::Identity {
+                endpoint_name: "e".into(),
+                variant_name: "v".into(),
+                instance_id: "i".into(),
+            },
+            1000,
+            false,
+        );
+        let mut supervisor = Supervisor::start(&config, live.subscribe()).await;
         supervisor.ticked(3);
         assert_eq!(telemetry::gauge(Gauge::QueuedWindows), 3);
         supervisor.ticked(0);

@@ -69,6 +69,11 @@ counters! {
     GpuReadsMissed = "gpu_reads_missed", Error;
     /// A process list with an impossible layout, rejected rather than misread.
     GpuProcessListsRejected = "gpu_process_lists_rejected", Error;
+    /// A GPU health call the GPU or driver does not support: that series is absent (once per
+    /// GPU and call).
+    GpuHealthUnsupported = "gpu_health_unsupported", Routine;
+    /// XID errors received from NVML events (each also counted per GPU in its series).
+    GpuXidErrors = "gpu_xid_errors", Error;
     DockerUnavailable = "docker_unavailable", Routine;
     DockerInspectErrors = "docker_inspect_errors", Error;
     ContainersWithoutComponent = "containers_without_component", Routine;
@@ -95,8 +100,22 @@ counters! {
     /// Copies hold more GPUs than the price is divided by (`cost.gpus_per_instance` or the
     /// table's count disagrees with the host): costs add up to more than the instance's price.
     CostGpusOverallocated = "cost_gpus_overallocated", Routine;
-    /// Front door: a request it could not read or route (400, 404, 413, 431).
+    /// Front door: a request it could not read or route, answered by the front door itself
+    /// (400, 404, 405, 413, 431); not an invocation.
     ProxyBadRequests = "proxy_bad_requests", Routine;
+    /// Front door: no copy could take the request (none at all, or none of the named component
+    /// now), answered 503; not an invocation (a known component's also counts in
+    /// `NoCapacityInvocationFailures`).
+    ProxyUnavailable = "proxy_unavailable", Routine;
+    /// Front door: the client's request body was badly framed (a broken chunked encoding),
+    /// answered 400; not an invocation.
+    ProxyClientBadFraming = "proxy_client_bad_framing", Routine;
+    /// Front door: the client went away before the answer (mid-upload, or while the copy was
+    /// working); not an invocation.
+    ProxyClientLeft = "proxy_client_left", Routine;
+    /// Front door: the client's upload stalled past `proxy.response_timeout_ms` (the front door
+    /// was waiting for its bytes, not for the copy), answered 408; not an invocation.
+    ProxyClientStalled = "proxy_client_stalled", Routine;
     /// Front door: a copy refused or reset the connection, or broke off its answer (502).
     ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).
@@ -231,6 +250,27 @@ pub fn get(counter: Counter) -> u64 {
 /// Every counter with its current value.
 pub fn snapshot() -> Vec<(&'static str, u64)> {
     Counter::ALL.iter().map(|&c| (c.name(), get(c))).collect()
+}
+
+/// Faults outside the agent that `/healthz` reports (kept here, beside the counters, so a
+/// collector can raise one without reaching up to the admin endpoint) (a GPU's fatal XID), by what they concern:
+/// the status becomes "degraded" with these reasons, still 200, since the agent itself works
+/// and restarting it mends nothing. They last until the agent restarts (a fatal XID needs a
+/// GPU reset, which restarts the workload anyway). At most one per key: a GPU has one entry.
+static DEGRADED: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Marks `/healthz` degraded: `key` names what is faulty (one entry per key, the latest
+/// reason), `reason` says how.
+pub fn degrade(key: &str, reason: String) {
+    let mut degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.insert(key.to_string(), reason);
+}
+
+/// The reasons `/healthz` is degraded, by key order.
+pub fn degraded() -> Vec<String> {
+    let degraded = DEGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    degraded.values().cloned().collect()
 }
 
 #[cfg(test)]

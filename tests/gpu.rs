@@ -12,15 +12,17 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::agent::{Agent, Logs, Workdir};
 use common::fake_nvml::{self, devices, FakeNvml};
+use endpoint_metrics_agent::catalog::Metric;
 use endpoint_metrics_agent::clock::system_now_ms;
 use endpoint_metrics_agent::collectors::gpu::{
-    self, GpuDevice, GpuOptions, GpuProcess, GpuReading, NvmlCollector,
+    self, GpuDevice, GpuHealth, GpuOptions, GpuProcess, GpuReading, MigActivity, NvmlCollector,
 };
 use endpoint_metrics_agent::collectors::worker::Worker;
+use endpoint_metrics_agent::config::GpuHealthGroup;
 use endpoint_metrics_agent::telemetry::{self, Counter};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
@@ -424,14 +426,54 @@ fn run_agent(
     enhanced: bool,
     done: impl Fn(&[Value]) -> bool,
 ) -> Run {
+    run_agent_with_admin(library, extra_gpu, enhanced, None, |docs| done(docs))
+}
+
+/// [`run_agent`] with the admin endpoint on `admin` (an address) when given; `done` may ask it.
+fn run_agent_with_admin(
+    library: &str,
+    extra_gpu: &str,
+    enhanced: bool,
+    admin: Option<&str>,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Run {
+    let admin = match admin {
+        Some(listen) => format!(
+            "[admin]
+enabled = true
+listen = \"{listen}\"
+"
+        ),
+        None => "[admin]
+enabled = false
+"
+        .into(),
+    };
     let dir = Workdir::new();
     let config = format!(
-        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
-         [metrics]\nenhanced = {enhanced}\npublish_frequency_seconds = 10\nsample_interval_ms = {INTERVAL_MS}\ndata_points = \"every_sample\"\n\
-         [output]\nemf_destination = \"{}\"\n\
-         [log]\nlevel = \"info\"\n\
-         [docker]\nenabled = false\n[admin]\nenabled = false\n\
-         [gpu]\nnvml_library = \"{library}\"\n{extra_gpu}\n",
+        "[endpoint]
+name = \"ep\"
+instance_id = \"test-host\"
+\
+         [metrics]
+enhanced = {enhanced}
+publish_frequency_seconds = 10
+sample_interval_ms = {INTERVAL_MS}
+data_points = \"every_sample\"
+\
+         [output]
+emf_destination = \"{}\"
+\
+         [log]
+level = \"info\"
+\
+         [docker]
+enabled = false
+{admin}\
+         [gpu]
+nvml_library = \"{library}\"
+{extra_gpu}
+",
         dir.emf_destination()
     );
     let agent = Agent::start(&dir, &config);
@@ -543,10 +585,22 @@ fn without_enhanced_metrics_only_instance_gpu_series_are_published() {
     );
     let d = &run.docs;
     assert!(
-        d.iter()
-            .all(|doc| doc.get("AcceleratorId").is_none() && doc.get("GpuId").is_none()),
-        "no per-GPU documents without enhanced metrics"
+        d.iter().all(|doc| doc.get("GpuId").is_none()),
+        "the dimension is named AcceleratorId"
     );
+    // Per-GPU documents carry only the health series (`[gpu] health`), which are per GPU
+    // whatever `enhanced` says; the utilization series are not per GPU without it.
+    for doc in d.iter().filter(|doc| doc.get("AcceleratorId").is_some()) {
+        let metrics = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap();
+        assert!(
+            metrics
+                .iter()
+                .all(|m| m["Name"].as_str().unwrap().starts_with("DCGM_")),
+            "no per-GPU utilization documents without enhanced metrics: {doc}"
+        );
+    }
     // 10 + 11 + ... + 17 = 108 over 8 GPUs.
     assert_all(
         &values(d, "GPUUtilization", "AcceleratorId", None),
@@ -626,6 +680,504 @@ fn a_hanging_nvml_call_never_stalls_host_metrics() {
     let warned = run.logs.counted_warnings("gpu_reads_missed").len();
     assert!(warned >= 1, "{}", run.logs.text());
     assert_eq!(run.logs.final_counter("gpu_reads_missed"), warned as u64);
+}
+
+// ---- GPU health (issue 17) ----
+
+const ALL_GROUPS: &str = "health = [\"temperature\", \"power\", \"clocks\", \"throttle\", \"memory\", \"ecc\", \"xid\", \"gpm\"]";
+
+/// Two GPUs: GPU 0 with every health figure scripted (row remapping, GPM), GPU 1 with none
+/// (every health call NOT_SUPPORTED), as `devices(2)` otherwise.
+fn health_script() -> String {
+    format!(
+        "device 0 uuid=GPU-test-0 util=10 mem_util=37 mem_used={} mem_total={} temp=65 \
+         power_mw=350500 limit_mw=700000 energy_mj=1000000 energy_step_mj=5000 sm_clock=1980 \
+         mem_clock=2619 reasons=0x24\n\
+         device 1 uuid=GPU-test-1 util=11 mem_used={} mem_total={}\n\
+         field 0 82 71\n\
+         field 0 3 12\nfield 0 4 0\nfield 0 142 2\nfield 0 143 1\nfield 0 144 0\nfield 0 145 0\n\
+         field 0 94 5\n\
+         gpm 0 sm=62 dram=41\n",
+        2 * GIB,
+        80 * GIB,
+        4 * GIB,
+        80 * GIB
+    )
+}
+
+fn health_collector(fake: &FakeNvml, groups: &[GpuHealthGroup]) -> NvmlCollector {
+    let mut options = GpuOptions::new(&fake.library_str(), INTERVAL_MS);
+    options.process_min_interval_ms = 0;
+    options.health = groups.to_vec();
+    NvmlCollector::new(options)
+}
+
+/// Every group but XID, whose events are registered by a thread of their own (tested apart).
+fn groups_but_xid() -> Vec<GpuHealthGroup> {
+    GpuHealthGroup::ALL
+        .into_iter()
+        .filter(|g| *g != GpuHealthGroup::Xid)
+        .collect()
+}
+
+fn health_of(reading: &GpuReading, gpu: u32) -> &GpuHealth {
+    reading
+        .health
+        .iter()
+        .find(|h| h.index == gpu)
+        .unwrap_or_else(|| panic!("no health for GPU {gpu}: {reading:?}"))
+}
+
+#[test]
+fn every_health_field_reads_as_scripted() {
+    let fake = FakeNvml::new();
+    fake.script(&health_script());
+    let mut c = health_collector(&fake, &groups_but_xid());
+    let t = system_now_ms();
+    let first = c.read(t);
+    let h = health_of(&first, 0);
+    assert_eq!(h.energy_joules, None, "no energy before a baseline");
+    assert_eq!(h.sm_active, None, "GPM needs two samples");
+    let second = c.read(t + INTERVAL_MS);
+    let h = health_of(&second, 0);
+    let ecc = vec![
+        (Metric::GpuEccSbeVolatile, 12.0),
+        (Metric::GpuEccDbeVolatile, 0.0),
+        (Metric::GpuRemappedRowsCorrectable, 2.0),
+        (Metric::GpuRemappedRowsUncorrectable, 1.0),
+        (Metric::GpuRowRemapPending, 0.0),
+        (Metric::GpuRowRemapFailure, 0.0),
+        (Metric::GpuPcieReplays, 5.0),
+    ];
+    let expected = GpuHealth {
+        index: 0,
+        temperature_c: Some(65.0),
+        memory_temperature_c: Some(71.0),
+        power_watts: Some(350.5),
+        power_limit_watts: Some(700.0),
+        energy_joules: Some(5.0),
+        sm_clock_mhz: Some(1980.0),
+        memory_clock_mhz: Some(2619.0),
+        clock_event_reasons: Some(0x24),
+        framebuffer_used_mib: Some(2048.0),
+        framebuffer_free_mib: Some(78.0 * 1024.0),
+        memory_copy_utilization_percent: Some(37.0),
+        ecc,
+        xid_errors: None,
+        sm_active: Some(0.62),
+        dram_active: Some(0.41),
+        mig: vec![],
+    };
+    assert_eq!(h, &expected);
+    assert_eq!(second.devices.len(), 2, "the device series are unchanged");
+}
+
+#[test]
+fn unsupported_health_calls_are_absent_never_zero_and_logged_once() {
+    let fake = FakeNvml::new();
+    fake.script(&health_script());
+    let mut c = health_collector(&fake, &groups_but_xid());
+    let before = telemetry::get(Counter::GpuHealthUnsupported);
+    let t = system_now_ms();
+    c.read(t);
+    let after_first = telemetry::get(Counter::GpuHealthUnsupported);
+    assert!(after_first > before, "counted");
+    let reading = c.read(t + INTERVAL_MS);
+    let h = health_of(&reading, 1);
+    let mut samples = Vec::new();
+    h.samples(&mut samples);
+    // Only the figures that need no health call: framebuffer and copy utilization (memory
+    // group, from the device reads).
+    let names: Vec<&str> = samples.iter().map(|s| s.key.metric.name()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "DCGM_FI_DEV_FB_USED",
+            "DCGM_FI_DEV_FB_FREE",
+            "DCGM_FI_DEV_MEM_COPY_UTIL"
+        ],
+        "{h:?}"
+    );
+    assert_eq!(
+        telemetry::get(Counter::GpuHealthUnsupported),
+        after_first,
+        "logged and counted once per GPU and call, not every sample"
+    );
+}
+
+#[test]
+fn a_failing_or_unsupported_health_call_costs_only_its_own_value() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}error 0 nvmlDeviceGetPowerUsage 999\nunsupported 0 nvmlDeviceGetTemperature\n",
+        health_script()
+    ));
+    let mut c = health_collector(&fake, &groups_but_xid());
+    let errors = telemetry::get(Counter::GpuErrors);
+    let t = system_now_ms();
+    c.read(t);
+    let reading = c.read(t + INTERVAL_MS);
+    let h = health_of(&reading, 0);
+    assert_eq!(h.power_watts, None);
+    assert_eq!(h.temperature_c, None);
+    assert_eq!(
+        h.power_limit_watts,
+        Some(700.0),
+        "the next call still answers"
+    );
+    assert_eq!(h.memory_temperature_c, Some(71.0));
+    assert_eq!(h.energy_joules, Some(5.0));
+    assert_eq!(reading.devices.len(), 2, "the GPU itself is still read");
+    assert!(telemetry::get(Counter::GpuErrors) > errors);
+}
+
+#[test]
+fn only_the_configured_groups_are_read() {
+    let fake = FakeNvml::new();
+    fake.script(&health_script());
+    let mut c = health_collector(&fake, &[GpuHealthGroup::Temperature]);
+    let reading = c.read(system_now_ms());
+    let h = health_of(&reading, 0);
+    assert_eq!(h.temperature_c, Some(65.0));
+    assert_eq!(
+        (
+            h.power_watts,
+            h.clock_event_reasons,
+            h.xid_errors,
+            h.ecc.len()
+        ),
+        (None, None, None, 0)
+    );
+    let none = health_collector(&fake, &[]).read(system_now_ms());
+    assert!(none.health.is_empty(), "no group, no health entries");
+}
+
+#[test]
+fn the_slow_group_is_read_on_its_cadence_and_carried_between() {
+    let fake = FakeNvml::new();
+    fake.script(&health_script());
+    let mut options = GpuOptions::new(&fake.library_str(), INTERVAL_MS);
+    options.health = vec![GpuHealthGroup::Ecc];
+    options.health_slow_interval_ms = 10_000;
+    let mut c = NvmlCollector::new(options);
+    let sbe = |r: &GpuReading| {
+        health_of(r, 0)
+            .ecc
+            .iter()
+            .find(|(m, _)| *m == Metric::GpuEccSbeVolatile)
+            .map(|&(_, v)| v)
+    };
+    let t = system_now_ms();
+    assert_eq!(sbe(&c.read(t)), Some(12.0));
+    fake.script(&health_script().replace("field 0 3 12", "field 0 3 13"));
+    assert_eq!(sbe(&c.read(t + 5_000)), Some(12.0), "carried until due");
+    assert_eq!(sbe(&c.read(t + 10_000)), Some(13.0), "read again when due");
+}
+
+#[test]
+fn a_gpu_with_retired_pages_publishes_those_instead_of_remapped_rows() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}field 0 3 4\nfield 0 4 1\nfield 0 29 3\nfield 0 30 1\nfield 0 31 0\n",
+        devices(1)
+    ));
+    let reading = health_collector(&fake, &[GpuHealthGroup::Ecc]).read(system_now_ms());
+    let metrics: Vec<Metric> = health_of(&reading, 0).ecc.iter().map(|&(m, _)| m).collect();
+    assert_eq!(
+        metrics,
+        vec![
+            Metric::GpuEccSbeVolatile,
+            Metric::GpuEccDbeVolatile,
+            Metric::GpuRetiredPagesSbe,
+            Metric::GpuRetiredPagesDbe,
+            Metric::GpuRetiredPagesPending
+        ]
+    );
+}
+
+#[test]
+fn gpm_is_read_per_mig_instance_and_absent_where_unsupported() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}device 1 mig=1 mem_used={} mem_total={}\ngpm 1 sm=0 dram=0\n\
+         mig_instance 1 3 sm=50 dram=20\nmig_instance 1 3 sm=50 dram=20\nmig_instance 1 5 sm=10 dram=90\n",
+        devices(1),
+        GIB,
+        80 * GIB
+    ));
+    let mut c = health_collector(&fake, &[GpuHealthGroup::Gpm]);
+    let t = system_now_ms();
+    c.read(t);
+    let reading = c.read(t + INTERVAL_MS);
+    let no_gpm = health_of(&reading, 0);
+    assert_eq!((no_gpm.sm_active, no_gpm.dram_active), (None, None));
+    let mig = health_of(&reading, 1);
+    assert_eq!(mig.sm_active, None, "a MIG GPU has no device-wide figures");
+    assert_eq!(
+        mig.mig,
+        vec![
+            MigActivity {
+                gpu_instance: 3,
+                sm_active: Some(0.5),
+                dram_active: Some(0.2)
+            },
+            MigActivity {
+                gpu_instance: 5,
+                sm_active: Some(0.1),
+                dram_active: Some(0.9)
+            },
+        ],
+        "one entry per GPU instance, however many compute instances it has"
+    );
+    assert_eq!(
+        reading.devices[1].utilization_percent, None,
+        "MIG as before"
+    );
+}
+
+/// Reads until `enough` holds for the summed XID counts per GPU (or `within`).
+fn read_xids(c: &mut NvmlCollector, within: Duration, enough: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+    let mut sums = Vec::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let reading = c.read(system_now_ms());
+        sums.resize(reading.health.len(), 0);
+        for (sum, h) in sums.iter_mut().zip(&reading.health) {
+            *sum += h.xid_errors.unwrap_or(0);
+        }
+        if enough(&sums) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sums
+}
+
+#[test]
+fn xid_events_are_counted_per_gpu_and_drained_into_readings() {
+    let fake = FakeNvml::new();
+    fake.script(&devices(3));
+    let mut c = health_collector(&fake, &[GpuHealthGroup::Xid]);
+    let before = telemetry::get(Counter::GpuXidErrors);
+    // The thread starts with the first reading and registers every GPU.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .read(system_now_ms())
+        .health
+        .iter()
+        .any(|h| h.xid_errors.is_none())
+    {
+        assert!(Instant::now() < deadline, "the GPUs were never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fake.script(&format!("{}xid 2 13\nxid 2 13\nxid 0 63\n", devices(3)));
+    let sums = read_xids(&mut c, Duration::from_secs(10), |s| s == [1, 0, 2]);
+    assert_eq!(sums, vec![1, 0, 2]);
+    assert_eq!(telemetry::get(Counter::GpuXidErrors), before + 3);
+    // Three event waits' time: any event delivered twice would be counted by then.
+    let again = read_xids(&mut c, Duration::from_millis(1500), |_| false);
+    assert_eq!(again, vec![0, 0, 0], "each event is counted once");
+    assert!(
+        endpoint_metrics_agent::telemetry::degraded().is_empty(),
+        "13 and 63 are not fatal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_health_call_costs_its_ticks_and_then_recovers() {
+    let fake = FakeNvml::new();
+    fake.script(&format!(
+        "{}hang nvmlDeviceGetTemperature 1500 1\n",
+        health_script()
+    ));
+    let c = health_collector(&fake, &[GpuHealthGroup::Temperature]);
+    let mut worker = Worker::spawn("gpu-test", c).unwrap();
+    let _counters = COUNTERS.lock().await;
+    let missed = telemetry::get(Counter::GpuReadsMissed);
+    let timeout = Duration::from_millis(200);
+    let t = system_now_ms();
+    assert_eq!(ask(&mut worker, t, timeout).await, None);
+    assert_eq!(telemetry::get(Counter::GpuReadsMissed), missed + 1);
+    let mut recovered = None;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(r) = ask(&mut worker, t + 1 + i, timeout).await {
+            recovered = Some(r);
+            break;
+        }
+    }
+    let reading = recovered.expect("GPU data again after the hang");
+    assert_eq!(health_of(&reading, 0).temperature_c, Some(65.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_xid_wait_never_stalls_the_gpu_readings() {
+    let fake = FakeNvml::new();
+    // Every wait hangs 5 s: the event thread is stuck, the sampling thread is not.
+    fake.script(&format!(
+        "{}hang nvmlEventSetWait_v2 5000\nxid 0 48\n",
+        health_script()
+    ));
+    let c = health_collector(&fake, &[GpuHealthGroup::Xid, GpuHealthGroup::Power]);
+    let mut worker = Worker::spawn("gpu-test", c).unwrap();
+    let t = system_now_ms();
+    for i in 0..5 {
+        let reading = ask(&mut worker, t + i, Duration::from_secs(2))
+            .await
+            .expect("a reading in time while the XID wait hangs");
+        assert_eq!(health_of(&reading, 0).power_watts, Some(350.5));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn the_binary_publishes_every_health_field_under_dcgm_names() {
+    let fake = FakeNvml::new();
+    fake.script(&health_script());
+    let run = run_agent(&fake.library_str(), ALL_GROUPS, false, |docs| {
+        values(
+            docs,
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "GpuId",
+            Some("gpu_0"),
+        )
+        .len()
+            >= 3
+    });
+    let d = &run.docs;
+    let gpu0 = |metric: &str| values(d, metric, "GpuId", Some("gpu_0"));
+    let expected = [
+        ("DCGM_FI_DEV_GPU_TEMP", 65.0, "None"),
+        ("DCGM_FI_DEV_MEMORY_TEMP", 71.0, "None"),
+        ("DCGM_FI_DEV_POWER_USAGE", 350.5, "None"),
+        ("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", 700.0, "None"),
+        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 5.0, "None"),
+        ("DCGM_FI_DEV_SM_CLOCK", 1980.0, "None"),
+        ("DCGM_FI_DEV_MEM_CLOCK", 2619.0, "None"),
+        ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", 36.0, "None"),
+        ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP", 1.0, "None"),
+        ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_THERMAL", 1.0, "None"),
+        ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_HW_SLOWDOWN", 0.0, "None"),
+        ("DCGM_FI_DEV_FB_USED", 2048.0, "Megabytes"),
+        ("DCGM_FI_DEV_FB_FREE", 78.0 * 1024.0, "Megabytes"),
+        ("DCGM_FI_DEV_MEM_COPY_UTIL", 37.0, "Percent"),
+        ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", 12.0, "Count"),
+        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", 0.0, "Count"),
+        ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", 2.0, "Count"),
+        ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", 1.0, "Count"),
+        ("DCGM_FI_DEV_ROW_REMAP_PENDING", 0.0, "None"),
+        ("DCGM_FI_DEV_ROW_REMAP_FAILURE", 0.0, "None"),
+        ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", 5.0, "Count"),
+        ("DCGM_EXP_XID_ERRORS_COUNT", 0.0, "Count"),
+        ("DCGM_FI_PROF_SM_ACTIVE", 0.62, "None"),
+        ("DCGM_FI_PROF_DRAM_ACTIVE", 0.41, "None"),
+    ];
+    for (metric, value, unit) in expected {
+        assert_all(&gpu0(metric), value, metric);
+        let doc = d.iter().find(|doc| doc.get(metric).is_some()).unwrap();
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(
+            directive["Dimensions"],
+            serde_json::json!([["EndpointName", "VariantName", "InstanceId", "GpuId"]]),
+            "{metric}: per GPU even without enhanced metrics"
+        );
+        assert_eq!(directive["Namespace"], "/aws/sagemaker/Endpoints");
+        let declared = directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Name"] == metric)
+            .unwrap();
+        assert_eq!(declared["Unit"], unit, "{metric}");
+    }
+    // GPU 1 answers NOT_SUPPORTED to every health call: absent, never a false 0.
+    for (metric, _, _) in expected {
+        let gpu1 = values(d, metric, "GpuId", Some("gpu_1"));
+        let needs_no_call = matches!(
+            metric,
+            "DCGM_FI_DEV_FB_USED"
+                | "DCGM_FI_DEV_FB_FREE"
+                | "DCGM_FI_DEV_MEM_COPY_UTIL"
+                | "DCGM_EXP_XID_ERRORS_COUNT"
+        );
+        assert_eq!(
+            !gpu1.is_empty(),
+            needs_no_call,
+            "{metric} on GPU 1: {gpu1:?}"
+        );
+    }
+    assert!(
+        d.iter()
+            .all(|doc| doc.get("GPUUtilization").is_none() || doc.get("GpuId").is_none()),
+        "the per-GPU utilization series still follow enhanced metrics"
+    );
+}
+
+#[test]
+fn the_binary_counts_xid_errors_logs_them_and_marks_healthz_degraded() {
+    let fake = FakeNvml::new();
+    fake.script(&format!("{}xid 1 79\nxid 1 79\nxid 0 94\n", devices(2)));
+    let listen = free_port();
+    let healthz = std::cell::RefCell::new(None);
+    let run = run_agent_with_admin(
+        &fake.library_str(),
+        "health = [\"xid\"]",
+        false,
+        Some(&listen),
+        |docs| {
+            let total: f64 = values(docs, "DCGM_EXP_XID_ERRORS_COUNT", "GpuId", Some("gpu_1"))
+                .iter()
+                .sum();
+            if total < 2.0 {
+                return false;
+            }
+            let admin = listen.parse().unwrap();
+            *healthz.borrow_mut() = endpoint_metrics_agent::admin::get(admin, "/healthz").ok();
+            true
+        },
+    );
+    let count = |gpu| -> f64 {
+        values(&run.docs, "DCGM_EXP_XID_ERRORS_COUNT", "GpuId", Some(gpu))
+            .iter()
+            .sum()
+    };
+    let stderr = run.logs.text();
+    assert_eq!(count("gpu_1"), 2.0, "{stderr}");
+    assert_eq!(count("gpu_0"), 1.0);
+    let (status, body) = healthz.into_inner().expect("/healthz answered");
+    assert_eq!(status, 200, "the agent works: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    let reasons = body["degraded"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "GPU 1 only: 94 is not fatal: {body}");
+    let reason = reasons[0].as_str().unwrap();
+    assert!(
+        reason.contains("GPU 1") && reason.contains("XID 79"),
+        "{reason}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("XID error")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("xid=79") && l.contains("fallen off the bus")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("xid=94") && l.contains("contained ECC error")),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("xid=79")).count(),
+        1,
+        "a repeat within 10 s is folded into the next line: {stderr}"
+    );
 }
 
 // ---- Against a real driver (`--ignored`, on a GPU host) ----

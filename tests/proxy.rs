@@ -69,6 +69,20 @@ async fn model(req: Request<Incoming>, release: Arc<tokio::sync::Notify>) -> Res
                 .to_string();
             Response::new(Full::new(Bytes::from(format!("{} {host}", req.uri()))).boxed())
         }
+        // Reads the whole request body before answering (its length).
+        "/echo" => match req.into_body().collect().await {
+            Ok(body) => {
+                Response::new(Full::new(Bytes::from(body.to_bytes().len().to_string())).boxed())
+            }
+            Err(_) => status_body(400, "body broken\n"),
+        },
+        // Server-Sent Events with a declared length: streamed by its content type.
+        "/sse" => {
+            let mut r = Response::new(full("data: one\n\n"));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        }
         "/slow" => {
             tokio::time::sleep(SLOW_ANSWER).await;
             status_body(200, "late\n")
@@ -194,8 +208,43 @@ fn copy_of(component: &'static str) -> impl Fn(&Value) -> bool {
     move |d| d["InferenceComponentName"] == component && d.get("ContainerId").is_some()
 }
 
+/// The documents under `{InferenceComponentName}` alone (the component's series).
+fn component_only(component: &'static str) -> impl Fn(&Value) -> bool {
+    move |d| d["InferenceComponentName"] == component && d.get("ContainerId").is_none()
+}
+
+/// The documents under `{EndpointName, VariantName}` alone.
+fn endpoint_only(d: &Value) -> bool {
+    d.get("InferenceComponentName").is_none() && d.get("InstanceId").is_none()
+}
+
 fn sum(v: &[f64]) -> f64 {
     v.iter().sum()
+}
+
+/// Every (unit, dimension sets) the invocation documents give `metric`, distinct, in order.
+fn declared(docs: &[Value], metric: &str) -> Vec<(String, Value)> {
+    let mut found: Vec<(String, Value)> = Vec::new();
+    for d in docs {
+        let directive = &d["_aws"]["CloudWatchMetrics"][0];
+        if directive["Namespace"] != NS {
+            continue;
+        }
+        for m in directive["Metrics"].as_array().unwrap() {
+            if m["Name"] == metric {
+                let here = (
+                    m["Unit"].as_str().unwrap().to_string(),
+                    directive["Dimensions"].clone(),
+                );
+                if !found.contains(&here) {
+                    found.push(here);
+                }
+            }
+        }
+    }
+    assert!(!found.is_empty(), "{metric} never published");
+    found.sort_by_key(|(_, sets)| sets.to_string());
+    found
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
@@ -325,30 +374,45 @@ fn answers_faults_and_streams_are_counted_exactly() {
     rt.block_on(async { assert_eq!(call(&client(), addr, "/ok", a).await.0, 200) });
     let client_total_us = started.elapsed().as_secs_f64() * 1e6;
 
-    let (docs, _) = agent.stop();
-    // 5 ok, 2 missing, fail, slow, gone, no header, unknown, stream, ok during the stream,
-    // too large (declared), too large (chunked), ok at the end.
+    let (docs, logs) = agent.stop();
+    // Invocations: what a copy was asked to answer. 5 ok, 2 missing, fail, slow, gone,
+    // stream, ok during the stream, ok at the end. The front door's own answers (no header,
+    // unknown, too large twice, malformed, head too large) are not: counted apart.
     let invocations = all(&docs, instance, "Invocations");
-    assert_eq!(invocations.len(), 17, "{docs:?}");
+    assert_eq!(invocations.len(), 13, "{docs:?}");
     assert!(invocations.iter().all(|v| *v == 1.0));
-    assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 6.0);
-    assert_eq!(all(&docs, instance, "Invocation4XXErrors").len(), 17);
+    assert_eq!(
+        sum(&all(&docs, instance, "Invocation4XXErrors")),
+        2.0,
+        "the model's 404s"
+    );
+    assert_eq!(all(&docs, instance, "Invocation4XXErrors").len(), 13);
     assert_eq!(sum(&all(&docs, instance, "Invocation5XXErrors")), 3.0);
     assert_eq!(
         sum(&all(&docs, instance, "InvocationModelErrors")),
         5.0,
         "404 x2, 500, timeout, refused"
     );
-    assert_eq!(sum(&all(&docs, instance, "InvocationsPerInstance")), 8.5);
+    assert_eq!(sum(&all(&docs, instance, "InvocationsPerInstance")), 6.5);
+    assert_eq!(
+        logs.final_counter("proxy_bad_requests"),
+        6,
+        "400, 404, 413 x2, 400, 431"
+    );
+    assert_eq!(logs.final_counter("proxy_upstream_timeouts"), 1);
+    assert_eq!(logs.final_counter("proxy_upstream_errors"), 1);
 
     let copy = copy_of("model-a");
-    assert_eq!(all(&docs, &copy, "Invocations").len(), 14);
+    assert_eq!(all(&docs, &copy, "Invocations").len(), 12);
     assert_eq!(sum(&all(&docs, &copy, "InvocationModelErrors")), 4.0);
     let gone_copy = copy_of("model-gone");
     assert_eq!(all(&docs, &gone_copy, "Invocations").len(), 1);
     assert_eq!(sum(&all(&docs, &gone_copy, "InvocationModelErrors")), 1.0);
-    let per_copy = all(&docs, &copy, "InvocationsPerCopy");
+    let component = component_only("model-a");
+    let per_copy = all(&docs, &component, "InvocationsPerCopy");
+    assert_eq!(per_copy.len(), 12);
     assert!(per_copy.iter().all(|v| *v == 1.0), "one copy: 1 each");
+    assert!(all(&docs, &copy, "InvocationsPerCopy").is_empty());
     let copy_doc = docs
         .iter()
         .find(|d| copy(d) && d.get("Invocations").is_some())
@@ -357,30 +421,29 @@ fn answers_faults_and_streams_are_counted_exactly() {
     assert_eq!(copy_doc["EndpointName"], "ep");
     assert_eq!(copy_doc["InstanceId"], "test-host");
 
-    let concurrency = all(&docs, &copy, "ConcurrentRequestsPerCopy");
-    assert_eq!(
-        concurrency.iter().cloned().fold(0.0, f64::max),
-        2.0,
-        "the stream and the request made during it"
-    );
-    let per_model = all(
-        &docs,
-        |d| d["InferenceComponentName"] == "model-a" && d.get("ContainerId").is_none(),
-        "ConcurrentRequestsPerModel",
-    );
+    // Concurrency: one point per 10 s period (the run is shorter than a few periods), the
+    // most in flight at once: the stream and the request made during it.
+    let per_model = all(&docs, endpoint_only, "ConcurrentRequestsPerModel");
+    assert!((1..=4).contains(&per_model.len()), "{per_model:?}");
     assert_eq!(per_model.iter().cloned().fold(0.0, f64::max), 2.0);
+    let per_copy_concurrency = all(&docs, &component, "ConcurrentRequestsPerCopy");
+    assert_eq!(
+        per_copy_concurrency.iter().cloned().fold(0.0, f64::max),
+        2.0,
+        "2 / 1 copy"
+    );
+    assert!(all(&docs, &copy, "ConcurrentRequestsPerCopy").is_empty());
 
-    // Latencies: forwarded requests have a model latency (not the ones refused early);
-    // every request has an overhead; the timeout waited at least its limit; and the front
-    // door's total never exceeds what the clients measured (1 % quantisation allowed).
+    // The one streamed answer (chunked): its first chunk came before its end.
+    assert_eq!(all(&docs, endpoint_only, "FirstChunkLatency").len(), 1);
+    assert_eq!(all(&docs, endpoint_only, "MidStreamErrors"), vec![0.0]);
+
+    // Latencies: every invocation has both; the timeout waited at least its limit; and the
+    // front door's total never exceeds what the clients measured (1 % quantisation allowed).
     let model = all(&docs, instance, "ModelLatency");
     let overhead = all(&docs, instance, "OverheadLatency");
-    assert_eq!(
-        model.len(),
-        14,
-        "forwarded: 14 to model-a less the declared 413, plus model-gone"
-    );
-    assert_eq!(overhead.len(), 17);
+    assert_eq!(model.len(), 13);
+    assert_eq!(overhead.len(), 13);
     assert!(overhead.iter().all(|v| *v >= 0.0));
     let longest = model.iter().cloned().fold(0.0, f64::max);
     assert!(
@@ -388,26 +451,55 @@ fn answers_faults_and_streams_are_counted_exactly() {
         "{longest}"
     );
     assert!(
-        sum(&model) + sum(&overhead) <= client_total_us * 1.01 + 2.0 * 17.0,
+        sum(&model) + sum(&overhead) <= client_total_us * 1.01 + 2.0 * 13.0,
         "{} + {} > {client_total_us}",
         sum(&model),
         sum(&overhead)
     );
-    // Both encoders' contract: the copy's dimension sets per the spec.
-    let dims = &copy_doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"];
-    assert_eq!(
-        dims,
-        &serde_json::json!([
-            ["InferenceComponentName"],
-            [
-                "EndpointName",
-                "VariantName",
-                "InstanceId",
-                "InferenceComponentName",
-                "ContainerId"
-            ]
-        ])
-    );
+    // Units and dimension sets: the spec's invocation table.
+    let endpoint = serde_json::json!([["EndpointName", "VariantName"]]);
+    let instance_sets = serde_json::json!([
+        ["EndpointName", "VariantName"],
+        ["EndpointName", "VariantName", "InstanceId"]
+    ]);
+    let component_sets = serde_json::json!([["InferenceComponentName"]]);
+    let copy_sets = serde_json::json!([
+        ["InferenceComponentName"],
+        [
+            "EndpointName",
+            "VariantName",
+            "InstanceId",
+            "InferenceComponentName",
+            "ContainerId"
+        ]
+    ]);
+    let per_request: Vec<&Value> = vec![&instance_sets, &copy_sets];
+    let instance_only: Vec<&Value> = vec![&instance_sets];
+    let endpoint_sets: Vec<&Value> = vec![&endpoint];
+    let component_set: Vec<&Value> = vec![&component_sets];
+    for (metric, unit, sets) in [
+        ("Invocations", "None", &per_request),
+        ("Invocation4XXErrors", "None", &per_request),
+        ("Invocation5XXErrors", "None", &per_request),
+        ("InvocationModelErrors", "None", &per_request),
+        ("ModelLatency", "Microseconds", &per_request),
+        ("OverheadLatency", "Microseconds", &per_request),
+        ("InvocationsPerInstance", "None", &instance_only),
+        ("ConcurrentRequestsPerModel", "Count", &endpoint_sets),
+        ("FirstChunkLatency", "Microseconds", &endpoint_sets),
+        ("FirstChunkModelLatency", "Microseconds", &endpoint_sets),
+        ("FirstChunkOverheadLatency", "Microseconds", &endpoint_sets),
+        ("MidStreamErrors", "Count", &endpoint_sets),
+        ("InvocationsPerCopy", "Count", &component_set),
+        ("ConcurrentRequestsPerCopy", "Count", &component_set),
+    ] {
+        let mut want: Vec<(String, Value)> = sets
+            .iter()
+            .map(|sets| (unit.to_string(), (*sets).clone()))
+            .collect();
+        want.sort_by_key(|(_, sets)| sets.to_string());
+        assert_eq!(declared(&docs, metric), want, "{metric}");
+    }
 }
 
 #[test]
@@ -459,7 +551,7 @@ fn many_concurrent_clients_over_keep_alive_and_h2c_are_all_counted() {
     assert_eq!(all(&docs, copy_of("only"), "Invocations").len(), total);
     assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 0.0);
     assert_eq!(sum(&all(&docs, instance, "Invocation4XXErrors")), 0.0);
-    let concurrency = all(&docs, copy_of("only"), "ConcurrentRequestsPerCopy");
+    let concurrency = all(&docs, component_only("only"), "ConcurrentRequestsPerCopy");
     let max = concurrency.iter().cloned().fold(0.0, f64::max);
     assert!((1.0..=CLIENTS as f64).contains(&max), "{max}");
     assert_eq!(all(&docs, instance, "ModelLatency").len(), total);
@@ -549,7 +641,12 @@ fn a_container_found_through_its_label_is_reached_and_measured() {
     );
     assert_eq!(sum(&all(&docs, copy, "InvocationModelErrors")), 1.0);
     assert_eq!(sum(&all(&docs, copy, "Invocation5XXErrors")), 1.0);
-    assert_eq!(all(&docs, instance, "Invocations").len(), ok + 1 + not_yet);
+    // Before discovery saw it, the front door answered 404 or 503 itself: not invocations.
+    assert_eq!(
+        logs.final_counter("proxy_bad_requests") + logs.final_counter("proxy_unavailable"),
+        not_yet as u64
+    );
+    assert_eq!(all(&docs, instance, "Invocations").len(), ok + 1);
 }
 
 /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
@@ -680,4 +777,302 @@ async fn h2c_get(
         .body(Full::new(Bytes::new()))
         .unwrap();
     client.request(request).await.unwrap()
+}
+
+/// A model server that starts a chunked answer, sends one chunk and drops the connection.
+async fn start_breaking_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                    )
+                    .await;
+                let _ = stream.flush().await;
+                // Dropped here: the answer ends without its last chunk.
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn streamed_answers_give_first_chunk_latencies_and_mid_stream_errors() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let breaking = rt.block_on(start_breaking_upstream());
+    let agent = FrontDoor::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n\
+             [[proxy.upstream]]\ncomponent = \"model-broken\"\nurl = \"http://{breaking}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let a = Some("model-a");
+    rt.block_on(async {
+        let c = client();
+        // Not streamed: a declared length.
+        assert_eq!(call(&c, addr, "/ok", a).await, (200, "hello\n".into()));
+        // Streamed: chunked (the model holds its last chunk until released).
+        let request = Request::builder()
+            .uri(format!("http://{addr}/stream"))
+            .header(HEADER, "model-a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = c.request(request).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"first\n");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upstream.release.notify_one();
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"last\n");
+        // Streamed: Server-Sent Events, even with a declared length.
+        assert_eq!(
+            call(&c, addr, "/sse", a).await,
+            (200, "data: one\n\n".into())
+        );
+        // Streamed over h2c.
+        let h2 = h2c_client();
+        upstream.release.notify_one();
+        let request = Request::builder()
+            .uri(format!("http://{addr}/stream"))
+            .header(HEADER, "model-a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = h2.request(request).await.unwrap();
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"first\nlast\n");
+        // Streamed, broken off by the model after its first chunk.
+        let request = Request::builder()
+            .uri(format!("http://{addr}/"))
+            .header(HEADER, "model-broken")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = c.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.into_body().collect().await.is_err(),
+            "the client sees the cut"
+        );
+    });
+    let (docs, logs) = agent.stop();
+    assert_eq!(all(&docs, instance, "Invocations").len(), 5);
+    let first = all(&docs, endpoint_only, "FirstChunkLatency");
+    let first_model = all(&docs, endpoint_only, "FirstChunkModelLatency");
+    let first_overhead = all(&docs, endpoint_only, "FirstChunkOverheadLatency");
+    assert_eq!(first.len(), 4, "chunked, SSE, h2c, broken: {docs:?}");
+    assert_eq!(first_model.len(), 4);
+    assert_eq!(first_overhead.len(), 4);
+    assert!(first_overhead.iter().all(|v| *v >= 0.0));
+    // The model's part is within the total (1 % quantisation each).
+    assert!(
+        sum(&first_model) <= sum(&first) * 1.02,
+        "{first_model:?} {first:?}"
+    );
+    // The chunked stream's first chunk came well before its end (held 50 ms by the test).
+    let longest_model = all(&docs, instance, "ModelLatency")
+        .into_iter()
+        .fold(0.0, f64::max);
+    assert!(first_model.iter().all(|v| *v < longest_model));
+    let mid = all(&docs, endpoint_only, "MidStreamErrors");
+    assert_eq!(
+        (mid.len(), sum(&mid)),
+        (4, 1.0),
+        "one of four streams broke"
+    );
+    assert_eq!(sum(&all(&docs, instance, "InvocationModelErrors")), 1.0);
+    assert_eq!(
+        sum(&all(
+            &docs,
+            copy_of("model-broken"),
+            "InvocationModelErrors"
+        )),
+        1.0
+    );
+    assert_eq!(logs.final_counter("proxy_upstream_errors"), 1);
+}
+
+/// Raw bytes in, then the status line the front door answers (waits for it).
+fn send_part_then_read(addr: SocketAddr, part: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT_LIMIT)).unwrap();
+    s.write_all(part).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn client_faults_are_counted_apart_and_are_never_model_errors() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(start_upstream());
+    let agent = FrontDoor::start(
+        &format!(
+            "[[proxy.upstream]]\ncomponent = \"model-a\"\nurl = \"http://{}\"\n",
+            upstream.addr
+        ),
+        "[docker]\nenabled = false\n",
+    );
+    let addr = agent.addr;
+    let head = |framing: &str| {
+        format!("POST /echo HTTP/1.1\r\nHost: x\r\n{HEADER}: model-a\r\n{framing}\r\n\r\n")
+    };
+    // 1. Bad framing: a chunk size that is not hex. Whatever the client is told, it is not
+    // the model's 502.
+    let broken = format!(
+        "{}5\r\nhello\r\nZZZ\r\n",
+        head("Transfer-Encoding: chunked")
+    );
+    let status = send_part_then_read(addr, broken.as_bytes());
+    assert!(
+        !status.contains(" 502 ") && !status.contains(" 504 "),
+        "{status}"
+    );
+    // 2. Leaving mid-body: 10 of 100 declared bytes, then the connection closes.
+    {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(format!("{}0123456789", head("Content-Length: 100")).as_bytes())
+            .unwrap();
+        // Closing both ways: the front door sees the body end early.
+    }
+    // 3. A stalled upload: 10 of 100 bytes, then nothing; the front door waits on the client
+    // past the response timeout (300 ms) and answers 408.
+    let stalled = format!("{}0123456789", head("Content-Length: 100"));
+    let status = send_part_then_read(addr, stalled.as_bytes());
+    assert!(status.contains(" 408 "), "{status}");
+    // And a whole upload to the same model, answered.
+    let whole = format!("{}0123456789", head("Content-Length: 10"));
+    assert!(send_part_then_read(addr, whole.as_bytes()).contains(" 200 "));
+    // The left connection is noticed by the time the front door stops; wait for its count
+    // in the log rather than a fixed time.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !agent.agent.logs().text().contains("proxy_client_left") {
+        assert!(Instant::now() < deadline, "{}", agent.agent.logs().text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (docs, logs) = agent.stop();
+    let log = logs.text();
+    assert_eq!(
+        all(&docs, instance, "Invocations"),
+        vec![1.0],
+        "only the whole upload"
+    );
+    for metric in [
+        "InvocationModelErrors",
+        "Invocation4XXErrors",
+        "Invocation5XXErrors",
+    ] {
+        assert_eq!(all(&docs, instance, metric), vec![0.0], "{metric}");
+    }
+    assert_eq!(logs.final_counter("proxy_client_bad_framing"), 1, "{log}");
+    assert_eq!(logs.final_counter("proxy_client_left"), 1, "{log}");
+    assert_eq!(logs.final_counter("proxy_client_stalled"), 1, "{log}");
+    assert_eq!(logs.final_counter("proxy_upstream_errors"), 0, "{log}");
+    assert_eq!(logs.final_counter("proxy_upstream_timeouts"), 0, "{log}");
+    assert_eq!(
+        logs.final_counter("proxy_bad_requests"),
+        0,
+        "each fault counted once: {log}"
+    );
+}
+
+#[test]
+fn a_component_without_a_reachable_copy_counts_no_capacity_failures() {
+    if docker(&["version", "--format", "{{.Server.Version}}"]).is_err() {
+        if std::env::var("EMA_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
+            eprintln!("SKIPPED (EMA_SKIP_DOCKER_TESTS=1): no Docker engine");
+            return;
+        }
+        panic!("no Docker engine; start one, or set EMA_SKIP_DOCKER_TESTS=1 to skip");
+    }
+    let image =
+        std::env::var("EMA_TEST_IMAGE").unwrap_or_else(|_| "ema-test-busybox:latest".into());
+    let component = format!("no-capacity-{}", std::process::id());
+    // Discovered through its label, but on no network: no copy the front door can reach.
+    let id = docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--label",
+        "ema-test=1",
+        "--label",
+        &format!("sagemaker.inference-component={component}"),
+        &image,
+        "sleep",
+        "600",
+    ])
+    .unwrap();
+    let _container = RemoveOnDrop(vec![id.clone()]);
+    let socket = engine_socket();
+    let agent = FrontDoor::start("", &format!("[docker]\nsocket = \"{socket}\"\n"));
+    let addr = agent.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let failures = rt.block_on(async {
+        let c = client();
+        let deadline = Instant::now() + WAIT_LIMIT;
+        // Until discovery has seen it, nothing at all runs here (503 of another kind).
+        loop {
+            let (status, body) = call(&c, addr, "/", Some(&component)).await;
+            assert_eq!(status, 503, "{body}");
+            if body.contains("has no copy") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never discovered: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for _ in 0..3 {
+            let (status, body) = call(&c, addr, "/", Some(&component)).await;
+            assert_eq!(
+                (status, body.contains("has no copy")),
+                (503, true),
+                "{body}"
+            );
+        }
+        4.0
+    });
+    let (docs, logs) = agent.stop();
+    let which =
+        |d: &Value| d["InferenceComponentName"] == *component && d.get("ContainerId").is_none();
+    assert_eq!(
+        sum(&all(&docs, which, "NoCapacityInvocationFailures")),
+        failures,
+        "{docs:?}"
+    );
+    assert_eq!(
+        declared(&docs, "NoCapacityInvocationFailures"),
+        vec![(
+            "Count".into(),
+            serde_json::json!([["InferenceComponentName"]])
+        )]
+    );
+    assert!(
+        all(&docs, instance, "Invocations").is_empty(),
+        "not invocations"
+    );
+    assert!(logs.final_counter("proxy_unavailable") >= 4);
 }

@@ -8,6 +8,159 @@
 pub struct GpuReading {
     pub devices: Vec<GpuDevice>,
     pub processes: Vec<GpuProcess>,
+    /// The health figures of the GPUs read, one per GPU, in `devices`' order; empty when no
+    /// `[gpu] health` group is on.
+    pub health: Vec<GpuHealth>,
+}
+
+/// One GPU's health figures (`[gpu] health`). Every value is None where the group is off, or
+/// the GPU or driver does not give it: then its series is absent, never a false 0.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuHealth {
+    /// NVML index: the `GpuId` dimension value.
+    pub index: u32,
+    pub temperature_c: Option<f64>,
+    pub memory_temperature_c: Option<f64>,
+    pub power_watts: Option<f64>,
+    pub power_limit_watts: Option<f64>,
+    /// Energy used since this GPU's previous reading, in J (absent at the first reading and
+    /// after a counter reset).
+    pub energy_joules: Option<f64>,
+    pub sm_clock_mhz: Option<f64>,
+    pub memory_clock_mhz: Option<f64>,
+    /// NVML's clock event (throttle) reason mask (`nvmlClocksEventReason*` bits).
+    pub clock_event_reasons: Option<u64>,
+    /// Framebuffer used and free, in MiB (DCGM's unit).
+    pub framebuffer_used_mib: Option<f64>,
+    pub framebuffer_free_mib: Option<f64>,
+    pub memory_copy_utilization_percent: Option<f64>,
+    /// The slow group (ECC counts, retired pages or remapped rows, PCIe replays): each field
+    /// the GPU has, by its metric; read on the slow cadence and carried in between.
+    pub ecc: Vec<(Metric, f64)>,
+    /// XID errors received since the previous reading; None where events are not registered.
+    pub xid_errors: Option<u64>,
+    /// GPM: ratio 0..1 of SM active and DRAM bandwidth used since the previous reading.
+    pub sm_active: Option<f64>,
+    pub dram_active: Option<f64>,
+    /// GPM per MIG GPU instance (a MIG-enabled GPU has no device-wide figures).
+    pub mig: Vec<MigActivity>,
+}
+
+/// GPM figures of one MIG GPU instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigActivity {
+    pub gpu_instance: u32,
+    pub sm_active: Option<f64>,
+    pub dram_active: Option<f64>,
+}
+
+/// Clock event reason bits (nvml.h `nvmlClocksEventReason*`) behind the 0/1 series.
+pub mod clock_event {
+    /// `nvmlClocksEventReasonSwPowerCap`: clocks held down to stay under the power limit.
+    pub const SW_POWER_CAP: u64 = 0x4;
+    /// `nvmlClocksEventReasonHwSlowdown`: hardware slowdown (heat, power brake, power draw).
+    pub const HW_SLOWDOWN: u64 = 0x8;
+    /// `nvmlClocksEventReasonSwThermalSlowdown`.
+    pub const SW_THERMAL_SLOWDOWN: u64 = 0x20;
+    /// `nvmlClocksEventReasonHwThermalSlowdown`.
+    pub const HW_THERMAL_SLOWDOWN: u64 = 0x40;
+    /// `nvmlClocksEventReasonHwPowerBrakeSlowdown`.
+    pub const HW_POWER_BRAKE_SLOWDOWN: u64 = 0x80;
+    /// Thermal: software or hardware.
+    pub const THERMAL: u64 = SW_THERMAL_SLOWDOWN | HW_THERMAL_SLOWDOWN;
+    /// Any hardware slowdown.
+    pub const HARDWARE: u64 = HW_SLOWDOWN | HW_THERMAL_SLOWDOWN | HW_POWER_BRAKE_SLOWDOWN;
+}
+
+/// The series a GPU publishes per health group (one list for `plan` and the docs' counts). The
+/// ECC group as on a GPU with row remapping (Ampere and later): 7 series; a GPU with retired
+/// pages instead publishes 6.
+pub fn health_metrics(group: crate::config::GpuHealthGroup) -> &'static [Metric] {
+    use crate::config::GpuHealthGroup::*;
+    use Metric::*;
+    match group {
+        Temperature => &[GpuTemperature, GpuMemoryTemperature],
+        Power => &[GpuPowerUsage, GpuEnforcedPowerLimit, GpuEnergy],
+        Clocks => &[GpuSmClock, GpuMemoryClock],
+        Throttle => &[
+            GpuClockEventReasons,
+            GpuClockEventPowerCap,
+            GpuClockEventThermal,
+            GpuClockEventHwSlowdown,
+        ],
+        Memory => &[
+            GpuFramebufferUsed,
+            GpuFramebufferFree,
+            GpuMemoryCopyUtilization,
+        ],
+        Ecc => &[
+            GpuEccSbeVolatile,
+            GpuEccDbeVolatile,
+            GpuRemappedRowsCorrectable,
+            GpuRemappedRowsUncorrectable,
+            GpuRowRemapPending,
+            GpuRowRemapFailure,
+            GpuPcieReplays,
+        ],
+        Xid => &[GpuXidErrors],
+        Gpm => &[GpuSmActive, GpuDramActive],
+    }
+}
+
+impl GpuHealth {
+    /// A GPU's health samples (`Scope::GpuHealth`, and `Scope::MigInstance` per MIG instance).
+    pub fn samples(&self, out: &mut Vec<Sample>) {
+        let scope = Scope::GpuHealth { index: self.index };
+        let reasons = self.clock_event_reasons;
+        let flag = |bits: u64| reasons.map(|mask| f64::from(u8::from(mask & bits != 0)));
+        let values = [
+            (Metric::GpuTemperature, self.temperature_c),
+            (Metric::GpuMemoryTemperature, self.memory_temperature_c),
+            (Metric::GpuPowerUsage, self.power_watts),
+            (Metric::GpuEnforcedPowerLimit, self.power_limit_watts),
+            (Metric::GpuEnergy, self.energy_joules),
+            (Metric::GpuSmClock, self.sm_clock_mhz),
+            (Metric::GpuMemoryClock, self.memory_clock_mhz),
+            (Metric::GpuClockEventReasons, reasons.map(|m| m as f64)),
+            (
+                Metric::GpuClockEventPowerCap,
+                flag(clock_event::SW_POWER_CAP),
+            ),
+            (Metric::GpuClockEventThermal, flag(clock_event::THERMAL)),
+            (Metric::GpuClockEventHwSlowdown, flag(clock_event::HARDWARE)),
+            (Metric::GpuFramebufferUsed, self.framebuffer_used_mib),
+            (Metric::GpuFramebufferFree, self.framebuffer_free_mib),
+            (
+                Metric::GpuMemoryCopyUtilization,
+                self.memory_copy_utilization_percent,
+            ),
+            (Metric::GpuXidErrors, self.xid_errors.map(|n| n as f64)),
+            (Metric::GpuSmActive, self.sm_active),
+            (Metric::GpuDramActive, self.dram_active),
+        ];
+        for (metric, value) in values {
+            if let Some(value) = value {
+                out.push(Sample::new(scope.clone(), metric, value));
+            }
+        }
+        for &(metric, value) in &self.ecc {
+            out.push(Sample::new(scope.clone(), metric, value));
+        }
+        for mig in &self.mig {
+            let scope = Scope::MigInstance {
+                gpu_index: self.index,
+                gpu_instance: mig.gpu_instance,
+            };
+            for (metric, value) in [
+                (Metric::GpuSmActive, mig.sm_active),
+                (Metric::GpuDramActive, mig.dram_active),
+            ] {
+                if let Some(value) = value {
+                    out.push(Sample::new(scope.clone(), metric, value));
+                }
+            }
+        }
+    }
 }
 
 /// One GPU.
@@ -33,8 +186,11 @@ pub struct GpuProcess {
     pub sm_utilization_percent: Option<f64>,
 }
 
+mod health;
 mod nvml;
+pub mod xid;
 
+pub use health::{ECC_FIELDS, MEMORY_TEMPERATURE_FIELD};
 pub use nvml::{GpuOptions, NvmlCollector, PROCESS_ENUMERATION_MIN_INTERVAL_MS};
 
 use crate::catalog::{Metric, Sample, Scope};
@@ -96,6 +252,9 @@ impl GpuReading {
                 ));
             }
         }
+        for health in &self.health {
+            health.samples(out);
+        }
     }
 }
 
@@ -110,6 +269,8 @@ pub fn spawn(
     }
     let mut options = GpuOptions::new(&config.nvml_library, sample_interval_ms);
     options.process_min_interval_ms = config.process_interval_ms;
+    options.health = config.health.clone();
+    options.health_slow_interval_ms = config.health_slow_interval_ms;
     let collector = NvmlCollector::new(options);
     Worker::spawn("gpu", collector).map(Some)
 }
@@ -137,6 +298,7 @@ mod tests {
                 device(1, Some(50.0), 40, 200),
             ],
             processes: vec![],
+            health: vec![],
         };
         let mut out = Vec::new();
         reading.samples(&mut out);
@@ -171,6 +333,7 @@ mod tests {
         let reading = GpuReading {
             devices: vec![device(0, None, 50, 100), device(1, Some(60.0), 0, 100)],
             processes: vec![],
+            health: vec![],
         };
         let mut out = Vec::new();
         reading.samples(&mut out);
@@ -201,6 +364,7 @@ mod tests {
         let only_mig = GpuReading {
             devices: vec![device(0, None, 0, 0)],
             processes: vec![],
+            health: vec![],
         };
         only_mig.samples(&mut out);
         assert!(out.is_empty(), "{out:?}");

@@ -178,7 +178,7 @@ impl Config {
              metrics: enhanced={} publish every {} s, sample every {} ms, data points {}, disk {}\n\
              namespaces: {} | {}\n\
              output: {:?} to {}\n\
-             gpu: {} ({}, dimension {})\n\
+             gpu: {} ({}, dimension {}, health groups {:?}, slow health reads every {} ms)\n\
              log: {:?} at {}\n\
              admin: {}\n\
              self metrics: {}\n\
@@ -204,6 +204,8 @@ impl Config {
             },
             self.gpu.nvml_library,
             self.gpu.dimension_name,
+            self.gpu.health,
+            self.gpu.health_slow_interval_ms,
             self.log.format,
             self.log.level.as_str(),
             if self.admin.enabled {
@@ -536,6 +538,71 @@ pub struct GpuConfig {
     /// H100 (docs/performance.md); NVML returns every sample since the last read, so a longer
     /// interval still averages the whole interval.
     pub process_interval_ms: u64,
+    /// Which GPU health groups are published, per GPU, whether or not enhanced metrics are on:
+    /// "temperature", "power", "clocks", "throttle", "memory", "ecc", "xid", "gpm".
+    pub health: Vec<GpuHealthGroup>,
+    /// How often the slow health reads run (ECC, retired pages or remapped rows, PCIe replays,
+    /// the MIG instance list), in ms; the last values are carried in between.
+    pub health_slow_interval_ms: u64,
+}
+
+/// Default cadence of the slow GPU health reads (ECC counts, retired pages or remapped rows,
+/// PCIe replays, the MIG instance list): these change rarely, and the ECC field call is the
+/// dearest health read (docs/gpu.md); once a minute is once per default publish period.
+pub const DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 60_000;
+/// The slow health reads run at most once a second (the fastest sampling interval is 100 ms).
+pub const MIN_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 1000;
+/// ...and at least once an hour, so a new ECC error shows within the hour.
+pub const MAX_GPU_HEALTH_SLOW_INTERVAL_MS: u64 = 3_600_000;
+
+/// A group of GPU health series (`[gpu] health`; docs/gpu.md lists each group's series).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuHealthGroup {
+    /// GPU and memory temperature.
+    Temperature,
+    /// Power draw, enforced power limit, energy of the period.
+    Power,
+    /// SM and memory clocks.
+    Clocks,
+    /// Clock event (throttle) reasons: power cap, thermal, hardware slowdown, the raw mask.
+    Throttle,
+    /// Framebuffer used and free, memory copy (bandwidth) utilization.
+    Memory,
+    /// ECC counts, retired pages or remapped rows, PCIe replays (on the slow cadence).
+    Ecc,
+    /// XID errors per period, from NVML events on a thread of their own.
+    Xid,
+    /// SM and DRAM activity through GPU performance monitoring (Hopper and later), also per
+    /// MIG instance.
+    Gpm,
+}
+
+impl GpuHealthGroup {
+    /// Every group, in the order docs/gpu.md lists them.
+    pub const ALL: [GpuHealthGroup; 8] = [
+        GpuHealthGroup::Temperature,
+        GpuHealthGroup::Power,
+        GpuHealthGroup::Clocks,
+        GpuHealthGroup::Throttle,
+        GpuHealthGroup::Memory,
+        GpuHealthGroup::Ecc,
+        GpuHealthGroup::Xid,
+        GpuHealthGroup::Gpm,
+    ];
+
+    /// On by default: the faults that take a GPU (and the model sharded over it) out, and their
+    /// precursors (heat, power cap, throttling), plus SM activity, which is free where GPM is
+    /// unsupported. Off: clocks (the detail behind the throttle reasons) and memory (framebuffer
+    /// figures repeat GPUMemoryUtilization). Cost: docs/gpu.md and `plan`.
+    pub const DEFAULT: [GpuHealthGroup; 6] = [
+        GpuHealthGroup::Temperature,
+        GpuHealthGroup::Power,
+        GpuHealthGroup::Throttle,
+        GpuHealthGroup::Ecc,
+        GpuHealthGroup::Xid,
+        GpuHealthGroup::Gpm,
+    ];
 }
 
 impl Default for GpuConfig {
@@ -545,12 +612,28 @@ impl Default for GpuConfig {
             nvml_library: "libnvidia-ml.so.1".into(),
             dimension_name: "GpuId".into(),
             process_interval_ms: DEFAULT_GPU_PROCESS_INTERVAL_MS,
+            health: GpuHealthGroup::DEFAULT.to_vec(),
+            health_slow_interval_ms: DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS,
         }
     }
 }
 
 impl GpuConfig {
+    /// Whether a health group is published.
+    pub fn health_on(&self, group: GpuHealthGroup) -> bool {
+        self.health.contains(&group)
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
+        let slow = self.health_slow_interval_ms;
+        if !(MIN_GPU_HEALTH_SLOW_INTERVAL_MS..=MAX_GPU_HEALTH_SLOW_INTERVAL_MS).contains(&slow) {
+            return Err(invalid(
+                "gpu.health_slow_interval_ms",
+                format!(
+                    "{slow} is not allowed; allowed: {MIN_GPU_HEALTH_SLOW_INTERVAL_MS} to {MAX_GPU_HEALTH_SLOW_INTERVAL_MS}"
+                ),
+            ));
+        }
         if self.dimension_name.is_empty() || self.dimension_name.len() > MAX_DIMENSION_NAME_CHARS {
             return Err(invalid(
                 "gpu.dimension_name",

@@ -1,6 +1,7 @@
 //! Embedded Metric Format: one JSON object per document, split so every document stays inside the
-//! EMF limits (`super::limits`). Every sample of a window is published: a series' distribution is
-//! written as repeated values, so CloudWatch computes exact statistics and percentiles.
+//! EMF limits (`super::limits`). A series' distribution is written as repeated values, so
+//! CloudWatch computes exact statistics and percentiles, up to [`EMF_MAX_VALUES_PER_SERIES`]
+//! values per series per window; past it, a fixed-size summary ([`window_values`]).
 
 use std::fmt::Write as _;
 
@@ -106,19 +107,11 @@ fn encode_group(
             continue;
         }
         let definition = definition(metric.name, metric.unit, storage_resolution);
-        let values: Vec<f64> = metric
-            .stats
-            .distribution
-            .iter()
-            .flat_map(|&(v, n)| std::iter::repeat_n(v, n as usize))
-            .filter(|v| {
-                let finite = v.is_finite();
-                if !finite {
-                    report.values_skipped += 1;
-                }
-                finite
-            })
-            .collect();
+        let values = window_values(
+            &metric.stats.distribution,
+            EMF_MAX_VALUES_PER_SERIES,
+            &mut report.values_skipped,
+        );
         let room = max_bytes.saturating_sub(base_bytes + definition.len() + 1);
         let Some(members) = members(metric.name, &values, room) else {
             report.metrics_skipped += 1;
@@ -158,6 +151,65 @@ fn encode_group(
 
 fn valid_name(text: &str, max_chars: usize) -> bool {
     !text.is_empty() && text.chars().count() <= max_chars
+}
+
+/// The values written for one series' distribution (ascending values with counts), at most
+/// `budget` (at least 2) of them; non-finite values are left out and counted in `skipped`.
+///
+/// - `n` values, `n <= budget`: every one of them (every statistic exact).
+/// - More, all equal to `v` (`Invocations`: 1 per request): `budget` values of `n v / budget`,
+///   so Sum stays exact (the request count); Minimum, Maximum and Average read `n v / budget`.
+/// - More, not all equal: the values at `budget` evenly spaced ranks from the first to the last,
+///   so Minimum and Maximum are exact and every percentile is within `1 / (budget - 1)` of its
+///   rank; Average is that of the sampled ranks; SampleCount is `budget` and Sum
+///   `budget x Average`, no longer counts of samples.
+pub fn window_values(distribution: &[(f64, u32)], budget: usize, skipped: &mut u64) -> Vec<f64> {
+    let budget = budget.max(2);
+    let finite: Vec<(f64, u64)> = distribution
+        .iter()
+        .filter_map(|&(v, n)| {
+            if v.is_finite() {
+                Some((v, u64::from(n)))
+            } else {
+                *skipped += u64::from(n);
+                None
+            }
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    let total: u64 = finite.iter().map(|&(_, n)| n).sum();
+    if total <= budget as u64 {
+        return finite
+            .iter()
+            .flat_map(|&(v, n)| std::iter::repeat_n(v, n as usize))
+            .collect();
+    }
+    if let [(v, n)] = finite[..] {
+        return vec![v * n as f64 / budget as f64; budget];
+    }
+    // Rank of the i-th value: round(i (total - 1) / (budget - 1)), 0 to total - 1.
+    let last = u128::from(total - 1);
+    let steps = (budget - 1) as u128;
+    let mut out = Vec::with_capacity(budget);
+    let mut entries = finite.iter();
+    let (mut value, mut through) = match entries.next() {
+        Some(&(v, n)) => (v, n),
+        None => return out,
+    };
+    for i in 0..budget as u128 {
+        let rank = ((i * last + steps / 2) / steps) as u64;
+        while rank >= through {
+            match entries.next() {
+                Some(&(v, n)) => {
+                    value = v;
+                    through += n;
+                }
+                None => break,
+            }
+        }
+        out.push(value);
+    }
+    out
 }
 
 fn head(
@@ -509,7 +561,9 @@ mod tests {
     #[test]
     fn a_metric_with_many_values_splits_within_the_byte_limit() {
         let names = vec!["CPUUtilization".to_string()];
-        let values: Vec<f64> = (0..3000).map(|i| 1.0 / 7.0 + i as f64).collect();
+        let values: Vec<f64> = (0..EMF_MAX_VALUES_PER_SERIES)
+            .map(|i| 1.0 / 7.0 + i as f64)
+            .collect();
         let s = stats(&values);
         let mut out = Vec::new();
         encode(&[group(&names, &s)], 0, 60, None, 1200, &mut out);
@@ -519,6 +573,96 @@ mod tests {
         let published = values_of(&out, "CPUUtilization");
         assert_eq!(published.len(), values.len());
         assert!(published == values, "values differ or are out of order");
+    }
+
+    #[test]
+    fn up_to_the_budget_every_value_is_written() {
+        let mut skipped = 0;
+        let d = [(0.0, 400), (1.0, 600)];
+        let v = window_values(&d, EMF_MAX_VALUES_PER_SERIES, &mut skipped);
+        assert_eq!(v.len(), 1000);
+        assert_eq!(v.iter().sum::<f64>(), 600.0);
+        let d = [(f64::NAN, 3), (2.0, 1)];
+        assert_eq!(window_values(&d, 10, &mut skipped), vec![2.0]);
+        assert_eq!(skipped, 3, "non-finite values are counted, not written");
+    }
+
+    #[test]
+    fn past_the_budget_a_constant_series_keeps_its_sum() {
+        let mut skipped = 0;
+        // 500,000 requests in a window: Invocations is 1 each.
+        let v = window_values(&[(1.0, 500_000)], EMF_MAX_VALUES_PER_SERIES, &mut skipped);
+        assert_eq!(v.len(), EMF_MAX_VALUES_PER_SERIES);
+        assert_eq!(v.iter().sum::<f64>(), 500_000.0);
+        // InvocationsPerInstance at 3 instances: Sum within float rounding of n / 3.
+        let v = window_values(
+            &[(1.0 / 3.0, 3001)],
+            EMF_MAX_VALUES_PER_SERIES,
+            &mut skipped,
+        );
+        assert!((v.iter().sum::<f64>() - 3001.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn past_the_budget_min_max_and_percentiles_stay_within_its_resolution() {
+        let budget = EMF_MAX_VALUES_PER_SERIES;
+        // 1..=100,000 once each, and a 0/1 series with 1.7 % ones.
+        let spread: Vec<(f64, u32)> = (1..=100_000).map(|i| (f64::from(i), 1)).collect();
+        let mut skipped = 0;
+        let v = window_values(&spread, budget, &mut skipped);
+        assert_eq!(v.len(), budget);
+        assert!(v.windows(2).all(|w| w[0] <= w[1]), "ascending");
+        assert_eq!((v[0], v[budget - 1]), (1.0, 100_000.0), "min and max exact");
+        // Percentile p of the written values vs of the 100,000: within one rank step.
+        let step = 100_000.0 / (budget - 1) as f64;
+        for p in [0.5, 0.9, 0.99, 0.999] {
+            let written = v[((budget - 1) as f64 * p).round() as usize];
+            let exact = 1.0 + 99_999.0 * p;
+            assert!(
+                (written - exact).abs() <= step,
+                "p{p}: {written} vs {exact}"
+            );
+        }
+        let mean = v.iter().sum::<f64>() / budget as f64;
+        assert!((mean - 50_000.5).abs() / 50_000.5 < 1e-3, "{mean}");
+        let errors = [(0.0, 98_300), (1.0, 1_700)];
+        let v = window_values(&errors, budget, &mut skipped);
+        let rate = v.iter().sum::<f64>() / budget as f64;
+        assert!((rate - 0.017).abs() <= 1.0 / budget as f64, "{rate}");
+        assert_eq!((v[0], v[budget - 1]), (0.0, 1.0));
+        assert_eq!(skipped, 0);
+    }
+
+    #[test]
+    fn a_busy_series_is_written_in_bounded_bytes() {
+        let names = vec!["ModelLatency".to_string()];
+        let few = stats(&[1234.5; 10]);
+        let mut many = stats(&[1234.5]);
+        many.distribution = vec![(1234.5, 2_000_000), (98765.0, 3_000_000)];
+        many.count = 5_000_000;
+        let bytes = |s: &Stats| {
+            let mut out = Vec::new();
+            encode(
+                &[group(&names, s)],
+                0,
+                1,
+                None,
+                EMF_MAX_DOCUMENT_BYTES,
+                &mut out,
+            );
+            for doc in &out {
+                check_emf_rules(doc, EMF_MAX_DOCUMENT_BYTES);
+            }
+            (
+                values_of(&out, "ModelLatency").len(),
+                out.iter().map(String::len).sum::<usize>(),
+            )
+        };
+        assert_eq!(bytes(&few).0, 10);
+        let (n, b) = bytes(&many);
+        assert_eq!(n, EMF_MAX_VALUES_PER_SERIES);
+        // Five million samples: ten documents of 100 short values, about 10 KB.
+        assert!(b < 12 * EMF_MAX_VALUES_PER_SERIES, "{b} bytes");
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! series so the sampling loop merges one `Stats` per series per tick however many requests
 //! there were.
 //!
+//! Only invocations are accounted here: requests a copy was asked to answer, whose fate was the
+//! copy's (an answer, or a refusal, reset or timeout on the copy's side). The front door's own
+//! rejections and the client's faults are counted in `telemetry` instead (see `super`).
+//!
 //! One short mutex guards the ledger: two lock/unlock pairs per request (start, finish), each a
 //! few increments and one map lookup. Latencies keep a bounded distribution: each value is
 //! quantised to a log-scale bucket (ratio [`LATENCY_BUCKET_RATIO`]) and published as the
 //! bucket's representative, within 1 % of the measured value (or 1 µs below 1 µs). From 1 µs to
 //! 10 minutes that is at most about 1,150 distinct values per series, whatever the load.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aggregate::Stats;
@@ -18,8 +23,17 @@ use crate::catalog::{Metric, Scope, SeriesKey};
 /// within `(r - 1) / (r + 1)` = 0.99 % of any value in it (the DDSketch bound).
 pub const LATENCY_BUCKET_RATIO: f64 = 1.02;
 
-/// The instance (all requests) series.
-pub const INSTANCE_METRICS: [Metric; 8] = [
+/// A bucket's representative is rounded to this many significant digits: it moves by at most
+/// 0.005 % (so stays within 1 % of every value in its bucket) and its text in EMF shrinks from
+/// about 18 characters to at most 7.
+pub const LATENCY_SIGNIFICANT_DIGITS: i32 = 5;
+
+/// `ConcurrentRequestsPerModel` and `ConcurrentRequestsPerCopy` get one data point per this
+/// (the spec: "high resolution, a data point every 10 s"), whatever the tick or the window.
+pub const CONCURRENCY_PERIOD_MS: u64 = 10_000;
+
+/// The instance series (`{EndpointName, VariantName}`, enhanced `+ InstanceId`).
+pub const INSTANCE_METRICS: [Metric; 7] = [
     Metric::Invocations,
     Metric::Invocation4xxErrors,
     Metric::Invocation5xxErrors,
@@ -27,22 +41,33 @@ pub const INSTANCE_METRICS: [Metric; 8] = [
     Metric::ModelLatency,
     Metric::OverheadLatency,
     Metric::InvocationsPerInstance,
-    Metric::ConcurrentRequestsPerModel,
 ];
 
-/// The component (all copies of one model on this host) series.
-pub const COMPONENT_METRICS: [Metric; 1] = [Metric::ConcurrentRequestsPerModel];
+/// The series published under `{EndpointName, VariantName}` only.
+pub const ENDPOINT_METRICS: [Metric; 5] = [
+    Metric::ConcurrentRequestsPerModel,
+    Metric::FirstChunkLatency,
+    Metric::FirstChunkModelLatency,
+    Metric::FirstChunkOverheadLatency,
+    Metric::MidStreamErrors,
+];
 
-/// The per-copy series.
-pub const COPY_METRICS: [Metric; 8] = [
+/// The component series (`{InferenceComponentName}` only: all its copies here together).
+pub const COMPONENT_METRICS: [Metric; 3] = [
+    Metric::InvocationsPerCopy,
+    Metric::ConcurrentRequestsPerCopy,
+    Metric::NoCapacityInvocationFailures,
+];
+
+/// The per-copy series (`{InferenceComponentName}`, enhanced `+ {EndpointName, VariantName,
+/// InstanceId, InferenceComponentName, ContainerId}`).
+pub const COPY_METRICS: [Metric; 6] = [
     Metric::Invocations,
     Metric::Invocation4xxErrors,
     Metric::Invocation5xxErrors,
     Metric::InvocationModelErrors,
     Metric::ModelLatency,
     Metric::OverheadLatency,
-    Metric::InvocationsPerCopy,
-    Metric::ConcurrentRequestsPerCopy,
 ];
 
 /// The bucket of a latency in microseconds: -1 for anything under 1 µs.
@@ -61,7 +86,22 @@ fn representative(index: i32) -> f64 {
     if index < 0 {
         return 0.0;
     }
-    2.0 * LATENCY_BUCKET_RATIO.powi(index) / (LATENCY_BUCKET_RATIO + 1.0)
+    round_significant(
+        2.0 * LATENCY_BUCKET_RATIO.powi(index) / (LATENCY_BUCKET_RATIO + 1.0),
+        LATENCY_SIGNIFICANT_DIGITS,
+    )
+}
+
+/// `x` (positive, finite) rounded to `digits` significant digits, as the double nearest that
+/// decimal (so its shortest text is at most `digits` digits and a point).
+fn round_significant(x: f64, digits: i32) -> f64 {
+    let shift = digits - 1 - x.log10().floor() as i32;
+    if shift >= 0 {
+        // Both operands exact (shift is small): the quotient is the double nearest the decimal.
+        (x * 10f64.powi(shift)).round() / 10f64.powi(shift)
+    } else {
+        (x / 10f64.powi(-shift)).round() * 10f64.powi(-shift)
+    }
 }
 
 /// A latency quantised as it is published.
@@ -148,7 +188,17 @@ fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// The counted figures of one set of requests.
+fn push(out: &mut Vec<(SeriesKey, Stats)>, scope: &Scope, metric: Metric, stats: Stats) {
+    out.push((
+        SeriesKey {
+            scope: scope.clone(),
+            metric,
+        },
+        stats,
+    ));
+}
+
+/// The counted figures of one set of invocations.
 #[derive(Clone, Debug, Default)]
 struct Tally {
     invocations: u64,
@@ -171,100 +221,163 @@ impl Tally {
         if outcome.model_error {
             self.model_errors += 1;
         }
-        let model_us = outcome.model_us.unwrap_or(0.0);
-        if let Some(us) = outcome.model_us {
-            self.model_latency.record(us);
-        }
+        self.model_latency.record(outcome.model_us);
         self.overhead_latency
-            .record((outcome.total_us - model_us).max(0.0));
+            .record((outcome.total_us - outcome.model_us).max(0.0));
     }
 
     /// Appends this tally's series (nothing when it saw no request) and starts it again.
-    /// `per` is `InvocationsPerInstance` or `InvocationsPerCopy` with its share per request.
-    fn drain(&mut self, scope: &Scope, per: (Metric, f64), out: &mut Vec<(SeriesKey, Stats)>) {
+    fn drain(&mut self, scope: &Scope, out: &mut Vec<(SeriesKey, Stats)>) {
         let n = self.invocations;
         if n == 0 {
             return;
         }
-        let mut push = |metric, stats| {
-            out.push((
-                SeriesKey {
-                    scope: scope.clone(),
-                    metric,
-                },
-                stats,
-            ))
-        };
-        push(Metric::Invocations, repeated(1.0, n));
-        push(Metric::Invocation4xxErrors, zero_one(self.errors_4xx, n));
-        push(Metric::Invocation5xxErrors, zero_one(self.errors_5xx, n));
+        push(out, scope, Metric::Invocations, repeated(1.0, n));
         push(
+            out,
+            scope,
+            Metric::Invocation4xxErrors,
+            zero_one(self.errors_4xx, n),
+        );
+        push(
+            out,
+            scope,
+            Metric::Invocation5xxErrors,
+            zero_one(self.errors_5xx, n),
+        );
+        push(
+            out,
+            scope,
             Metric::InvocationModelErrors,
             zero_one(self.model_errors, n),
         );
         if let Some(stats) = self.model_latency.take() {
-            push(Metric::ModelLatency, stats);
+            push(out, scope, Metric::ModelLatency, stats);
         }
         if let Some(stats) = self.overhead_latency.take() {
-            push(Metric::OverheadLatency, stats);
+            push(out, scope, Metric::OverheadLatency, stats);
         }
-        push(per.0, repeated(per.1, n));
         *self = Tally::default();
     }
 }
 
-/// In-flight requests now, and their least and most since the last tick.
+/// The streamed answers' figures.
+#[derive(Clone, Debug, Default)]
+struct StreamTally {
+    streams: u64,
+    broke: u64,
+    first_chunk: Histogram,
+    first_chunk_model: Histogram,
+    first_chunk_overhead: Histogram,
+}
+
+impl StreamTally {
+    fn record(&mut self, stream: &StreamOutcome) {
+        self.streams += 1;
+        if stream.broke_mid_stream {
+            self.broke += 1;
+        }
+        if let Some(first) = &stream.first_chunk {
+            self.first_chunk.record(first.total_us);
+            self.first_chunk_model.record(first.model_us);
+            self.first_chunk_overhead
+                .record((first.total_us - first.model_us).max(0.0));
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<(SeriesKey, Stats)>) {
+        let scope = &Scope::EndpointInvocations;
+        if self.streams == 0 {
+            return;
+        }
+        for (metric, histogram) in [
+            (Metric::FirstChunkLatency, &mut self.first_chunk),
+            (Metric::FirstChunkModelLatency, &mut self.first_chunk_model),
+            (
+                Metric::FirstChunkOverheadLatency,
+                &mut self.first_chunk_overhead,
+            ),
+        ] {
+            if let Some(stats) = histogram.take() {
+                push(out, scope, metric, stats);
+            }
+        }
+        push(
+            out,
+            scope,
+            Metric::MidStreamErrors,
+            zero_one(self.broke, self.streams),
+        );
+        *self = StreamTally::default();
+    }
+}
+
+/// Requests in flight now, and the most since the last data point.
 #[derive(Clone, Copy, Debug, Default)]
 struct Concurrency {
     now: u64,
-    min: u64,
     max: u64,
-    /// A request started or finished since the last tick.
-    touched: bool,
 }
 
 impl Concurrency {
     fn start(&mut self) {
         self.now += 1;
         self.max = self.max.max(self.now);
-        self.touched = true;
     }
 
     fn finish(&mut self) {
         self.now = self.now.saturating_sub(1);
-        self.min = self.min.min(self.now);
-        self.touched = true;
     }
 
-    /// The tick's minimum and maximum as two samples; the next tick starts from `now`.
-    fn drain(&mut self, scope: &Scope, metric: Metric, out: &mut Vec<(SeriesKey, Stats)>) {
-        let mut stats = Stats::new(self.min as f64);
-        stats.record(self.max as f64);
-        out.push((
-            SeriesKey {
-                scope: scope.clone(),
-                metric,
-            },
-            stats,
-        ));
-        self.min = self.now;
-        self.max = self.now;
-        self.touched = false;
+    /// The most in flight since the last call; the next period starts from `now`.
+    fn take_max(&mut self) -> u64 {
+        std::mem::replace(&mut self.max, self.now)
     }
 }
 
-/// How one request ended, as the front door saw it.
+/// One inference component, all its copies here together.
+#[derive(Clone, Debug, Default)]
+struct ComponentLedger {
+    concurrency: Concurrency,
+    /// Invocations since the last tick (`InvocationsPerCopy`).
+    invocations: u64,
+    /// Requests no copy could take since the last tick.
+    no_capacity: u64,
+    /// A request started since the last concurrency data point.
+    active: bool,
+}
+
+/// The first response chunk of a streamed answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FirstChunk {
+    /// From the request's arrival to the first chunk handed to the client's connection.
+    pub total_us: f64,
+    /// From sending the request to the copy to its first chunk arriving.
+    pub model_us: f64,
+}
+
+/// What a streamed answer did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamOutcome {
+    /// None: it ended or failed before its first chunk.
+    pub first_chunk: Option<FirstChunk>,
+    /// The copy broke it off after its first chunk.
+    pub broke_mid_stream: bool,
+}
+
+/// How one invocation ended, as the front door saw it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Outcome {
-    /// The status the client got.
+    /// The status the client got: the copy's, or 502/504 when the copy failed to answer.
     pub status: u16,
-    /// The request reached a copy and it did not answer 2xx (refused, reset, timed out, or a
-    /// non-2xx status).
+    /// The copy did not answer 2xx (refused, reset, timed out, broke off, or a non-2xx status).
     pub model_error: bool,
-    /// Time spent waiting on the copy (request sent to last response byte); None: not forwarded.
-    pub model_us: Option<f64>,
-    /// Time in the front door, first byte of the request to last byte of the response.
+    /// Time spent waiting on the copy: request sent to its last response byte (or its failure).
+    pub model_us: f64,
+    /// Time in the front door, the request's arrival to the last byte of the response.
     pub total_us: f64,
+    /// Some for a streamed answer (see `super::is_streamed`).
+    pub stream: Option<StreamOutcome>,
 }
 
 /// The model copy a request went to.
@@ -277,9 +390,12 @@ pub struct CopyKey {
 #[derive(Default)]
 struct Ledger {
     instance: Tally,
-    instance_concurrency: Concurrency,
-    components: HashMap<Arc<str>, Concurrency>,
-    copies: HashMap<CopyKey, (Tally, Concurrency)>,
+    streams: StreamTally,
+    concurrency: Concurrency,
+    components: HashMap<Arc<str>, ComponentLedger>,
+    copies: HashMap<CopyKey, Tally>,
+    /// When the current concurrency period ends (wall clock, ms); None before the first tick.
+    concurrency_period_end_ms: Option<u64>,
 }
 
 /// The front door's figures since the last tick.
@@ -301,82 +417,178 @@ impl Accounts {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request is in flight (to `copy`, when it was routed to one).
-    pub fn start(&self, copy: Option<&CopyKey>) {
+    /// A request was routed to `copy`: in flight until [`Accounts::finish`].
+    pub fn start(&self, copy: &CopyKey) {
         let mut ledger = self.ledger();
-        ledger.instance_concurrency.start();
-        if let Some(copy) = copy {
-            ledger
-                .components
-                .entry(copy.component.clone())
-                .or_default()
-                .start();
-            ledger.copies.entry(copy.clone()).or_default().1.start();
-        }
+        ledger.concurrency.start();
+        let component = ledger.components.entry(copy.component.clone()).or_default();
+        component.concurrency.start();
+        component.active = true;
     }
 
-    /// A request started with [`Accounts::start`] has ended.
-    pub fn finish(&self, copy: Option<&CopyKey>, outcome: &Outcome) {
+    /// A request started with [`Accounts::start`] has ended: an invocation with its
+    /// `outcome`, or (None) not one: the client's fault, or cut off by the shutdown.
+    pub fn finish(&self, copy: &CopyKey, outcome: Option<&Outcome>) {
         let mut ledger = self.ledger();
+        ledger.concurrency.finish();
+        let component = ledger.components.entry(copy.component.clone()).or_default();
+        component.concurrency.finish();
+        let Some(outcome) = outcome else { return };
+        component.invocations += 1;
         ledger.instance.record(outcome);
-        ledger.instance_concurrency.finish();
-        if let Some(copy) = copy {
-            if let Some(c) = ledger.components.get_mut(&copy.component) {
-                c.finish();
-            }
-            if let Some((tally, c)) = ledger.copies.get_mut(copy) {
+        if let Some(stream) = &outcome.stream {
+            ledger.streams.record(stream);
+        }
+        match ledger.copies.get_mut(copy) {
+            Some(tally) => tally.record(outcome),
+            None => {
+                let mut tally = Tally::default();
                 tally.record(outcome);
-                c.finish();
+                ledger.copies.insert(copy.clone(), tally);
             }
         }
     }
 
-    /// The series of the tick that ends now. `copies_of` says how many copies a component has
-    /// now (for `InvocationsPerCopy`). Copies and components without a request in flight or
-    /// since the last tick are forgotten.
-    pub fn drain(&self, copies_of: impl Fn(&str) -> usize) -> Vec<(SeriesKey, Stats)> {
-        let mut out = Vec::new();
+    /// A request named `component`, which has no copy that could take it now.
+    pub fn no_capacity(&self, component: &Arc<str>) {
         let mut ledger = self.ledger();
-        let per_instance = 1.0 / f64::from(self.instance_count);
-        ledger.instance.drain(
-            &Scope::Invocations,
-            (Metric::InvocationsPerInstance, per_instance),
-            &mut out,
-        );
-        ledger.instance_concurrency.drain(
-            &Scope::Invocations,
+        match ledger.components.get_mut(component) {
+            Some(c) => c.no_capacity += 1,
+            None => {
+                let c = ComponentLedger {
+                    no_capacity: 1,
+                    ..Default::default()
+                };
+                ledger.components.insert(component.clone(), c);
+            }
+        }
+    }
+
+    /// The series of the tick at `tick_ms` (wall clock). `copies` lists the components that
+    /// have copies now, with how many (`InvocationsPerCopy`, `ConcurrentRequestsPerCopy`).
+    /// The tick at or after the end of a [`CONCURRENCY_PERIOD_MS`] period adds that period's
+    /// concurrency data points; `last` (the front door stopping) adds them for the partial one.
+    pub fn drain(
+        &self,
+        tick_ms: u64,
+        copies: &[(Arc<str>, usize)],
+        last: bool,
+    ) -> Vec<(SeriesKey, Stats)> {
+        let copies_of = |component: &str| {
+            copies
+                .iter()
+                .find(|(c, _)| &**c == component)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mut out = Vec::new();
+        let mut guard = self.ledger();
+        let ledger = &mut *guard;
+        let n = ledger.instance.invocations;
+        ledger.instance.drain(&Scope::Invocations, &mut out);
+        if n > 0 {
+            let share = 1.0 / f64::from(self.instance_count);
+            push(
+                &mut out,
+                &Scope::Invocations,
+                Metric::InvocationsPerInstance,
+                repeated(share, n),
+            );
+        }
+        ledger.streams.drain(&mut out);
+        for (key, mut tally) in ledger.copies.drain() {
+            let scope = Scope::CopyInvocations {
+                component: key.component,
+                container_id: key.container_id,
+            };
+            tally.drain(&scope, &mut out);
+        }
+        for (component, c) in ledger.components.iter_mut() {
+            let scope = Scope::ComponentInvocations {
+                component: component.clone(),
+            };
+            if c.invocations > 0 {
+                let share = 1.0 / copies_of(component).max(1) as f64;
+                push(
+                    &mut out,
+                    &scope,
+                    Metric::InvocationsPerCopy,
+                    repeated(share, c.invocations),
+                );
+                c.invocations = 0;
+            }
+            if c.no_capacity > 0 {
+                push(
+                    &mut out,
+                    &scope,
+                    Metric::NoCapacityInvocationFailures,
+                    repeated(1.0, c.no_capacity),
+                );
+                c.no_capacity = 0;
+            }
+        }
+        // The first tick closes the period that holds it when it is on its end.
+        let first_end = || {
+            crate::clock::window_start_ms(tick_ms, CONCURRENCY_PERIOD_MS / 1000)
+                + CONCURRENCY_PERIOD_MS
+        };
+        let end = *ledger
+            .concurrency_period_end_ms
+            .get_or_insert_with(first_end);
+        if last || tick_ms >= end {
+            ledger.concurrency_period_end_ms = Some(period_end(tick_ms));
+            self.concurrency_points(ledger, copies, &mut out);
+        }
+        out
+    }
+
+    /// One `ConcurrentRequestsPerModel` point (the most requests in flight at once in the
+    /// period) and one `ConcurrentRequestsPerCopy` point per component with copies or requests
+    /// (its most in flight at once, divided by its copies now).
+    fn concurrency_points(
+        &self,
+        ledger: &mut Ledger,
+        copies: &[(Arc<str>, usize)],
+        out: &mut Vec<(SeriesKey, Stats)>,
+    ) {
+        let most = ledger.concurrency.take_max();
+        push(
+            out,
+            &Scope::EndpointInvocations,
             Metric::ConcurrentRequestsPerModel,
-            &mut out,
+            Stats::new(most as f64),
         );
+        for (component, _) in copies {
+            ledger.components.entry(component.clone()).or_default();
+        }
         ledger.components.retain(|component, c| {
-            let keep = c.touched || c.now > 0;
-            if keep {
+            let n = copies
+                .iter()
+                .find(|(name, _)| name == component)
+                .map_or(0, |(_, n)| *n);
+            let publish = n > 0 || c.active || c.concurrency.now > 0;
+            if publish {
+                let most = c.concurrency.take_max();
                 let scope = Scope::ComponentInvocations {
                     component: component.clone(),
                 };
-                c.drain(&scope, Metric::ConcurrentRequestsPerModel, &mut out);
-            }
-            keep
-        });
-        ledger.copies.retain(|key, (tally, c)| {
-            let keep = c.touched || c.now > 0;
-            if keep {
-                let scope = Scope::CopyInvocations {
-                    component: key.component.clone(),
-                    container_id: key.container_id.clone(),
-                };
-                let copies = copies_of(&key.component).max(1);
-                tally.drain(
+                push(
+                    out,
                     &scope,
-                    (Metric::InvocationsPerCopy, 1.0 / copies as f64),
-                    &mut out,
+                    Metric::ConcurrentRequestsPerCopy,
+                    Stats::new(most as f64 / n.max(1) as f64),
                 );
-                c.drain(&scope, Metric::ConcurrentRequestsPerCopy, &mut out);
             }
-            keep
+            c.active = false;
+            // Gone from the table and idle: forgotten (a later request brings it back).
+            n > 0 || c.concurrency.now > 0
         });
-        out
     }
+}
+
+/// The end of the concurrency period that holds `tick_ms`, or the next one when `tick_ms` is
+/// on a boundary (a period is `(end - 10 s, end]`, as windows are).
+fn period_end(tick_ms: u64) -> u64 {
+    (tick_ms / CONCURRENCY_PERIOD_MS + 1) * CONCURRENCY_PERIOD_MS
 }
 
 #[cfg(test)]
@@ -390,12 +602,13 @@ mod tests {
         }
     }
 
-    fn outcome(status: u16, model_us: Option<f64>, total_us: f64) -> Outcome {
+    fn outcome(status: u16, model_us: f64, total_us: f64) -> Outcome {
         Outcome {
             status,
-            model_error: model_us.is_some() && !(200..300).contains(&status),
+            model_error: !(200..300).contains(&status),
             model_us,
             total_us,
+            stream: None,
         }
     }
 
@@ -410,12 +623,21 @@ mod tests {
             .map(|(_, s)| s)
     }
 
+    fn component(name: &str) -> Scope {
+        Scope::ComponentInvocations {
+            component: name.into(),
+        }
+    }
+
     #[test]
-    fn quantised_latencies_stay_within_one_percent() {
+    fn quantised_latencies_stay_within_one_percent_and_are_short() {
         let mut us = 1.0;
+        let mut ryu = ryu::Buffer::new();
         while us < 600e6 {
             let q = quantize_us(us);
             assert!((q - us).abs() / us <= 0.0100, "{us} -> {q}");
+            let text = ryu.format_finite(q);
+            assert!(text.len() <= 12, "{q} prints as {text}");
             us *= 1.0037;
         }
         assert_eq!(quantize_us(0.4), 0.0);
@@ -428,86 +650,186 @@ mod tests {
         let accounts = Accounts::new(4);
         let a = copy("model-a", "c1");
         for (status, model) in [(200, 100.0), (404, 50.0), (500, 70.0), (200, 30.0)] {
-            accounts.start(Some(&a));
-            accounts.finish(Some(&a), &outcome(status, Some(model), model + 10.0));
+            accounts.start(&a);
+            accounts.finish(&a, Some(&outcome(status, model, model + 10.0)));
         }
-        // Not routed: a 400 from the front door itself.
-        accounts.start(None);
-        accounts.finish(None, &outcome(400, None, 5.0));
-        let series = accounts.drain(|_| 2);
+        // The client's fault: in flight for a while, never an invocation.
+        accounts.start(&a);
+        accounts.finish(&a, None);
+        let series = accounts.drain(1_000, &[("model-a".into(), 2)], false);
         let i = Scope::Invocations;
-        assert_eq!(find(&series, &i, Metric::Invocations).unwrap().count, 5);
+        assert_eq!(find(&series, &i, Metric::Invocations).unwrap().count, 4);
         let e4 = find(&series, &i, Metric::Invocation4xxErrors).unwrap();
-        assert_eq!((e4.sum, e4.count), (2.0, 5));
+        assert_eq!((e4.sum, e4.count), (1.0, 4));
         let e5 = find(&series, &i, Metric::Invocation5xxErrors).unwrap();
         assert_eq!(e5.sum, 1.0);
         let me = find(&series, &i, Metric::InvocationModelErrors).unwrap();
-        assert_eq!(
-            me.sum, 2.0,
-            "404 and 500 from the model; the front door's 400 is not"
-        );
+        assert_eq!(me.sum, 2.0, "the 404 and the 500");
         let per_instance = find(&series, &i, Metric::InvocationsPerInstance).unwrap();
-        assert_eq!(per_instance.sum, 1.25);
+        assert_eq!((per_instance.sum, per_instance.count), (1.0, 4));
         let model = find(&series, &i, Metric::ModelLatency).unwrap();
         assert_eq!((model.count, model.min, model.max), (4, 30.0, 100.0));
         let overhead = find(&series, &i, Metric::OverheadLatency).unwrap();
-        assert_eq!((overhead.count, overhead.max), (5, 10.0));
+        assert_eq!((overhead.count, overhead.max), (4, 10.0));
         let c = Scope::CopyInvocations {
             component: "model-a".into(),
             container_id: "c1".into(),
         };
         assert_eq!(find(&series, &c, Metric::Invocations).unwrap().count, 4);
-        assert_eq!(
-            find(&series, &c, Metric::InvocationsPerCopy).unwrap().sum,
-            2.0
+        assert!(find(&series, &c, Metric::InvocationsPerCopy).is_none());
+        let per_copy = find(&series, &component("model-a"), Metric::InvocationsPerCopy).unwrap();
+        assert_eq!((per_copy.sum, per_copy.count), (2.0, 4), "1/2 per request");
+        assert!(
+            find(
+                &series,
+                &Scope::EndpointInvocations,
+                Metric::MidStreamErrors
+            )
+            .is_none(),
+            "no stream, no streaming series"
         );
-        let conc = find(&series, &c, Metric::ConcurrentRequestsPerCopy).unwrap();
-        assert_eq!((conc.min, conc.max), (0.0, 1.0));
     }
 
     #[test]
-    fn concurrency_is_the_min_and_max_since_the_last_tick() {
+    fn concurrency_is_one_point_per_10_s_the_most_in_flight() {
         let accounts = Accounts::new(1);
         let a = copy("m", "c1");
+        let copies = [(Arc::from("m"), 2)];
+        // Period (0, 10 s]: three at once at most.
         for _ in 0..3 {
-            accounts.start(Some(&a));
+            accounts.start(&a);
         }
-        accounts.finish(Some(&a), &outcome(200, Some(1.0), 2.0));
-        let series = accounts.drain(|_| 1);
-        let model = Scope::ComponentInvocations {
-            component: "m".into(),
+        accounts.finish(&a, Some(&outcome(200, 1.0, 2.0)));
+        let per_model = |series: &[(SeriesKey, Stats)]| {
+            find(
+                series,
+                &Scope::EndpointInvocations,
+                Metric::ConcurrentRequestsPerModel,
+            )
+            .map(|s| (s.count, s.max))
         };
-        let c = find(&series, &model, Metric::ConcurrentRequestsPerModel).unwrap();
-        assert_eq!((c.min, c.max), (0.0, 3.0));
-        // Next tick: two still in flight, nothing new.
-        let series = accounts.drain(|_| 1);
-        let c = find(&series, &model, Metric::ConcurrentRequestsPerModel).unwrap();
-        assert_eq!((c.min, c.max), (2.0, 2.0));
-        assert!(find(&series, &model, Metric::Invocations).is_none());
-        accounts.finish(Some(&a), &outcome(200, Some(1.0), 2.0));
-        accounts.finish(Some(&a), &outcome(200, Some(1.0), 2.0));
-        accounts.drain(|_| 1);
-        // Idle copies are forgotten; the instance keeps publishing its zero.
-        let series = accounts.drain(|_| 1);
-        assert!(find(&series, &model, Metric::ConcurrentRequestsPerModel).is_none());
-        let i = find(
+        let per_copy = |series: &[(SeriesKey, Stats)]| {
+            find(series, &component("m"), Metric::ConcurrentRequestsPerCopy)
+                .map(|s| (s.count, s.max))
+        };
+        for tick in [1_000, 5_000, 9_900] {
+            let series = accounts.drain(tick, &copies, false);
+            assert_eq!(
+                per_model(&series),
+                None,
+                "no point inside the period ({tick})"
+            );
+        }
+        let series = accounts.drain(10_000, &copies, false);
+        assert_eq!(per_model(&series), Some((1, 3.0)));
+        assert_eq!(per_copy(&series), Some((1, 1.5)), "3 in flight / 2 copies");
+        // Next period: two still in flight throughout, then one more briefly.
+        accounts.start(&a);
+        accounts.finish(&a, Some(&outcome(200, 1.0, 2.0)));
+        assert_eq!(per_model(&accounts.drain(15_000, &copies, false)), None);
+        let series = accounts.drain(20_000, &copies, false);
+        assert_eq!(per_model(&series), Some((1, 3.0)));
+        // A late tick (12 s past) still closes the period, once.
+        let series = accounts.drain(32_000, &copies, false);
+        assert_eq!(per_model(&series), Some((1, 2.0)));
+        assert_eq!(per_model(&accounts.drain(33_000, &copies, false)), None);
+        accounts.finish(&a, Some(&outcome(200, 1.0, 2.0)));
+        accounts.finish(&a, Some(&outcome(200, 1.0, 2.0)));
+        // Stopping closes the partial period.
+        let series = accounts.drain(35_000, &copies, true);
+        assert_eq!(per_model(&series), Some((1, 2.0)));
+        // Idle: zeros, for the endpoint and every component with copies.
+        let series = accounts.drain(50_000, &copies, false);
+        assert_eq!(per_model(&series), Some((1, 0.0)));
+        assert_eq!(per_copy(&series), Some((1, 0.0)));
+        // A component gone from the table and idle is forgotten.
+        let series = accounts.drain(60_000, &[], false);
+        assert_eq!(per_copy(&series), None);
+        assert_eq!(per_model(&series), Some((1, 0.0)));
+    }
+
+    #[test]
+    fn streams_give_first_chunk_latencies_and_mid_stream_errors() {
+        let accounts = Accounts::new(1);
+        let a = copy("m", "c1");
+        let streamed = |first: Option<(f64, f64)>, broke| Outcome {
+            stream: Some(StreamOutcome {
+                first_chunk: first.map(|(total_us, model_us)| FirstChunk { total_us, model_us }),
+                broke_mid_stream: broke,
+            }),
+            ..outcome(200, 500.0, 600.0)
+        };
+        for o in [
+            streamed(Some((120.0, 100.0)), false),
+            streamed(Some((230.0, 200.0)), true),
+            streamed(None, false),
+            outcome(200, 10.0, 20.0),
+        ] {
+            accounts.start(&a);
+            accounts.finish(&a, Some(&o));
+        }
+        let series = accounts.drain(1_000, &[("m".into(), 1)], false);
+        let e = Scope::EndpointInvocations;
+        let total = find(&series, &e, Metric::FirstChunkLatency).unwrap();
+        assert_eq!((total.count, total.min, total.max), (2, 120.0, 230.0));
+        let model = find(&series, &e, Metric::FirstChunkModelLatency).unwrap();
+        assert_eq!((model.count, model.sum), (2, 300.0));
+        let overhead = find(&series, &e, Metric::FirstChunkOverheadLatency).unwrap();
+        assert_eq!(
+            (overhead.count, overhead.min, overhead.max),
+            (2, 20.0, 30.0)
+        );
+        let broke = find(&series, &e, Metric::MidStreamErrors).unwrap();
+        assert_eq!(
+            (broke.count, broke.sum),
+            (3, 1.0),
+            "one point per streamed answer"
+        );
+        assert_eq!(
+            find(&series, &Scope::Invocations, Metric::Invocations)
+                .unwrap()
+                .count,
+            4
+        );
+    }
+
+    #[test]
+    fn no_capacity_failures_are_counted_per_component_and_are_not_invocations() {
+        let accounts = Accounts::new(1);
+        let gone: Arc<str> = "scaled-to-zero".into();
+        accounts.no_capacity(&gone);
+        accounts.no_capacity(&gone);
+        let series = accounts.drain(1_000, &[], false);
+        let failures = find(
             &series,
-            &Scope::Invocations,
-            Metric::ConcurrentRequestsPerModel,
+            &component("scaled-to-zero"),
+            Metric::NoCapacityInvocationFailures,
         )
         .unwrap();
-        assert_eq!((i.min, i.max), (0.0, 0.0));
+        assert_eq!((failures.count, failures.sum), (2, 2.0));
+        assert!(find(&series, &Scope::Invocations, Metric::Invocations).is_none());
+        let series = accounts.drain(2_000, &[], false);
+        assert!(
+            find(
+                &series,
+                &component("scaled-to-zero"),
+                Metric::NoCapacityInvocationFailures
+            )
+            .is_none(),
+            "counted once"
+        );
     }
 
     #[test]
     fn many_requests_keep_a_bounded_distribution() {
         let accounts = Accounts::new(1);
+        let a = copy("m", "c1");
         for i in 0..100_000u32 {
-            accounts.start(None);
+            accounts.start(&a);
             let us = 1.0 + f64::from(i % 5000);
-            accounts.finish(None, &outcome(200, None, us));
+            accounts.finish(&a, Some(&outcome(200, us, 2.0 * us)));
         }
-        let series = accounts.drain(|_| 1);
+        let series = accounts.drain(1_000, &[("m".into(), 1)], false);
         let overhead = find(&series, &Scope::Invocations, Metric::OverheadLatency).unwrap();
         assert_eq!(overhead.count, 100_000);
         assert!(

@@ -12,11 +12,13 @@ pub mod account;
 pub mod conn;
 pub mod pool;
 pub mod route;
+pub mod upload;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,9 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
@@ -36,9 +37,10 @@ use crate::catalog::SeriesKey;
 use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
-use account::{Accounts, Outcome};
+use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
 use pool::{SendError, Sender};
-use route::{Table, Upstream, COMPONENT_HEADER};
+use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
+use upload::{Upload, UploadFault, UploadState};
 
 /// Request head limit (request line and headers). nginx allows 4 x 8 KiB by default; the
 /// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
@@ -86,6 +88,8 @@ struct State {
     connect_timeout: Duration,
     response_timeout: Duration,
     max_request_body_bytes: u64,
+    /// Set when the front door stops: a request cut off then is not the client's fault.
+    stopping: AtomicBool,
 }
 
 impl State {
@@ -158,6 +162,7 @@ impl FrontDoor {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             max_request_body_bytes: config.max_request_body_bytes,
+            stopping: AtomicBool::new(false),
         });
         let listener = {
             let _enter = runtime.enter();
@@ -201,10 +206,16 @@ impl FrontDoor {
         })
     }
 
-    /// The invocation series since the last call: the sampling loop calls this once a tick.
-    /// It also closes upstream connections idle for [`POOL_IDLE_TIMEOUT`], and hands memory
-    /// back after many client connections closed.
-    pub fn drain(&self) -> Vec<(SeriesKey, Stats)> {
+    /// The invocation series since the last call: the sampling loop calls this once a tick,
+    /// with the tick's wall-clock time (which closes each 10 s concurrency period, see
+    /// [`account::CONCURRENCY_PERIOD_MS`]). It also closes upstream connections idle for
+    /// [`POOL_IDLE_TIMEOUT`], and hands memory back after many client connections closed.
+    pub fn drain(&self, tick_ms: u64) -> Vec<(SeriesKey, Stats)> {
+        self.drain_at(tick_ms, false)
+    }
+
+    fn drain_at(&self, tick_ms: u64, last: bool) -> Vec<(SeriesKey, Stats)> {
+        // Memory back to the system after many client connections closed (two atomics else).
         self.state.connections.trim_if_many_closed();
         let table = self.state.table();
         let now = Instant::now();
@@ -213,7 +224,7 @@ impl FrontDoor {
         }
         self.state
             .accounts
-            .drain(|component| table.copies(component))
+            .drain(tick_ms, &table.component_copies(), last)
     }
 
     /// Stops accepting, lets requests in flight finish until `drain_until` (`[proxy]
@@ -225,6 +236,7 @@ impl FrontDoor {
         stop_by: tokio::time::Instant,
     ) -> Vec<(SeriesKey, Stats)> {
         let (drain_until, stop_by) = (drain_until.into_std(), stop_by.into_std());
+        self.state.stopping.store(true, Ordering::Relaxed);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send((drain_until, stop_by));
         }
@@ -236,7 +248,7 @@ impl FrontDoor {
                 tracing::warn!("front door: its thread did not stop in time");
             }
         }
-        self.drain()
+        self.drain_at(crate::clock::system_now_ms(), true)
     }
 }
 
@@ -311,12 +323,18 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                     }
                 })
             };
-            // Errors here are the client's (a malformed request gets 400 from hyper, a reset
-            // connection ends its task): nothing to count beyond what `handle` counted.
+            // Errors here are the client's: a malformed head gets 400 and one over the limit
+            // 431 from hyper, counted here as `handle` never saw them; a reset connection just
+            // ends its task (its request, if any, is counted when its guard drops).
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let wake = tokio::select! {
-                _ = connection.as_mut() => return,
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        count_connection_error(&*e);
+                    }
+                    return;
+                }
                 wake = admitted.wake() => wake,
             };
             // No new requests; those in flight finish (the drain's end bounds them).
@@ -357,6 +375,43 @@ async fn drain(state: &State, until: Instant) {
     );
 }
 
+/// Counts what hyper answered or cut off itself.
+fn count_connection_error(e: &(dyn StdError + 'static)) {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if e.is_parse_too_large() {
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: request head over the limit (431)",
+        );
+    } else if e.is_parse() {
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: malformed request (400)",
+        );
+    }
+    // A head not complete within HEADER_READ_TIMEOUT is not counted: hyper ends an idle
+    // keep-alive connection the same way, and that is no fault.
+}
+
+/// The front door's own answer to a request it could not route: not an invocation.
+fn reject(state: &State, e: RouteError) -> Response<Metered> {
+    let counter = match &e {
+        RouteError::NoCapacity(component) => {
+            state.accounts.no_capacity(component);
+            Counter::ProxyUnavailable
+        }
+        RouteError::NoUpstream => Counter::ProxyUnavailable,
+        RouteError::Ambiguous { .. } | RouteError::Unknown(_) | RouteError::BadHeader => {
+            Counter::ProxyBadRequests
+        }
+    };
+    let message = e.message();
+    telemetry::warn_sampled(counter, &format!("front door: {}", message.trim_end()));
+    local(None, e.status(), message)
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -364,28 +419,26 @@ async fn handle(
     let started = Instant::now();
     if let Some((status, reason)) = refused_request(&req) {
         telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
-        let guard = InFlight::new(state.accounts.clone(), None, started);
-        return Ok(local(guard, status, format!("{reason}\n")));
+        return Ok(local(None, status, format!("{reason}\n")));
     }
-    let table = state.table();
-    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            telemetry::warn_sampled(Counter::ProxyBadRequests, e.message().trim_end());
-            let guard = InFlight::new(state.accounts.clone(), None, started);
-            return Ok(local(guard, e.status(), e.message()));
-        }
-    };
-    let mut guard = InFlight::new(state.accounts.clone(), Some(upstream.clone()), started);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.max_request_body_bytes) {
-        telemetry::warn_sampled(Counter::ProxyBadRequests, "request body over the limit");
-        return Ok(local(guard, 413, "request body too large\n".into()));
+        telemetry::warn_sampled(
+            Counter::ProxyBadRequests,
+            "front door: request body over the limit (413)",
+        );
+        return Ok(local(None, 413, "request body too large\n".into()));
     }
+    let table = state.table();
+    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
+        Ok(upstream) => upstream,
+        Err(e) => return Ok(reject(&state, e)),
+    };
+    let mut guard = InFlight::new(state.clone(), upstream.clone(), started);
     let (mut parts, body) = req.into_parts();
     // Copies get origin-form (`/path?query`); the request's own authority (h2c, or an HTTP/1
     // absolute-form target) never picks a destination and is not passed on.
@@ -402,15 +455,21 @@ async fn handle(
                 parts.headers.insert(header::HOST, host);
             }
             Err(_) => {
-                telemetry::warn_sampled(Counter::ProxyBadRequests, "request target not usable");
-                return Ok(local(guard, 400, "bad request target\n".into()));
+                guard.fate = Fate::NotInvocation;
+                telemetry::warn_sampled(
+                    Counter::ProxyBadRequests,
+                    "front door: request target not usable (400)",
+                );
+                return Ok(local(Some(guard), 400, "bad request target\n".into()));
             }
         }
     }
     // h2c requests come in as HTTP/2; copies are spoken to in HTTP/1.1.
     parts.version = http::Version::HTTP_11;
+    let head_request = parts.method == Method::HEAD;
     strip_hop_by_hop(&mut parts.headers);
-    let body = Limited::new(body, clamp_usize(state.max_request_body_bytes));
+    let upload = guard.upload.clone();
+    let body = Upload::new(body, state.max_request_body_bytes, upload.clone());
     let upstream_req = Request::from_parts(parts, body);
 
     guard.model_started = Some(Instant::now());
@@ -425,8 +484,10 @@ async fn handle(
         Ok(Ok((response, sender))) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            guard.status = parts.status.as_u16();
-            guard.model_error = !parts.status.is_success();
+            guard.fate = Fate::Answered(parts.status.as_u16());
+            if is_streamed(&parts, &body, head_request) {
+                guard.stream = Some(Stream::default());
+            }
             guard.connection = Some(sender);
             Ok(Response::from_parts(
                 parts,
@@ -438,15 +499,15 @@ async fn handle(
         }
         Ok(Err(e)) => {
             guard.model_ended = Some(Instant::now());
+            if let Some(fault) = upload.fault() {
+                return Ok(client_fault(guard, fault));
+            }
             let (status, message) = classify(&e);
-            // A body over the limit is the client's doing, not the model's.
-            guard.model_error = status != 413;
+            guard.fate = Fate::Failed(status);
             let counter = if status == 504 {
                 Counter::ProxyUpstreamTimeouts
-            } else if status == 502 {
-                Counter::ProxyUpstreamErrors
             } else {
-                Counter::ProxyBadRequests
+                Counter::ProxyUpstreamErrors
             };
             telemetry::warn_sampled(
                 counter,
@@ -457,11 +518,27 @@ async fn handle(
                     chain(&e)
                 ),
             );
-            Ok(local(guard, status, message.into()))
+            Ok(local(Some(guard), status, message.into()))
         }
         Err(_elapsed) => {
-            guard.model_error = true;
             guard.model_ended = Some(Instant::now());
+            if upload.waiting_on_client() {
+                guard.fate = Fate::NotInvocation;
+                telemetry::warn_sampled(
+                    Counter::ProxyClientStalled,
+                    &format!(
+                        "front door: {}: the client's upload stalled for {} ms (408)",
+                        upstream.key.component,
+                        state.response_timeout.as_millis()
+                    ),
+                );
+                return Ok(local(
+                    Some(guard),
+                    408,
+                    "the request body did not arrive in time\n".into(),
+                ));
+            }
+            guard.fate = Fate::Failed(504);
             telemetry::warn_sampled(
                 Counter::ProxyUpstreamTimeouts,
                 &format!(
@@ -472,7 +549,7 @@ async fn handle(
                 ),
             );
             Ok(local(
-                guard,
+                Some(guard),
                 504,
                 "the model did not answer in time\n".into(),
             ))
@@ -480,21 +557,57 @@ async fn handle(
     }
 }
 
+/// Whether the copy's answer streams: a body whose length its head does not declare (HTTP/1.1
+/// `Transfer-Encoding: chunked`, or delimited by the connection's close), or Server-Sent Events
+/// (`Content-Type: text/event-stream`) however it is framed. An answer without a body (HEAD,
+/// 204, 304, `Content-Length: 0`) never streams. Copies speak HTTP/1.1, so an h2c client's
+/// stream is one of these too.
+fn is_streamed(head: &http::response::Parts, body: &Incoming, head_request: bool) -> bool {
+    if head_request || body.is_end_stream() {
+        return false;
+    }
+    let sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        });
+    sse || body.size_hint().exact().is_none()
+}
+
+/// The client broke its request: not an invocation. Counted and answered (if anyone listens).
+fn client_fault(mut guard: InFlight, fault: UploadFault) -> Response<Metered> {
+    guard.fate = Fate::NotInvocation;
+    let component = guard.upstream.key.component.clone();
+    let (counter, status, message) = match fault {
+        UploadFault::BadFraming => (
+            Counter::ProxyClientBadFraming,
+            400,
+            "the request body is badly framed\n",
+        ),
+        UploadFault::Left => (
+            Counter::ProxyClientLeft,
+            400,
+            "the request body was cut off\n",
+        ),
+        UploadFault::OverLimit => (Counter::ProxyBadRequests, 413, "request body too large\n"),
+    };
+    telemetry::warn_sampled(
+        counter,
+        &format!("front door: {component}: {} ({status})", message.trim_end()),
+    );
+    local(Some(guard), status, message.into())
+}
+
 /// What a failed upstream call means for the client.
 fn classify(e: &SendError) -> (u16, &'static str) {
     match e {
         SendError::ConnectTimeout => (504, "the model did not accept the connection in time\n"),
         SendError::Connect(_) => (502, "the model refused the connection\n"),
-        SendError::Send(e) => {
-            let mut source: Option<&(dyn StdError + 'static)> = e.source();
-            while let Some(s) = source {
-                if s.is::<LengthLimitError>() {
-                    return (413, "request body too large\n");
-                }
-                source = s.source();
-            }
-            (502, "the model closed the connection without an answer\n")
-        }
+        SendError::Send(_) => (502, "the model closed the connection without an answer\n"),
     }
 }
 
@@ -507,10 +620,6 @@ fn chain(e: &dyn StdError) -> String {
         source = s.source();
     }
     text
-}
-
-fn clamp_usize(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Requests the front door answers itself instead of forwarding: a method a copy cannot serve
@@ -553,12 +662,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A response the front door answers itself.
-fn local(mut guard: InFlight, status: u16, message: String) -> Response<Metered> {
-    guard.status = status;
+/// A response the front door answers itself (its request's guard, if it had been routed).
+fn local(guard: Option<InFlight>, status: u16, message: String) -> Response<Metered> {
     let mut response = Response::new(Metered {
         inner: Inner::Local(Some(Bytes::from(message))),
-        guard: Some(guard),
+        guard,
     });
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     response.headers_mut().insert(
@@ -568,15 +676,40 @@ fn local(mut guard: InFlight, status: u16, message: String) -> Response<Metered>
     response
 }
 
-/// One request in flight; accounted when dropped (its response body's end, or the client gone).
+/// What became of a routed request, as far as the model's metrics go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// No answer yet. Dropped so: the client went away (or the front door stopped).
+    Unsettled,
+    /// The copy answered with this status.
+    Answered(u16),
+    /// The copy failed to answer (refused, reset, timed out); the client got this status.
+    Failed(u16),
+    /// The front door's own rejection or the client's fault: counted where it was decided.
+    NotInvocation,
+}
+
+/// A streamed answer's progress.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    first_chunk: Option<Instant>,
+    broke: bool,
+}
+
+/// One routed request in flight; accounted when dropped (its response body's end, or the
+/// client gone).
 struct InFlight {
-    accounts: Arc<Accounts>,
-    upstream: Option<Arc<Upstream>>,
+    state: Arc<State>,
+    upstream: Arc<Upstream>,
+    upload: Arc<UploadState>,
     started: Instant,
     model_started: Option<Instant>,
     model_ended: Option<Instant>,
-    status: u16,
-    model_error: bool,
+    fate: Fate,
+    /// The copy broke its answer off after the head.
+    broke_off: bool,
+    /// Some when the answer streams (`is_streamed`).
+    stream: Option<Stream>,
     /// The connection the answer came on; back to its copy's pool once the answer's body was
     /// read to the end (`reusable`), else closed.
     connection: Option<Sender>,
@@ -584,18 +717,46 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(accounts: Arc<Accounts>, upstream: Option<Arc<Upstream>>, started: Instant) -> Self {
-        accounts.start(upstream.as_ref().map(|u| &u.key));
+    fn new(state: Arc<State>, upstream: Arc<Upstream>, started: Instant) -> Self {
+        state.accounts.start(&upstream.key);
         InFlight {
-            accounts,
+            state,
             upstream,
+            upload: Arc::default(),
             started,
             model_started: None,
             model_ended: None,
-            status: 0,
-            model_error: false,
+            fate: Fate::Unsettled,
+            broke_off: false,
+            stream: None,
             connection: None,
             reusable: false,
+        }
+    }
+
+    fn outcome(&self, status: u16, copy_failed: bool, now: Instant) -> Outcome {
+        let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
+        let model_us = self.model_started.map_or(0.0, |start| {
+            us(self
+                .model_ended
+                .unwrap_or(now)
+                .saturating_duration_since(start))
+        });
+        let stream = self.stream.map(|s| StreamOutcome {
+            first_chunk: s.first_chunk.map(|at| FirstChunk {
+                total_us: us(at.saturating_duration_since(self.started)),
+                model_us: self
+                    .model_started
+                    .map_or(0.0, |start| us(at.saturating_duration_since(start))),
+            }),
+            broke_mid_stream: s.broke && s.first_chunk.is_some(),
+        });
+        Outcome {
+            status,
+            model_error: copy_failed || self.broke_off || !(200..300).contains(&status),
+            model_us,
+            total_us: us(now.saturating_duration_since(self.started)),
+            stream,
         }
     }
 }
@@ -603,26 +764,32 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let now = Instant::now();
-        let model_us = self.model_started.map(|start| {
-            let end = self.model_ended.unwrap_or(now);
-            end.saturating_duration_since(start).as_nanos() as f64 / 1000.0
-        });
-        let outcome = Outcome {
-            status: self.status,
-            model_error: self.model_error,
-            model_us,
-            total_us: now.saturating_duration_since(self.started).as_nanos() as f64 / 1000.0,
-        };
-        self.accounts
-            .finish(self.upstream.as_ref().map(|u| &u.key), &outcome);
-        if let Some(upstream) = &self.upstream {
-            upstream
-                .outstanding
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(connection) = self.connection.take() {
-                if self.reusable {
-                    upstream.pool.put(connection);
+        let outcome = match self.fate {
+            Fate::Answered(status) => Some(self.outcome(status, false, now)),
+            Fate::Failed(status) => Some(self.outcome(status, true, now)),
+            Fate::NotInvocation => None,
+            Fate::Unsettled => {
+                if !self.state.stopping.load(Ordering::Relaxed) {
+                    telemetry::warn_sampled(
+                        Counter::ProxyClientLeft,
+                        &format!(
+                            "front door: {}: the client went away before the answer",
+                            self.upstream.key.component
+                        ),
+                    );
                 }
+                None
+            }
+        };
+        self.state
+            .accounts
+            .finish(&self.upstream.key, outcome.as_ref());
+        self.upstream
+            .outstanding
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(connection) = self.connection.take() {
+            if self.reusable {
+                self.upstream.pool.put(connection);
             }
         }
     }
@@ -653,29 +820,22 @@ impl Body for Metered {
         match &mut this.inner {
             Inner::Upstream(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(g) = this.guard.as_mut() {
+                if let (Poll::Ready(ready), Some(g)) = (&polled, this.guard.as_mut()) {
+                    match ready {
+                        Some(Ok(frame)) => {
+                            if let Some(stream) = g.stream.as_mut() {
+                                let data = frame.data_ref().is_some_and(|d| !d.is_empty());
+                                if data && stream.first_chunk.is_none() {
+                                    stream.first_chunk = Some(Instant::now());
+                                }
+                            }
+                        }
+                        None => {
                             g.model_ended = Some(Instant::now());
                             g.reusable = true;
                         }
+                        Some(Err(e)) => broke_off(g, e),
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        if let Some(g) = this.guard.as_mut() {
-                            g.model_ended = Some(Instant::now());
-                            g.model_error = true;
-                            let component = g
-                                .upstream
-                                .as_ref()
-                                .map_or("", |u| &*u.key.component)
-                                .to_string();
-                            telemetry::warn_sampled(
-                                Counter::ProxyUpstreamErrors,
-                                &format!("front door: {component}: the answer broke off: {e}"),
-                            );
-                        }
-                    }
-                    _ => {}
                 }
                 polled
             }
@@ -696,6 +856,34 @@ impl Body for Metered {
             Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
+}
+
+/// The copy's answer failed after its head: the copy's doing (a model error, and a mid-stream
+/// error once a streamed answer's first chunk went out), unless the client's upload broke it.
+fn broke_off(g: &mut InFlight, e: &hyper::Error) {
+    g.model_ended = Some(Instant::now());
+    let component = g.upstream.key.component.clone();
+    if let Some(fault) = g.upload.fault() {
+        g.fate = Fate::NotInvocation;
+        let counter = match fault {
+            UploadFault::BadFraming => Counter::ProxyClientBadFraming,
+            UploadFault::Left => Counter::ProxyClientLeft,
+            UploadFault::OverLimit => Counter::ProxyBadRequests,
+        };
+        telemetry::warn_sampled(
+            counter,
+            &format!("front door: {component}: the client's upload failed mid-answer: {e}"),
+        );
+        return;
+    }
+    g.broke_off = true;
+    if let Some(stream) = g.stream.as_mut() {
+        stream.broke = true;
+    }
+    telemetry::warn_sampled(
+        Counter::ProxyUpstreamErrors,
+        &format!("front door: {component}: the answer broke off: {e}"),
+    );
 }
 
 impl Drop for Metered {
@@ -733,18 +921,9 @@ mod tests {
     }
 
     #[test]
-    fn local_answers_are_accounted_when_their_body_is_dropped() {
-        let accounts = Arc::new(Accounts::new(1));
-        let guard = InFlight::new(accounts.clone(), None, Instant::now());
-        let response = local(guard, 404, "no\n".into());
+    fn local_answers_without_a_route_are_not_invocations() {
+        let response = local(None, 404, "no\n".into());
         assert_eq!(response.status(), 404);
         assert_eq!(response.body().size_hint().exact(), Some(3));
-        drop(response);
-        let series = accounts.drain(|_| 1);
-        let e4 = series
-            .iter()
-            .find(|(k, _)| k.metric == crate::catalog::Metric::Invocation4xxErrors)
-            .unwrap();
-        assert_eq!(e4.1.sum, 1.0);
     }
 }

@@ -15,15 +15,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 
-/// The request body as sent to a copy: the client's, capped at `proxy.max_request_body_bytes`.
-pub type UpstreamBody = Limited<Incoming>;
+/// The request body as sent to a copy: the client's, capped at `proxy.max_request_body_bytes` and
+/// watched for the client's faults.
+pub type UpstreamBody = super::upload::Upload;
 
 /// One connection's request handle; dropping it (when idle) closes the connection.
 pub type Sender = SendRequest<UpstreamBody>;

@@ -13,6 +13,12 @@ use crate::proxy::account::CopyKey;
 /// The request header that names the inference component (SageMaker's).
 pub const COMPONENT_HEADER: &str = "x-amzn-sagemaker-inference-component";
 
+/// Components remembered after their last copy left, so a request for one gets 503 and counts
+/// in `NoCapacityInvocationFailures` (scaled to zero) rather than 404 (never here). Bounds the
+/// memory a host that cycles through many component names can take; the agent's choice, far
+/// above the components one instance hosts.
+pub const MAX_REMEMBERED_COMPONENTS: usize = 1_000;
+
 /// One model copy the front door can reach.
 #[derive(Debug)]
 pub struct Upstream {
@@ -30,8 +36,11 @@ pub struct Upstream {
 pub enum RouteError {
     /// No header, and not exactly one component: 400.
     Ambiguous { components: Vec<String> },
-    /// The header names a component that has no copy here: 404.
+    /// The header names a component that has never had a copy here: 404.
     Unknown(String),
+    /// The header names a component known here (discovered, or had copies before) that has no
+    /// copy that could take the request now: 503, `NoCapacityInvocationFailures`.
+    NoCapacity(Arc<str>),
     /// The header is not valid text: 400.
     BadHeader,
     /// No component at all is reachable: 503.
@@ -43,7 +52,7 @@ impl RouteError {
         match self {
             RouteError::Ambiguous { .. } | RouteError::BadHeader => 400,
             RouteError::Unknown(_) => 404,
-            RouteError::NoUpstream => 503,
+            RouteError::NoUpstream | RouteError::NoCapacity(_) => 503,
         }
     }
 
@@ -61,6 +70,9 @@ impl RouteError {
                 "the X-Amzn-SageMaker-Inference-Component header is not valid text\n".into()
             }
             RouteError::NoUpstream => "no model copy is running on this instance yet\n".into(),
+            RouteError::NoCapacity(name) => {
+                format!("inference component \"{name}\" has no copy running on this instance now\n")
+            }
         }
     }
 }
@@ -69,6 +81,9 @@ impl RouteError {
 #[derive(Debug, Default)]
 pub struct Table {
     components: BTreeMap<Arc<str>, Vec<Arc<Upstream>>>,
+    /// Components seen here, with or without a reachable copy, least recently seen first (at
+    /// most [`MAX_REMEMBERED_COMPONENTS`]).
+    known: Vec<Arc<str>>,
     /// Spreads ties between idle copies.
     rotation: AtomicUsize,
 }
@@ -121,10 +136,30 @@ impl Table {
             let authority = SocketAddr::new(address, port).to_string();
             add(c.component.clone(), c.short_id.clone(), authority);
         }
+        let mut known = old.known.clone();
+        let present = components
+            .keys()
+            .cloned()
+            .chain(inventory.containers.values().map(|c| c.component.clone()));
+        for component in present {
+            known.retain(|k| *k != component);
+            known.push(component);
+        }
+        let over = known.len().saturating_sub(MAX_REMEMBERED_COMPONENTS);
+        known.drain(..over);
         Table {
             components,
+            known,
             rotation: AtomicUsize::new(0),
         }
+    }
+
+    /// Every component with copies, and how many.
+    pub fn component_copies(&self) -> Vec<(Arc<str>, usize)> {
+        self.components
+            .iter()
+            .map(|(name, copies)| (name.clone(), copies.len()))
+            .collect()
     }
 
     /// How many copies `component` has.
@@ -146,8 +181,15 @@ impl Table {
                 let name = name.trim();
                 match self.components.get(name) {
                     Some(copies) => copies,
-                    None if self.components.is_empty() => return Err(RouteError::NoUpstream),
-                    None => return Err(RouteError::Unknown(name.into())),
+                    None => {
+                        if let Some(known) = self.known.iter().find(|k| &***k == name) {
+                            return Err(RouteError::NoCapacity(known.clone()));
+                        }
+                        if self.components.is_empty() {
+                            return Err(RouteError::NoUpstream);
+                        }
+                        return Err(RouteError::Unknown(name.into()));
+                    }
                 }
             }
             None => {
@@ -282,5 +324,68 @@ mod tests {
         assert_eq!((e.status(), e), (404, RouteError::Unknown("zzz".into())));
         assert_eq!(t.choose(Some(b"\xff")).unwrap_err(), RouteError::BadHeader);
         assert_eq!(t.choose(Some(b"b")).unwrap().authority, "10.0.0.2:8080");
+    }
+
+    #[test]
+    fn a_component_whose_copies_left_has_no_capacity_one_never_seen_is_unknown() {
+        let inv = inventory(vec![
+            container("aaaaaaaaaaaa0000", "a", Some("10.0.0.1"), None),
+            container("bbbbbbbbbbbb0000", "b", Some("10.0.0.2"), None),
+            // Discovered, but not reachable: known, no capacity.
+            container("cccccccccccc0000", "c", None, None),
+        ]);
+        let t = Table::build(&[], &inv, 8080, &Table::default());
+        assert_eq!(
+            t.choose(Some(b"c")).unwrap_err(),
+            RouteError::NoCapacity("c".into())
+        );
+        // "a" scales to zero: its copy leaves the inventory.
+        let only_b = inventory(vec![container(
+            "bbbbbbbbbbbb0000",
+            "b",
+            Some("10.0.0.2"),
+            None,
+        )]);
+        let t = Table::build(&[], &only_b, 8080, &t);
+        let e = t.choose(Some(b"a")).unwrap_err();
+        assert_eq!(e, RouteError::NoCapacity("a".into()));
+        assert_eq!(e.status(), 503);
+        assert!(e.message().contains("no copy"), "{}", e.message());
+        assert_eq!(
+            t.choose(Some(b"zzz")).unwrap_err(),
+            RouteError::Unknown("zzz".into())
+        );
+        // Even with no copy at all, a known component is told apart.
+        let t = Table::build(&[], &Inventory::default(), 8080, &t);
+        assert_eq!(
+            t.choose(Some(b"b")).unwrap_err(),
+            RouteError::NoCapacity("b".into())
+        );
+        assert_eq!(t.choose(None).unwrap_err(), RouteError::NoUpstream);
+        assert_eq!(t.component_copies(), vec![]);
+    }
+
+    #[test]
+    fn remembered_components_are_bounded() {
+        let mut t = Table::default();
+        for i in 0..MAX_REMEMBERED_COMPONENTS + 5 {
+            let inv = inventory(vec![container(
+                "aaaaaaaaaaaa0000",
+                &format!("m{i}"),
+                Some("10.0.0.1"),
+                None,
+            )]);
+            t = Table::build(&[], &inv, 8080, &t);
+        }
+        assert_eq!(t.known.len(), MAX_REMEMBERED_COMPONENTS);
+        assert_eq!(
+            t.choose(Some(b"m0")).unwrap_err(),
+            RouteError::Unknown("m0".into()),
+            "the least recently seen is forgotten"
+        );
+        assert!(matches!(
+            t.choose(Some(b"m10")).unwrap_err(),
+            RouteError::NoCapacity(_)
+        ));
     }
 }

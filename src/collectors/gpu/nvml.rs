@@ -10,6 +10,9 @@
 //! - no `nvmlDeviceGetMemoryInfo_v2` (drivers before r510): the v1 call is used;
 //! - a process list whose entries cannot be right (a driver writing another entry layout) is
 //!   rejected for that sample, logged and counted, never misread.
+//!
+//! With `[gpu] health` groups on, each GPU's health figures are read in the same device read
+//! (`health.rs`), and the XID event thread (`xid.rs`) is started at the first initialisation.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -20,9 +23,12 @@ use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::struct_wrappers::device::{ProcessInfo, ProcessUtilizationSample};
 use nvml_wrapper::{Device, Nvml};
 
-use super::{GpuDevice, GpuProcess, GpuReading};
+use super::health::{self, DeviceFigures, HealthPlan, HealthState};
+use super::xid::XidWatch;
+use super::{GpuDevice, GpuHealth, GpuProcess, GpuReading};
 use crate::backoff::Backoff;
 use crate::collectors::worker::Collect;
+use crate::config::{GpuHealthGroup, DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS};
 use crate::telemetry::{self, Counter};
 
 /// Processes are listed, and their SM utilization read, at most once per this period (every
@@ -62,6 +68,10 @@ pub struct GpuOptions {
     pub init_retry_max: Duration,
     /// Processes are enumerated at most once per this many ms (u64::MAX: only once).
     pub process_min_interval_ms: u64,
+    /// The health groups read (none by default; `[gpu] health` through `gpu::spawn`).
+    pub health: Vec<GpuHealthGroup>,
+    /// The slow health reads (ECC group, MIG instance list) run at most once per this many ms.
+    pub health_slow_interval_ms: u64,
 }
 
 impl GpuOptions {
@@ -74,12 +84,14 @@ impl GpuOptions {
             init_retry_base: INIT_RETRY_BASE,
             init_retry_max: INIT_RETRY_MAX,
             process_min_interval_ms: PROCESS_ENUMERATION_MIN_INTERVAL_MS,
+            health: Vec::new(),
+            health_slow_interval_ms: DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS,
         }
     }
 }
 
 /// What a failed device read means for the collector.
-enum DeviceError {
+pub(super) enum DeviceError {
     /// GPU_IS_LOST: the GPU's series stop until it answers again.
     Lost,
     /// Anything else: no data for this GPU this sample.
@@ -107,6 +119,7 @@ struct DeviceState {
     /// MIG mode, read once per initialisation: it changes only with a GPU reset, and the call
     /// costs about 80 us on an H100 (more than the rest of the device reads together).
     mig: Option<bool>,
+    health: HealthState,
 }
 
 /// Reads every GPU through NVML. Owns the library handle; meant to run on a collector thread.
@@ -120,6 +133,14 @@ pub struct NvmlCollector {
     devices: Vec<DeviceState>,
     /// When processes were last enumerated (tick ms).
     last_enumeration_ms: Option<u64>,
+    /// The XID event thread (`[gpu] health` with "xid"), started at the first initialisation.
+    xid: Option<XidWatch>,
+}
+
+impl Drop for NvmlCollector {
+    fn drop(&mut self) {
+        self.drop_nvml();
+    }
 }
 
 impl Collect for NvmlCollector {
@@ -141,6 +162,16 @@ impl NvmlCollector {
             memory_v1: false,
             devices: Vec::new(),
             last_enumeration_ms: None,
+            xid: None,
+        }
+    }
+
+    /// Drops the library handle, freeing first what was kept from it (GPM samples).
+    fn drop_nvml(&mut self) {
+        if let Some(nvml) = self.nvml.take() {
+            for state in &mut self.devices {
+                state.health.release(&nvml);
+            }
         }
     }
 
@@ -158,7 +189,7 @@ impl NvmlCollector {
             .any(|d| d.lost.as_ref().is_some_and(|(at, _)| *at <= tick_ms))
         {
             // A lost GPU is due for another try: re-initialise NVML to get fresh handles.
-            self.nvml = None;
+            self.drop_nvml();
             self.next_init_ms = 0;
         }
         if !self.ensure_initialised(tick_ms) {
@@ -175,11 +206,15 @@ impl NvmlCollector {
                     1,
                     &format!("nvmlDeviceGetCount failed, re-initialising NVML: {e}"),
                 );
-                self.nvml = None;
+                self.drop_nvml();
                 self.next_init_ms = tick_ms + duration_ms(self.init_backoff.next_delay());
                 return reading;
             }
         };
+        // GPUs gone since the last reading: free what was kept for them first.
+        for state in self.devices.iter_mut().skip(count as usize) {
+            state.health.release(nvml);
+        }
         self.devices
             .resize_with(count as usize, DeviceState::default);
         let enumerate = self.last_enumeration_ms.is_none_or(|last| {
@@ -193,18 +228,27 @@ impl NvmlCollector {
             tick_ms,
             sample_interval_ms: self.options.sample_interval_ms,
             memory_v1: &mut self.memory_v1,
+            health: HealthPlan {
+                groups: &self.options.health,
+                tick_ms,
+                slow_interval_ms: self.options.health_slow_interval_ms,
+            },
         };
         for (index, state) in (0u32..).zip(self.devices.iter_mut()) {
             if state.lost.as_ref().is_some_and(|(at, _)| *at > tick_ms) {
                 continue;
             }
             match reader.device(index, state, enumerate) {
-                Ok(device) => {
+                Ok((device, health)) => {
                     if state.lost.take().is_some() {
                         tracing::info!(gpu = index, uuid = %device.uuid, "lost GPU answers again");
                     }
                     reading.processes.extend(state.processes.iter().cloned());
                     reading.devices.push(device);
+                    if let Some(mut health) = health {
+                        health.xid_errors = self.xid.as_ref().and_then(|x| x.counts.take(index));
+                        reading.health.push(health);
+                    }
                 }
                 Err(DeviceError::Lost) => {
                     if state.lost.is_none() {
@@ -222,6 +266,7 @@ impl NvmlCollector {
                     }
                     state.processes.clear();
                     state.last_seen_us = None;
+                    state.health.reset(nvml);
                 }
                 Err(DeviceError::Failed(reason)) => telemetry::warn(
                     Counter::GpuErrors,
@@ -231,6 +276,21 @@ impl NvmlCollector {
             }
         }
         reading
+    }
+
+    /// Starts the XID event thread once, when its group is on.
+    fn start_xid(&mut self) {
+        if self.xid.is_some() || !self.options.health.contains(&GpuHealthGroup::Xid) {
+            return;
+        }
+        match XidWatch::spawn(&self.options.library) {
+            Ok(watch) => self.xid = Some(watch),
+            Err(e) => telemetry::warn(
+                Counter::GpuErrors,
+                1,
+                &format!("cannot start the XID event thread ({e}): no XID counts"),
+            ),
+        }
     }
 
     /// Loads and initialises NVML when due. False: no NVML for this reading.
@@ -254,6 +314,7 @@ impl NvmlCollector {
                 );
                 self.nvml = Some(nvml);
                 self.init_backoff.reset();
+                self.start_xid();
                 for state in &mut self.devices {
                     state.mig = None;
                 }
@@ -292,6 +353,14 @@ struct Reader<'a> {
     tick_ms: u64,
     sample_interval_ms: u64,
     memory_v1: &'a mut bool,
+    health: HealthPlan<'a>,
+}
+
+/// One memory reading, in bytes.
+struct Memory {
+    used: u64,
+    free: u64,
+    total: u64,
 }
 
 impl Reader<'_> {
@@ -300,7 +369,7 @@ impl Reader<'_> {
         index: u32,
         state: &mut DeviceState,
         enumerate: bool,
-    ) -> Result<GpuDevice, DeviceError> {
+    ) -> Result<(GpuDevice, Option<GpuHealth>), DeviceError> {
         let device = self
             .nvml
             .device_by_index(index)
@@ -315,13 +384,13 @@ impl Reader<'_> {
                 mig
             }
         };
-        let utilization_percent = if mig {
+        let utilization = if mig {
             None
         } else {
             optional(device.utilization_rates(), "nvmlDeviceGetUtilizationRates")?
-                .and_then(|u| percent(u.gpu))
         };
-        let (used, total) = self.memory(&device)?;
+        let utilization_percent = utilization.as_ref().and_then(|u| percent(u.gpu));
+        let Memory { used, free, total } = self.memory(&device)?;
         if used > total {
             return Err(DeviceError::Failed(format!(
                 "memory used ({used} bytes) exceeds the total ({total} bytes)"
@@ -342,20 +411,46 @@ impl Reader<'_> {
                 }
             }
         }
-        Ok(GpuDevice {
+        let health = if self.health.groups.is_empty() {
+            None
+        } else {
+            let figures = DeviceFigures {
+                mig,
+                memory_copy_percent: utilization.and_then(|u| percent(u.memory)),
+                memory_used_bytes: used,
+                memory_free_bytes: free,
+            };
+            let h = health::read(
+                self.nvml,
+                &device,
+                index,
+                &figures,
+                &self.health,
+                &mut state.health,
+            )?;
+            Some(h)
+        };
+        let device = GpuDevice {
             index,
             uuid,
             utilization_percent,
             memory_used_bytes: used,
             memory_total_bytes: total,
-        })
+        };
+        Ok((device, health))
     }
 
-    /// (used, total) bytes: the v2 call, or v1 where the driver lacks v2.
-    fn memory(&mut self, device: &Device) -> Result<(u64, u64), DeviceError> {
+    /// Used, free and total bytes: the v2 call, or v1 where the driver lacks v2.
+    fn memory(&mut self, device: &Device) -> Result<Memory, DeviceError> {
         if !*self.memory_v1 {
             match device.memory_info() {
-                Ok(m) => return Ok((m.used, m.total)),
+                Ok(m) => {
+                    return Ok(Memory {
+                        used: m.used,
+                        free: m.free,
+                        total: m.total,
+                    })
+                }
                 Err(NvmlError::FailedToLoadSymbol(_))
                 | Err(NvmlError::FunctionNotFound)
                 | Err(NvmlError::UnexpectedVariant(NVML_ERROR_ARGUMENT_VERSION_MISMATCH)) => {
@@ -559,7 +654,7 @@ struct MemoryV1 {
 }
 
 /// The v1 memory call, which nvml-wrapper 0.13 does not wrap (it calls only `_v2`).
-fn memory_v1(nvml: &Nvml, device: &Device) -> Result<(u64, u64), NvmlError> {
+fn memory_v1(nvml: &Nvml, device: &Device) -> Result<Memory, NvmlError> {
     let sym = nvml
         .lib()
         .nvmlDeviceGetMemoryInfo
@@ -573,7 +668,11 @@ fn memory_v1(nvml: &Nvml, device: &Device) -> Result<(u64, u64), NvmlError> {
     // SAFETY: `sym` is nvmlDeviceGetMemoryInfo(nvmlDevice_t, nvmlMemory_t*) of the loaded library,
     // the handle comes from that library, and MemoryV1 has nvmlMemory_t's layout (three u64).
     nvml_try(unsafe { sym(device.handle(), (&mut memory as *mut MemoryV1).cast()) })?;
-    Ok((memory.used, memory.total))
+    Ok(Memory {
+        used: memory.used,
+        free: memory.free,
+        total: memory.total,
+    })
 }
 
 #[cfg(test)]
