@@ -1,6 +1,7 @@
 //! One sample of 50 model copies: the cgroup collector re-reading each container's kept-open
 //! files (CPU counter, memory usage, memory.stat) from a fixture tree in a temporary directory,
-//! for cgroup v2 (systemd layout, found through each container's PID) and v1 (cgroupfs layout).
+//! for cgroup v2 (systemd layout, found through each container's PID) and v1 (cgroupfs layout);
+//! idle copies (memory.stat read every tenth sample) and busy ones (read every sample).
 //!
 //! cargo bench --bench containers
 #![allow(
@@ -14,7 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use endpoint_metrics_agent::collectors::cgroup::{CgroupCollector, HostCapacity};
 use endpoint_metrics_agent::discovery::{ContainerInfo, GpuAllocation, Inventory};
 use tokio::sync::watch;
@@ -124,6 +125,8 @@ fn bench(c: &mut Criterion) {
         let first = collector.read_at(now_ns, &mut errors);
         assert_eq!(first.containers.len(), CONTAINERS, "{errors:?}");
         assert!(errors.is_empty(), "{errors:?}");
+        // Idle copies: their memory usage stays put, so memory.stat is read every
+        // MEMORY_STAT_MAX_AGE_SAMPLES-th sample.
         c.bench_function(
             &format!("{name}_one_sample_of_{CONTAINERS}_containers"),
             |b| {
@@ -135,7 +138,46 @@ fn bench(c: &mut Criterion) {
                 })
             },
         );
+        // Busy copies: every usage moves between samples, so every memory.stat is read. The
+        // files are rewritten in the (unmeasured) setup of each iteration.
+        let usage_files = usage_files(dir.path(), v2);
+        let mut moved = 0u64;
+        c.bench_function(
+            &format!("{name}_one_sample_of_{CONTAINERS}_containers_whose_memory_moved"),
+            |b| {
+                b.iter_batched(
+                    || {
+                        moved += 4096;
+                        for path in &usage_files {
+                            std::fs::write(path, format!("{}\n", 157_286_400 + moved)).unwrap();
+                        }
+                    },
+                    |()| {
+                        now_ns += 1_000_000_000;
+                        let reading = collector.read_at(now_ns, &mut errors);
+                        assert_eq!(reading.containers.len(), CONTAINERS);
+                        reading
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+        assert!(errors.is_empty(), "{errors:?}");
     }
+}
+
+/// Every copy's memory usage file in the fixture tree.
+fn usage_files(root: &Path, v2: bool) -> Vec<std::path::PathBuf> {
+    let cg = root.join("sys/fs/cgroup");
+    (0..CONTAINERS)
+        .map(|i| {
+            let id = format!("{i:064x}");
+            match v2 {
+                true => cg.join(format!("system.slice/docker-{id}.scope/memory.current")),
+                false => cg.join(format!("memory/docker/{id}/memory.usage_in_bytes")),
+            }
+        })
+        .collect()
 }
 
 criterion_group!(benches, bench);

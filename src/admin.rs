@@ -7,14 +7,15 @@
 //! a full HTTP stack buys nothing here, and a parser this small is easy to bound: the request
 //! head has a size limit and a deadline, and anything else is a 4xx, never a panic.
 
+use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::clock::system_now_ms;
 use crate::live::LiveView;
@@ -29,8 +30,14 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// health probe on the same host needs far less).
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections served at once; more are closed at once. A scraper and a health probe need two.
+/// Connections served at once. A scraper and a health probe need two. When all are taken, the
+/// one that has waited longest without sending its request is closed to make room, so a few idle
+/// clients cannot hold every slot and fail the health probe (16 idle loopback connections did).
 pub const MAX_CONNECTIONS: usize = 16;
+
+/// After evicting an idle connection, the new one waits at most this for its slot; busy slots
+/// (a response being written) free within it.
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 /// `/healthz` fails when the last sample is older than this many sampling periods...
 pub const SAMPLE_STALE_PERIODS: u64 = 3;
@@ -114,35 +121,87 @@ pub async fn bind(listen: &SocketAddr) -> std::io::Result<TcpListener> {
 /// The last tick's view, as the agent publishes it once a tick.
 pub type LiveViews = watch::Receiver<Arc<LiveView>>;
 
+/// Connections that have not sent their request yet, oldest first: whom to evict for a new one.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    queue: VecDeque<(u64, Arc<Notify>)>,
+}
+
+impl Waiting {
+    fn push(&mut self) -> (u64, Arc<Notify>) {
+        self.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        self.queue.push_back((self.next_id, evict.clone()));
+        (self.next_id, evict)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(i, _)| *i != id);
+    }
+}
+
 /// Serves the admin endpoint until the task is aborted.
 pub async fn serve(listener: TcpListener, limits: HealthLimits, live: LiveViews) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                // EMFILE and the like: wait a little instead of spinning.
-                tracing::warn!(error = %e, "admin accept failed");
+                // EMFILE and the like: wait a little instead of spinning; logged at most once
+                // per 10 s.
+                telemetry::warn_sampled(
+                    Counter::AdminAcceptErrors,
+                    &format!("admin endpoint: accept failed: {e}"),
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            telemetry::warn(
-                Counter::AdminBadRequests,
-                1,
-                "admin endpoint busy; connection closed",
-            );
-            continue;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let oldest = lock(&waiting).queue.pop_front();
+                let Some((_, evict)) = oldest else {
+                    telemetry::warn_sampled(
+                        Counter::AdminBadRequests,
+                        "admin endpoint busy; connection closed",
+                    );
+                    continue;
+                };
+                evict.notify_one();
+                telemetry::add(Counter::AdminConnectionsEvicted, 1);
+                match tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        telemetry::warn_sampled(
+                            Counter::AdminBadRequests,
+                            "admin endpoint busy; connection closed",
+                        );
+                        continue;
+                    }
+                }
+            }
         };
-        let live = live.clone();
+        let (id, evict) = lock(&waiting).push();
+        let (waiting, live) = (waiting.clone(), live.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, limits, &live).await {
+            let ended = tokio::select! {
+                ended = handle(stream, limits, &live, || lock(&waiting).remove(id)) => ended,
+                () = evict.notified() => Ok(()),
+            };
+            lock(&waiting).remove(id);
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "admin connection ended early");
             }
             drop(permit);
         });
     }
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A response: status line, content type, body.
@@ -163,13 +222,17 @@ impl Response {
     }
 }
 
+/// Serves one connection; `head_read` runs once its request head is in (it can no longer be
+/// evicted).
 async fn handle(
     mut stream: tokio::net::TcpStream,
     limits: HealthLimits,
     live: &LiveViews,
+    head_read: impl FnOnce(),
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
+    head_read();
     let (response, head_only) = match head {
         Err(_) => (
             Response::text(408, "request head not received in time"),

@@ -115,10 +115,23 @@ pub async fn run(
     let mut closed: Vec<Encoded> = Vec::new();
     supervisor.ready();
     tokio::pin!(shutdown);
+    // Set by SIGTERM while the front door drains: the loop samples and publishes on meanwhile.
+    let mut drain_until: Option<Instant> = None;
     loop {
         let due = tokio::select! {
             due = ticker.tick() => due,
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_until.is_none() => {
+                match begin_drain(sources.front_door.as_ref(), config.proxy.drain_timeout_ms) {
+                    Some(until) => {
+                        supervisor.draining();
+                        drain_until = Some(until);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            () = drained(sources.front_door.as_ref()), if drain_until.is_some() => break,
+            () = sleep_until_some(drain_until) => break,
             event = supervisor.event() => {
                 match event {
                     Event::Hangup => {
@@ -146,20 +159,16 @@ pub async fn run(
         publish(&output.tx, &mut closed);
     }
 
-    let mut deadline = Deadline::start();
+    let deadline = Deadline::start();
     supervisor.stopping();
     tracing::info!(
         budget_ms = deadline.left().as_millis() as u64,
         "shutting down: publishing the partial window"
     );
     if let Some(front_door) = sources.front_door.take() {
-        // Requests in flight may finish first (the drain moves the deadline back by as long);
-        // the requests cut off at its end are accounted too.
-        let drain = Duration::from_millis(config.proxy.drain_timeout_ms);
-        deadline = deadline.after(drain);
-        let series = front_door
-            .stop(Instant::now() + drain, deadline.front_door())
-            .await;
+        // The drain ran above while sampling went on; what is still in flight now is cut, and
+        // accounted too.
+        let series = front_door.stop(Instant::now(), deadline.front_door()).await;
         windows.record(system_now_ms(), [], series, &mut closed);
     }
     windows.flush(&mut closed);
@@ -167,6 +176,38 @@ pub async fn run(
     output.finish(deadline).await;
     tracing::info!(counters = ?telemetry::snapshot(), "stopped");
     Ok(())
+}
+
+/// On SIGTERM with the front door on: stops it accepting and lets the requests in flight finish
+/// until the returned time (`proxy.drain_timeout_ms`); idle connections close at once, so with
+/// none in flight the drain ends at once. None: no front door, or no drain configured.
+fn begin_drain(front_door: Option<&FrontDoor>, drain_timeout_ms: u64) -> Option<Instant> {
+    let front_door = front_door?;
+    if drain_timeout_ms == 0 {
+        return None;
+    }
+    front_door.begin_drain();
+    tracing::info!(
+        in_flight = front_door.in_flight(),
+        drain_timeout_ms,
+        "draining the front door: no new connections, requests in flight may finish"
+    );
+    Some(Instant::now() + Duration::from_millis(drain_timeout_ms))
+}
+
+/// Completes when the front door has no connection left.
+async fn drained(front_door: Option<&FrontDoor>) {
+    match front_door {
+        Some(front_door) => front_door.drained().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Queues the closed windows for the sink; a full queue drops them, counted.

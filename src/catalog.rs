@@ -281,8 +281,7 @@ impl Metric {
             | Metric::MemoryReservation
             | Metric::GpuUtilizationUnattributed
             | Metric::GpuMemoryUtilizationUnattributed
-            | Metric::GpuMemoryCopyUtilization
-            | Metric::KvCacheUtilization => Unit::Percent,
+            | Metric::GpuMemoryCopyUtilization => Unit::Percent,
             Metric::GpuFramebufferUsed | Metric::GpuFramebufferFree => Unit::Megabytes,
             Metric::GpuEccSbeVolatile
             | Metric::GpuEccDbeVolatile
@@ -308,9 +307,9 @@ impl Metric {
             | Metric::GpuRowRemapFailure
             | Metric::GpuSmActive
             | Metric::GpuDramActive => Unit::None,
-            Metric::AgentCpuTime | Metric::ContainerStartDuration | Metric::ColdStartDuration => {
-                Unit::Seconds
-            }
+            Metric::AgentCpuTime => Unit::Seconds,
+            Metric::KvCacheUtilization => Unit::Percent,
+            Metric::ContainerStartDuration | Metric::ColdStartDuration => Unit::Seconds,
             // Like ModelLatency: the servers' seconds, times 1e6.
             Metric::Ttft | Metric::InterTokenLatency => Unit::Microseconds,
             Metric::QueueDepth

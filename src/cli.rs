@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use tokio::runtime::Runtime;
 
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::{preflight, Config, EXIT_CONFIG};
 use crate::plan::HostShape;
 use crate::sources::snapshot;
 use crate::{admin, agent, cost, plan};
@@ -20,6 +20,12 @@ pub fn run(
     runtime: &Runtime,
     shutdown: impl Future<Output = ()>,
 ) -> ExitCode {
+    // The same paths check-config checks: a path that cannot work is a configuration error (78,
+    // not retried by the unit), not a failure at start (1, retried).
+    if let Err(e) = preflight::check(&config, &path) {
+        tracing::error!(error = %e, "configuration cannot run on this host");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match runtime.block_on(agent::run(config, path, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -36,6 +42,16 @@ pub fn run(
     reason = "check-config never runs the pipeline, so stdout is free for the summary"
 )]
 pub fn check_config(path: &Path, config: &Config) -> ExitCode {
+    if let Err(e) = preflight::check(config, path) {
+        #[allow(
+            clippy::print_stderr,
+            reason = "check-config's report of what went wrong"
+        )]
+        {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
     println!("{} is valid\n{}", path.display(), config.summary());
     println!("{}", cost::describe(config));
     ExitCode::SUCCESS

@@ -107,6 +107,7 @@ pub fn body(config: &Config, target: &Target) -> Result<Value, DashboardError> {
     b.instance_and_gpus();
     b.gpu_health();
     b.copies();
+    b.model_server();
     b.invocations();
     Ok(b.finish())
 }
@@ -135,6 +136,14 @@ const COPY_GPU: &[Dim] = &[
     Dim::InferenceComponentName,
     Dim::Gpu,
 ];
+
+/// A model-server graph: its title, its default statistic, and each metric with the statistic
+/// of its row.
+type ServerGraph = (
+    &'static str,
+    &'static str,
+    &'static [(Metric, &'static str)],
+);
 
 /// Which namespace a row reads.
 #[derive(Copy, Clone)]
@@ -569,6 +578,83 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// What the model servers know (`[scrape]`) and each copy's lifecycle, per component: a row
+    /// per component and statistic for each metric the host publishes.
+    fn model_server(&mut self) {
+        let p = self.period();
+        let graphs: [ServerGraph; 6] = [
+            (
+                "Time to first token p50 / p99 (us)",
+                "p50",
+                &[(Metric::Ttft, "p50"), (Metric::Ttft, "p99")],
+            ),
+            (
+                "Inter-token latency p50 / p99 (us)",
+                "p50",
+                &[
+                    (Metric::InterTokenLatency, "p50"),
+                    (Metric::InterTokenLatency, "p99"),
+                ],
+            ),
+            (
+                "KV cache (%), queue and batch",
+                "Average",
+                &[
+                    (Metric::KvCacheUtilization, "Average"),
+                    (Metric::QueueDepth, "Average"),
+                    (Metric::BatchSize, "Average"),
+                ],
+            ),
+            (
+                "Tokens per second",
+                "Average",
+                &[
+                    (Metric::InputTokensPerSecond, "Average"),
+                    (Metric::OutputTokensPerSecond, "Average"),
+                ],
+            ),
+            (
+                "Start to healthy and cold start (s, max)",
+                "Maximum",
+                &[
+                    (Metric::ContainerStartDuration, "Maximum"),
+                    (Metric::ColdStartDuration, "Maximum"),
+                ],
+            ),
+            (
+                "Restarts, OOM kills, non-zero exits",
+                "Sum",
+                &[
+                    (Metric::ContainerRestarts, "Sum"),
+                    (Metric::ContainerOomKills, "Sum"),
+                    (Metric::ContainerNonZeroExits, "Sum"),
+                ],
+            ),
+        ];
+        let mut built = Vec::new();
+        for (title, stat, metrics) in graphs {
+            let mut g = Graph::new(title, stat, p);
+            for c in &self.target.components {
+                for (metric, row_stat) in metrics {
+                    let label = format!("{c} {} {row_stat}", metric.name());
+                    let options = json!({ "stat": row_stat, "label": label });
+                    g.rows
+                        .extend(self.row(Ns::Components, *metric, Some(c), options));
+                }
+            }
+            if !g.rows.is_empty() {
+                built.push(g);
+            }
+        }
+        if built.is_empty() {
+            return;
+        }
+        self.heading("Model servers and copy lifecycle");
+        for g in built {
+            self.add(g);
+        }
+    }
+
     /// The front door's invocation metrics.
     fn invocations(&mut self) {
         if !self.config.proxy.enabled {
@@ -866,6 +952,25 @@ mod tests {
         )
         .unwrap();
         assert!(!text(&off).contains("GPU health"));
+    }
+
+    #[test]
+    fn model_server_widgets_follow_the_scrape_setting() {
+        let off = body(
+            &config("[metrics]\nenhanced = true\n"),
+            &target(0, &["ic-a"]),
+        )
+        .unwrap();
+        assert!(!text(&off).contains("Model servers"), "{}", text(&off));
+        let on = body(
+            &config("[metrics]\nenhanced = true\n[scrape]\nenabled = true\n"),
+            &target(0, &["ic-a"]),
+        )
+        .unwrap();
+        let t = text(&on);
+        assert!(t.contains("## Model servers and copy lifecycle"), "{t}");
+        assert!(t.contains("\"TTFT\"") && t.contains("\"p99\""), "{t}");
+        assert!(t.contains("KVCacheUtilization"), "{t}");
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub fn prometheus_text(process: &Process) -> String {
             telemetry::get(c).to_string(),
         );
     }
-    let gauges: [(&str, &str, String); 7] = [
+    let gauges: [(&str, &str, String); 8] = [
         (
             "ready",
             "1 when the pipeline runs.",
@@ -151,6 +151,11 @@ pub fn prometheus_text(process: &Process) -> String {
             "spooled_windows",
             "Windows held by the sink until the destination takes them.",
             telemetry::gauge(Gauge::SpooledWindows).to_string(),
+        ),
+        (
+            "proxy_connections_open",
+            "Front door client connections open now.",
+            telemetry::gauge(Gauge::ProxyConnectionsOpen).to_string(),
         ),
         (
             "dropped_points_total",

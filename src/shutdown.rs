@@ -1,9 +1,9 @@
 //! One shutdown deadline. SIGTERM starts it; the front door, the last window and the sinks all
 //! finish by it, so the agent exits within the README's promise whatever is slow.
 //!
-//! The order: the front door stops accepting and drains the requests in flight for up to
-//! `[proxy] drain_timeout_ms` (which moves the deadline back by as long), then stops (its share
-//! ends [`SINK_SHARE`] before the deadline),
+//! The order: the front door first stops accepting and drains the requests in flight for up to
+//! `[proxy] drain_timeout_ms` while sampling goes on (`agent`); then this deadline starts, the
+//! front door cuts what is left and stops (its share ends [`SINK_SHARE`] before the deadline),
 //! the partial windows are encoded and queued, then the sinks send what they can and spool the
 //! rest by [`DRAIN_MARGIN`] before the deadline.
 
@@ -31,11 +31,6 @@ impl Deadline {
     /// A deadline [`SHUTDOWN_BUDGET`] from now.
     pub fn start() -> Deadline {
         Deadline(Instant::now() + SHUTDOWN_BUDGET)
-    }
-
-    /// The same deadline moved back by `drain` (the front door's drain of requests in flight).
-    pub fn after(self, drain: Duration) -> Deadline {
-        Deadline(self.0 + drain)
     }
 
     /// The front door's part: done by [`SINK_SHARE`] before the deadline.

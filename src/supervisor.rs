@@ -135,6 +135,13 @@ impl Supervisor {
         telemetry::set(Gauge::QueuedWindows, queued_windows as u64);
     }
 
+    /// The front door drains before the stop: not ready (`/healthz` says so, systemd hears
+    /// STOPPING=1), but the admin endpoint answers on.
+    pub fn draining(&mut self) {
+        telemetry::set(Gauge::Ready, 0);
+        self.notifier.stopping();
+    }
+
     pub fn stopping(&mut self) {
         telemetry::set(Gauge::Ready, 0);
         self.notifier.stopping();

@@ -139,6 +139,10 @@ counters! {
     ScrapeCounterResets = "scrape_counter_resets", Routine;
     /// Docker lifecycle events the tick did not take in time (a full queue).
     LifecycleEventsDropped = "lifecycle_events_dropped", DroppedPoint;
+    /// Admin endpoint: accepting a connection failed (out of file descriptors, say).
+    AdminAcceptErrors = "admin_accept_errors", Error;
+    /// Admin endpoint: a connection that had sent no request closed to make room for a new one.
+    AdminConnectionsEvicted = "admin_connections_evicted", Routine;
 }
 
 impl Counter {
@@ -184,6 +188,8 @@ gauges! {
     SpooledWindows;
     /// Wall-clock ms when the agent started running.
     StartedMs;
+    /// Front door: client connections open now.
+    ProxyConnectionsOpen;
 }
 
 static GAUGES: [AtomicU64; Gauge::ALL.len()] = [const { AtomicU64::new(0) }; Gauge::ALL.len()];

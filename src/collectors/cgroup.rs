@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,15 @@ use crate::discovery::{ContainerInfo, Inventory};
 /// A cgroup file is read at most this far: the largest, `memory.stat`, is about 2 KB; anything
 /// much bigger is not a cgroup file.
 pub const MAX_CGROUP_FILE_BYTES: u64 = 64 * 1024;
+
+/// `memory.stat` is re-read when the container's memory usage changed since it was last read,
+/// and at least every this many samples (10 s at the default 1 s sampling) when it did not.
+/// It is the dearest cgroup file by far: the kernel formats 40-70 counters for each read (on
+/// v1 it also sums the hierarchy for the `total_*` lines), which made it about 30 % of the whole
+/// agent's CPU with 50 copies (perf, docs/performance.md), where `memory.current` and the CPU
+/// counter are one number each. A copy whose usage moves every second still gets it every
+/// second; an idle one's `inactive_file` is then at most this many samples old.
+pub const MEMORY_STAT_MAX_AGE_SAMPLES: u32 = 10;
 
 /// A container's CPU use may exceed the host's CPUs by this factor before the reading counts as
 /// impossible: the counter and the clock are read a few microseconds apart.
@@ -186,24 +196,29 @@ impl OpenFile {
         }
     }
 
-    fn read_into(&mut self, buffer: &mut String) -> Result<(), CgroupError> {
-        buffer.clear();
-        self.file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| {
-                (&mut self.file)
-                    .take(MAX_CGROUP_FILE_BYTES + 1)
-                    .read_to_string(buffer)
-            })
-            .map_err(|source| CgroupError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if buffer.len() as u64 > MAX_CGROUP_FILE_BYTES {
-            buffer.clear();
+    /// Reads the whole file into `buffer` with one `pread` at offset 0: one system call where
+    /// seek + read + read-to-EOF took three. A cgroup file is one seq_file record, produced
+    /// whole by one `show` call, so a read into a buffer larger than the file returns all of
+    /// it; a read that fills the buffer (`MAX_CGROUP_FILE_BYTES + 1`) is not a cgroup file. A
+    /// `pread` at offset 0 also restarts the seq_file without generating the text twice.
+    fn read_into<'b>(&self, buffer: &'b mut Vec<u8>) -> Result<&'b str, CgroupError> {
+        buffer.resize(READ_BUFFER_BYTES, 0);
+        let n = loop {
+            match self.file.read_at(buffer, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+            }
+        };
+        if n as u64 > MAX_CGROUP_FILE_BYTES {
             return Err(self.parse_error("larger than any cgroup file"));
         }
-        Ok(())
+        std::str::from_utf8(&buffer[..n]).map_err(|_| self.parse_error("not UTF-8 text"))
     }
 
     fn parse_error(&self, reason: &'static str) -> CgroupError {
@@ -214,6 +229,9 @@ impl OpenFile {
     }
 }
 
+/// The read buffer: one byte past the largest cgroup file, so a larger one shows as full.
+const READ_BUFFER_BYTES: usize = MAX_CGROUP_FILE_BYTES as usize + 1;
+
 struct CgroupFiles {
     cpu: OpenFile,
     cpu_counter: CpuCounter,
@@ -221,6 +239,18 @@ struct CgroupFiles {
     memory_stat: OpenFile,
     /// `inactive_file` (v2) or `total_inactive_file` (v1, hierarchical like the usage).
     inactive_key: &'static str,
+    /// The last `memory.stat` reading, reused while the usage stays the same (see
+    /// [`MEMORY_STAT_MAX_AGE_SAMPLES`]).
+    inactive: Option<InactiveFile>,
+}
+
+/// `inactive_file` as last read from `memory.stat`, with the usage it was read alongside.
+#[derive(Copy, Clone, Debug)]
+struct InactiveFile {
+    bytes: u64,
+    usage: u64,
+    /// Samples since it was read.
+    age: u32,
 }
 
 struct Tracked {
@@ -240,8 +270,10 @@ pub struct CgroupCollector {
     host: HostCapacity,
     inventory_rx: watch::Receiver<Arc<Inventory>>,
     inventory: Arc<Inventory>,
+    /// `tracked` follows `inventory` (false until the first reading, and after each change).
+    synced: bool,
     tracked: HashMap<String, Tracked>,
-    buffer: String,
+    buffer: Vec<u8>,
     epoch: Instant,
 }
 
@@ -260,8 +292,9 @@ impl CgroupCollector {
             host,
             inventory_rx,
             inventory,
+            synced: false,
             tracked: HashMap::new(),
-            buffer: String::with_capacity(4096),
+            buffer: Vec::with_capacity(READ_BUFFER_BYTES),
             epoch: Instant::now(),
         }
     }
@@ -281,8 +314,13 @@ impl CgroupCollector {
     pub fn read_at(&mut self, now_ns: u64, errors: &mut Vec<CgroupError>) -> ContainerReading {
         if self.inventory_rx.has_changed().unwrap_or(false) {
             self.inventory = self.inventory_rx.borrow_and_update().clone();
+            self.synced = false;
         }
-        self.sync_tracked();
+        // Only a new inventory changes what is tracked: no per-tick comparison of every record.
+        if !self.synced {
+            self.sync_tracked();
+            self.synced = true;
+        }
         let mut reading = ContainerReading {
             containers: Vec::with_capacity(self.tracked.len()),
             inventory: self.inventory.clone(),
@@ -333,12 +371,15 @@ impl CgroupCollector {
             containers.get(id) == Some(&t.info)
         });
         for (id, info) in containers {
-            self.tracked.entry(id.clone()).or_insert_with(|| Tracked {
-                info: info.clone(),
-                files: None,
-                reported_missing: false,
-                previous: None,
-            });
+            if !self.tracked.contains_key(id) {
+                let tracked = Tracked {
+                    info: info.clone(),
+                    files: None,
+                    reported_missing: false,
+                    previous: None,
+                };
+                self.tracked.insert(id.clone(), tracked);
+            }
         }
     }
 }
@@ -348,7 +389,7 @@ fn sample(
     tracked: &mut Tracked,
     host: HostCapacity,
     now_ns: u64,
-    buffer: &mut String,
+    buffer: &mut Vec<u8>,
     errors: &mut Vec<CgroupError>,
 ) -> Option<ContainerUsage> {
     let files = tracked.files.as_mut()?;
@@ -410,28 +451,48 @@ fn sample(
     Some(usage)
 }
 
-fn read_cpu_ns(files: &mut CgroupFiles, buffer: &mut String) -> Result<u64, CgroupError> {
-    files.cpu.read_into(buffer)?;
+fn read_cpu_ns(files: &mut CgroupFiles, buffer: &mut Vec<u8>) -> Result<u64, CgroupError> {
+    let text = files.cpu.read_into(buffer)?;
     match files.cpu_counter {
-        CpuCounter::CpuStatUsec => stat_value(buffer, "usage_usec")
+        CpuCounter::CpuStatUsec => stat_value(text, "usage_usec")
             .map(|usec| usec.saturating_mul(1000))
             .ok_or_else(|| files.cpu.parse_error("no usage_usec line")),
-        CpuCounter::CpuacctNanos => buffer
+        CpuCounter::CpuacctNanos => text
             .trim()
             .parse::<u64>()
             .map_err(|_| files.cpu.parse_error("not a number")),
     }
 }
 
-fn read_memory_bytes(files: &mut CgroupFiles, buffer: &mut String) -> Result<u64, CgroupError> {
-    files.memory_usage.read_into(buffer)?;
-    let usage = buffer
+fn read_memory_bytes(files: &mut CgroupFiles, buffer: &mut Vec<u8>) -> Result<u64, CgroupError> {
+    let usage = files
+        .memory_usage
+        .read_into(buffer)?
         .trim()
         .parse::<u64>()
         .map_err(|_| files.memory_usage.parse_error("not a number"))?;
-    files.memory_stat.read_into(buffer)?;
-    let inactive = stat_value(buffer, files.inactive_key)
-        .ok_or_else(|| files.memory_stat.parse_error("no inactive_file line"))?;
+    let inactive = match files.inactive {
+        // The usage has not moved by a page since memory.stat was read, and that read is recent.
+        Some(last) if last.usage == usage && last.age + 1 < MEMORY_STAT_MAX_AGE_SAMPLES => {
+            files.inactive = Some(InactiveFile {
+                age: last.age + 1,
+                ..last
+            });
+            last.bytes
+        }
+        _ => {
+            files.inactive = None;
+            let text = files.memory_stat.read_into(buffer)?;
+            let bytes = stat_value(text, files.inactive_key)
+                .ok_or_else(|| files.memory_stat.parse_error("no inactive_file line"))?;
+            files.inactive = Some(InactiveFile {
+                bytes,
+                usage,
+                age: 0,
+            });
+            bytes
+        }
+    };
     // As docker stats: subtract only when it is smaller than the usage.
     Ok(if inactive < usage {
         usage - inactive
@@ -441,10 +502,13 @@ fn read_memory_bytes(files: &mut CgroupFiles, buffer: &mut String) -> Result<u64
 }
 
 /// The value of `key` in a flat-keyed file (`key value` per line).
+/// Searches for the key itself rather than splitting every line (memory.stat has 40-70).
 fn stat_value(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
+    text.match_indices(key).find_map(|(at, _)| {
+        let line_start = at == 0 || text.as_bytes()[at - 1] == b'\n';
+        let rest = text[at + key.len()..].strip_prefix(' ')?;
+        let value = rest.split('\n').next().unwrap_or_default();
+        line_start.then(|| value.trim().parse().ok()).flatten()
     })
 }
 
@@ -527,6 +591,7 @@ fn open_v2(dir: &Path) -> Result<CgroupFiles, CgroupError> {
         memory_usage: OpenFile::open(dir.join("memory.current"))?,
         memory_stat: OpenFile::open(dir.join("memory.stat"))?,
         inactive_key: "inactive_file",
+        inactive: None,
     })
 }
 
@@ -537,6 +602,7 @@ fn open_v1(cpu_dir: &Path, memory_dir: &Path) -> Result<CgroupFiles, CgroupError
         memory_usage: OpenFile::open(memory_dir.join("memory.usage_in_bytes"))?,
         memory_stat: OpenFile::open(memory_dir.join("memory.stat"))?,
         inactive_key: "total_inactive_file",
+        inactive: None,
     })
 }
 
@@ -726,11 +792,66 @@ mod tests {
         c.read_at(0, &mut errors);
         let big = "inactive_file 1\n".repeat((MAX_CGROUP_FILE_BYTES / 16 + 1) as usize);
         std::fs::write(cg.join("memory.stat"), big).unwrap();
+        // A changed usage, so memory.stat is read again at once.
+        std::fs::write(cg.join("memory.current"), format!("{}\n", 300 * MIB)).unwrap();
         c.read_at(1_000_000_000, &mut errors);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0]
             .to_string()
             .contains("larger than any cgroup file"));
+    }
+
+    #[test]
+    fn memory_stat_is_read_again_when_the_usage_moves_or_the_reading_is_old() {
+        let dir = tree("v2");
+        let root = dir.path();
+        let (mut c, _tx) = collector(root, vec![info(C, "ic-c", 5151)]);
+        let cg = root.join(format!("sys/fs/cgroup/system.slice/docker-{C}.scope"));
+        let set = |usage_mib: u64, inactive_mib: u64| {
+            std::fs::write(cg.join("memory.current"), format!("{}\n", usage_mib * MIB)).unwrap();
+            std::fs::write(
+                cg.join("memory.stat"),
+                format!(
+                    "anon 1\nfile 2\ninactive_file {}\nactive_file 3\n",
+                    inactive_mib * MIB
+                ),
+            )
+            .unwrap();
+        };
+        let mut errors = Vec::new();
+        let mut used = |t: u64| {
+            let r = c.read_at(t * 1_000_000_000, &mut errors);
+            usage(&r, C).memory_used_bytes.map(|b| b / MIB)
+        };
+        set(200, 100);
+        assert_eq!(used(0), Some(100));
+        // Only the page cache moved: the last memory.stat stands until it is
+        // MEMORY_STAT_MAX_AGE_SAMPLES samples old, then it is read again.
+        set(200, 50);
+        let ages = u64::from(MEMORY_STAT_MAX_AGE_SAMPLES);
+        for t in 1..ages {
+            assert_eq!(
+                used(t),
+                Some(100),
+                "sample {t}: the reading is {t} samples old"
+            );
+        }
+        assert_eq!(used(ages), Some(150), "read again after {ages} samples");
+        // The usage moved: memory.stat is read again at once.
+        set(300, 20);
+        assert_eq!(used(ages + 1), Some(280));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn stat_values_are_found_by_whole_key_at_a_line_start() {
+        let text = "total_inactive_file 7\ninactive_file_x 8\ninactive_file 9\nusage_usec  12 \n";
+        assert_eq!(stat_value(text, "inactive_file"), Some(9));
+        assert_eq!(stat_value(text, "total_inactive_file"), Some(7));
+        assert_eq!(stat_value(text, "usage_usec"), Some(12));
+        assert_eq!(stat_value(text, "active_file"), None);
+        assert_eq!(stat_value("inactive_file x\n", "inactive_file"), None);
+        assert_eq!(stat_value("", "inactive_file"), None);
     }
 
     #[test]

@@ -297,7 +297,9 @@ pub fn parse_meminfo(text: &[u8]) -> Option<f64> {
     }
     let total = total.filter(|&t| t > 0)?;
     // Kernels before 3.14 have no MemAvailable; free + buffers + page cache approximates it.
-    let available = available.or_else(|| free.map(|f| f + buffers + cached))?;
+    // Saturating: a garbled file's huge values must not overflow.
+    let available =
+        available.or_else(|| free.map(|f| f.saturating_add(buffers).saturating_add(cached)))?;
     Some(total.saturating_sub(available) as f64 / total as f64 * 100.0)
 }
 
@@ -374,6 +376,14 @@ mod tests {
             parse_proc_stat(b"cpu  18446744073709551615 1 0 0\n").is_none(),
             "overflow"
         );
+    }
+
+    #[test]
+    fn meminfo_with_huge_counters_is_a_bounded_value_not_an_overflow() {
+        let max = u64::MAX;
+        let text =
+            format!("MemTotal: 1000 kB\nMemFree: {max} kB\nBuffers: {max} kB\nCached: 1 kB\n");
+        assert_eq!(parse_meminfo(text.as_bytes()), Some(0.0));
     }
 
     #[test]

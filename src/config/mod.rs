@@ -13,13 +13,15 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{
     DEFAULT_COMPONENTS_NAMESPACE, DEFAULT_ENDPOINTS_NAMESPACE, DEFAULT_INVOCATIONS_NAMESPACE,
 };
-use crate::encode::limits::{
-    MAX_DIMENSION_NAME_CHARS, MAX_DIMENSION_VALUE_CHARS, MAX_LOG_GROUP_CHARS, MAX_LOG_STREAM_CHARS,
-};
+use crate::encode::limits::{MAX_DIMENSION_NAME_CHARS, MAX_LOG_GROUP_CHARS, MAX_LOG_STREAM_CHARS};
 
+pub mod preflight;
 pub mod values;
 
-use values::{dimension_value, listen_address, validate_log_name};
+use values::{
+    dimension_value, find_control_character, listen_address, validate_dimension_value,
+    validate_log_name,
+};
 pub use values::{validate_namespace, EmfDestination, InstanceIdSetting, ScrapeUrl, UpstreamUrl};
 
 /// Exit status for a configuration error (`EX_CONFIG` from sysexits.h).
@@ -111,10 +113,10 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 impl Config {
     /// Reads, parses and validates a configuration file. Nothing is guessed: any doubt is an error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_config_file(path).map_err(|reason| ConfigError {
             file: path.to_path_buf(),
             key: String::new(),
-            reason: format!("cannot read the file: {e}"),
+            reason,
         })?;
         Config::parse(&text, path)
     }
@@ -142,6 +144,7 @@ impl Config {
 
     /// The rules serde's types cannot say (ranges, one key against another), section by section.
     fn validate(&self) -> Result<(), Invalid> {
+        self.validate_text()?;
         self.endpoint.validate()?;
         self.metrics.validate()?;
         self.output.validate()?;
@@ -153,6 +156,21 @@ impl Config {
         self.scrape
             .validate(self.metrics.publish_frequency_seconds)?;
         Ok(())
+    }
+
+    /// No text value holds a control character (CR, LF, ESC...): names reach the logs, and a
+    /// raw line break there forges a log line.
+    fn validate_text(&self) -> Result<(), Invalid> {
+        let value = serde_json::to_value(self)
+            .map_err(|e| invalid("", format!("cannot be represented: {e}")))?;
+        let mut key = String::new();
+        match find_control_character(&value, &mut key) {
+            Some(c) => Err(invalid(
+                key,
+                format!("{c:?} is not allowed; allowed: no control characters"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Whether the output goes straight to CloudWatch (PutMetricData or CloudWatch Logs), through
@@ -234,6 +252,64 @@ impl Config {
     }
 }
 
+/// The largest configuration file read: the example, which documents every key, is about 10 KB;
+/// a file this size is a mistake (or `/dev/zero`), and reading on would only cost memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads the configuration file: a regular file (a link to one is fine) of at most
+/// [`MAX_CONFIG_FILE_BYTES`]. Opened non-blocking, so a FIFO neither blocks the open nor the
+/// read; a FIFO, a device or a folder is refused by its type before anything is read.
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read the file: it is not a regular file (a {}); allowed: a regular file",
+            file_kind(&meta.file_type())
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {MAX_CONFIG_FILE_BYTES} bytes; allowed: up to that"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 (byte {}); allowed: UTF-8 text",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_dir() {
+        "folder"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -267,15 +343,12 @@ impl EndpointConfig {
         if self.name.trim().is_empty() {
             return Err(invalid("endpoint.name", "must not be empty"));
         }
-        if self.name.chars().count() > MAX_DIMENSION_VALUE_CHARS {
-            return Err(invalid(
-                "endpoint.name",
-                format!("at most {MAX_DIMENSION_VALUE_CHARS} characters"),
-            ));
-        }
         if self.variant.trim().is_empty() {
             return Err(invalid("endpoint.variant", "must not be empty"));
         }
+        // Both are dimension values of every series.
+        validate_dimension_value(&self.name).map_err(|r| invalid("endpoint.name", r))?;
+        validate_dimension_value(&self.variant).map_err(|r| invalid("endpoint.variant", r))?;
         Ok(())
     }
 }
@@ -634,10 +707,18 @@ impl GpuConfig {
                 ),
             ));
         }
-        if self.dimension_name.is_empty() || self.dimension_name.len() > MAX_DIMENSION_NAME_CHARS {
+        // PutMetricData `Dimension.Name`: ASCII, at least one non-whitespace character, not
+        // starting with ':'.
+        let name = &self.dimension_name;
+        if name.is_empty()
+            || name.len() > MAX_DIMENSION_NAME_CHARS
+            || name.trim().is_empty()
+            || name.starts_with(':')
+            || !name.chars().all(|c| (' '..='~').contains(&c))
+        {
             return Err(invalid(
                 "gpu.dimension_name",
-                format!("must be 1 to {MAX_DIMENSION_NAME_CHARS} characters, e.g. \"GpuId\" or \"AcceleratorId\""),
+                format!("must be 1 to {MAX_DIMENSION_NAME_CHARS} printable ASCII characters, not starting with ':', e.g. \"GpuId\" or \"AcceleratorId\""),
             ));
         }
         if self.process_interval_ms < MIN_GPU_PROCESS_INTERVAL_MS {
@@ -826,10 +907,12 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// A client connection with no request in flight is closed after this (silent TCP, idle
 /// keep-alive, an h2 preface and nothing else). nginx's keepalive_timeout is 75 s.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
-/// Client connections held at once; past it new ones are closed at once, counted. Below the
-/// unit's `LimitNOFILE` (65536) with room for upstream connections (one per request in flight at
-/// most) and the agent's own files.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Client connections held at once; past it new ones are closed at once, counted. A keep-alive
+/// connection that has served a request holds about 24 KB (hyper's read and write buffers and
+/// its task; docs/reliability.md): 4,096 keep the worst case near 110 MB, inside the unit's
+/// `MemoryMax=256M`, and 8,192 descriptors with their copy connections, inside its
+/// `LimitNOFILE=65536`. nginx's default is 512 per worker (`worker_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const MAX_MAX_CONNECTIONS: usize = 60_000;
 /// On SIGTERM, requests in flight (streams included) may finish for this long before they are
 /// cut and counted. The unit's `TimeoutStopSec` is this plus the shutdown budget.
@@ -1178,6 +1261,9 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[proxy]\nlisten = \"8080\"\n", "proxy.listen", "not an IP address and port"),
             ("[endpoint]\nname = \"e\"\n[proxy]\ninstance_count = 0\n", "proxy.instance_count", "1 or more"),
             ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads", "1 to 64"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nmax_connections = 0\n", "proxy.max_connections", "1 to 60000"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nidle_timeout_ms = 0\n", "proxy.idle_timeout_ms", "1 or more"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\ndrain_timeout_ms = 40001\n", "proxy.drain_timeout_ms", "0 to 40000"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream[0].url", "not plain http"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"http://x:1\"\n[[proxy.upstream]]\ncomponent = \" \"\nurl = \"http://x:2\"\n", "proxy.upstream[1].component", "1 to 1024 characters"),
             ("[endpoint]\nname = \"e\"\n[scrape]\nport = 0\n", "scrape.port", "1 to 65535"),
@@ -1245,6 +1331,70 @@ mod tests {
     fn the_example_file_is_valid() {
         let c = parse(include_str!("../../agent.toml.example")).unwrap();
         assert_eq!(c.output.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+    }
+
+    #[test]
+    fn names_that_cloudwatch_refuses_or_that_could_forge_log_lines_are_refused() {
+        let long = "v".repeat(2000);
+        let cases = [
+            (format!("[endpoint]\nname = \"e\"\nvariant = \"{long}\"\n"), "endpoint.variant", "1 to 1024 characters (it has 2000)"),
+            ("[endpoint]\nname = \"e\\u001b[31m\"\n".into(), "endpoint.name", "'\\u{1b}' is not allowed"),
+            ("[endpoint]\nname = \"e\\r\\nfake log line\"\n".into(), "endpoint.name", "'\\r' is not allowed"),
+            ("[endpoint]\nname = \"e\"\nvariant = \"caf\u{e9}\"\n".into(), "endpoint.variant", "printable ASCII"),
+            ("[endpoint]\nname = \"e\"\ninstance_id = \"i-\u{e9}\"\n".into(), "endpoint.instance_id", "printable ASCII"),
+            ("[endpoint]\nname = \"e\"\ninstance_type = \"ml.g6\\n\"\n".into(), "endpoint.instance_type", "no control characters"),
+            ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_label = \"a\\u001bb\"\n".into(), "docker.component_label", "no control characters"),
+            ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"m\u{f6}del\"\nurl = \"http://x:1\"\n".into(), "proxy.upstream[0].component", "printable ASCII"),
+            ("[endpoint]\nname = \"e\"\n[gpu]\ndimension_name = \":Gpu\"\n".into(), "gpu.dimension_name", "not starting with ':'"),
+        ];
+        for (text, key, reason) in cases {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+            assert!(e.reason.contains(reason), "{key}: `{reason}` in {e}");
+        }
+        let ok = format!(
+            "[endpoint]\nname = \"e\"\nvariant = \"{}\"\n",
+            "v".repeat(1024)
+        );
+        assert_eq!(parse(&ok).unwrap().endpoint.variant.len(), 1024);
+    }
+
+    #[test]
+    fn a_fifo_a_device_a_folder_or_a_huge_file_as_the_config_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("agent.toml");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // No writer: a blocking open would wait for ever.
+        let e = Config::load(&fifo).unwrap_err();
+        assert!(e.reason.contains("not a regular file (a FIFO)"), "{e}");
+        let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.reason.contains("(a character device)"), "{e}");
+        let e = Config::load(dir.path()).unwrap_err();
+        assert!(
+            e.reason.contains("(a folder)") || e.reason.contains("cannot read"),
+            "{e}"
+        );
+
+        let big = dir.path().join("big.toml");
+        let mut text = "[endpoint]\nname = \"e\"\n".to_string();
+        text.push_str(&"# padding\n".repeat((MAX_CONFIG_FILE_BYTES / 10) as usize + 1));
+        std::fs::write(&big, &text).unwrap();
+        let e = Config::load(&big).unwrap_err();
+        assert!(e.reason.contains("larger than 1048576 bytes"), "{e}");
+
+        let binary = dir.path().join("bin.toml");
+        std::fs::write(&binary, b"[endpoint]\nname = \"\xff\"\n").unwrap();
+        let e = Config::load(&binary).unwrap_err();
+        assert!(e.reason.contains("not UTF-8 (byte 19)"), "{e}");
+
+        // A link to a regular file is followed (configuration management links files).
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, "[endpoint]\nname = \"e\"\n").unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(Config::load(&link).unwrap().endpoint.name, "e");
     }
 
     #[test]

@@ -104,7 +104,10 @@ impl TryFrom<String> for InstanceIdSetting {
         match text.as_str() {
             "auto" => Ok(InstanceIdSetting::Auto),
             t if t.trim().is_empty() => Err("must not be empty; use \"auto\" to look it up".into()),
-            _ => Ok(InstanceIdSetting::Given(text)),
+            t => {
+                validate_dimension_value(t)?;
+                Ok(InstanceIdSetting::Given(text))
+            }
         }
     }
 }
@@ -258,16 +261,69 @@ pub fn listen_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Sock
 }
 
 /// `deserialize_with` for a value that becomes a dimension value (an inference component's
-/// name): trimmed, 1 to [`MAX_DIMENSION_VALUE_CHARS`] characters.
+/// name): trimmed, then as [`validate_dimension_value`].
 pub fn dimension_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;
     let trimmed = text.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > MAX_DIMENSION_VALUE_CHARS {
-        return Err(D::Error::custom(format!(
-            "must be 1 to {MAX_DIMENSION_VALUE_CHARS} characters"
-        )));
-    }
+    validate_dimension_value(trimmed).map_err(D::Error::custom)?;
     Ok(trimmed.to_string())
+}
+
+/// A value CloudWatch accepts as a dimension value (PutMetricData `Dimension.Value`: "must
+/// contain only ASCII characters and must include at least one non-whitespace character", 1 to
+/// [`MAX_DIMENSION_VALUE_CHARS`]), and printable: a control character would also reach the logs
+/// raw. A value outside this runs "healthy" and publishes nothing, so it is refused at load.
+pub fn validate_dimension_value(value: &str) -> Result<(), String> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_DIMENSION_VALUE_CHARS {
+        return Err(format!(
+            "must be 1 to {MAX_DIMENSION_VALUE_CHARS} characters (it has {chars})"
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "{c:?} is not allowed; allowed: printable ASCII characters (CloudWatch dimension values are ASCII)"
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err("must have a character other than spaces".into());
+    }
+    Ok(())
+}
+
+/// The first control character in any text value of a configuration (serialized as JSON), with
+/// its key: a carriage return, line feed or escape in a name would reach the logs raw and could
+/// forge log lines. One walk over every key, so a key added later is covered too.
+pub fn find_control_character(value: &serde_json::Value, key: &mut String) -> Option<char> {
+    match value {
+        serde_json::Value::String(text) => text.chars().find(|c| c.is_control()),
+        serde_json::Value::Array(items) => {
+            let len = key.len();
+            for (i, item) in items.iter().enumerate() {
+                key.push_str(&format!("[{i}]"));
+                if let Some(c) = find_control_character(item, key) {
+                    return Some(c);
+                }
+                key.truncate(len);
+            }
+            None
+        }
+        serde_json::Value::Object(fields) => {
+            let len = key.len();
+            for (name, item) in fields {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+                if let Some(c) = find_control_character(item, key) {
+                    return Some(c);
+                }
+                key.truncate(len);
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// A namespace CloudWatch accepts for custom metrics.

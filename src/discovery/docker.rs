@@ -55,6 +55,9 @@ pub enum Classified {
     ModelCopy(ContainerInfo),
     /// Running, but with neither the component label nor the environment variable.
     NoComponent,
+    /// Its component's name is not a dimension value CloudWatch accepts (non-ASCII, a control
+    /// character that would also reach the logs raw, over 1024 characters): why.
+    InvalidComponent(String),
     /// Not running (exited, created, dead): nothing to measure.
     NotRunning,
     /// The engine's answer lacks the container ID.
@@ -91,6 +94,9 @@ pub fn classify(inspect: &ContainerInspectResponse, config: &DockerConfig) -> Cl
     let Some(component) = component else {
         return Classified::NoComponent;
     };
+    if let Err(reason) = crate::config::values::validate_dimension_value(&component) {
+        return Classified::InvalidComponent(reason);
+    }
     let host = inspect.host_config.as_ref();
     let positive = |v: Option<i64>| v.filter(|v| *v > 0);
     let cpu_limit_cores = match host {
@@ -499,6 +505,20 @@ impl Discovery {
                 }
                 changed
             }
+            Classified::InvalidComponent(reason) => {
+                let changed = self.inventory.containers.remove(id).is_some();
+                if self.ignored.insert(id.to_string()) {
+                    telemetry::warn(
+                        Counter::ContainersWithoutComponent,
+                        1,
+                        &format!(
+                            "container {}'s component name cannot be a dimension value ({reason}): ignored",
+                            short_id(id),
+                        ),
+                    );
+                }
+                changed
+            }
             Classified::NotRunning => self.forget(id),
             Classified::Malformed => {
                 telemetry::warn(
@@ -617,6 +637,15 @@ mod tests {
             "Id": ID, "State": {"Running": false}, "Config": {"Labels": {"sagemaker.inference-component": "x"}}
         }));
         assert_eq!(classify(&stopped, &config()), Classified::NotRunning);
+        for bad in ["ic\u{1b}[2J", "ic\r\nforged", "m\u{f6}del"] {
+            let labelled = inspect(serde_json::json!({
+                "Id": ID, "State": {"Running": true}, "Config": {"Labels": {"sagemaker.inference-component": bad}}
+            }));
+            assert!(
+                matches!(classify(&labelled, &config()), Classified::InvalidComponent(ref r) if r.contains("is not allowed")),
+                "{bad:?}"
+            );
+        }
         let malformed = inspect(serde_json::json!({"State": {"Running": true}}));
         assert_eq!(classify(&malformed, &config()), Classified::Malformed);
     }

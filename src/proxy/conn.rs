@@ -18,12 +18,60 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::telemetry::{self, Counter};
+use crate::telemetry::{self, Counter, Gauge};
 
 /// After this many client connections closed since the last trim, freed memory is handed back
 /// to the system (glibc keeps it otherwise: 10,000 idle connections left RSS 27 MB higher after
 /// they closed).
 pub const TRIM_AFTER_CLOSED: usize = 1024;
+
+/// File descriptors kept for everything else the agent opens: the admin endpoint and its
+/// connections, the Docker socket, cgroup files kept open (four per container), NVML's device
+/// nodes, the sinks, the spool.
+pub const FD_RESERVE: u64 = 512;
+
+/// The largest connection cap the file limit allows: each client connection may hold one to a
+/// copy too, and [`FD_RESERVE`] stay for the rest. Raises the soft limit to the hard one first
+/// (as Go's runtime does): the soft default of 1,024 is a relic of `select()`.
+pub fn fd_budget() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let usable = limit.rlim_cur.saturating_sub(FD_RESERVE) / 2;
+    Some(usize::try_from(usable).unwrap_or(usize::MAX))
+}
+
+/// `configured`, lowered to what the file limit allows (logged when it is).
+pub fn capped_by_file_limit(configured: usize) -> usize {
+    match fd_budget() {
+        Some(allowed) if allowed < configured => {
+            let allowed = allowed.max(1);
+            tracing::warn!(
+                configured,
+                allowed,
+                reserve = FD_RESERVE,
+                "front door: the file limit allows fewer connections than max_connections; the cap is lowered"
+            );
+            allowed
+        }
+        _ => configured,
+    }
+}
 
 /// The cap on client connections, and every request in flight on any of them.
 #[derive(Debug)]
@@ -31,6 +79,8 @@ pub struct Connections {
     max_connections: usize,
     /// The most connections open since the last trim.
     peak_open: AtomicUsize,
+    /// Connections open now (for the gauge; kept by each [`Connection`]).
+    open_now: Arc<AtomicUsize>,
     permits: Arc<Semaphore>,
     in_flight: Arc<AtomicUsize>,
     /// Set when the front door drains: every connection finishes its requests and closes.
@@ -43,6 +93,7 @@ impl Connections {
         Connections {
             max_connections,
             peak_open: AtomicUsize::new(0),
+            open_now: Arc::default(),
             permits: Arc::new(Semaphore::new(max_connections)),
             in_flight: Arc::default(),
             draining: watch::channel(false).0,
@@ -55,6 +106,11 @@ impl Connections {
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Some(Connection {
                 _permit: permit,
+                open: {
+                    self.open_now.fetch_add(1, Ordering::AcqRel);
+                    telemetry::set(Gauge::ProxyConnectionsOpen, self.open() as u64);
+                    self.open_now.clone()
+                },
                 activity: Arc::new(Activity {
                     active: AtomicUsize::new(0),
                     last_change_ms: AtomicU64::new(now_ms()),
@@ -132,10 +188,18 @@ struct Activity {
 #[derive(Debug)]
 pub struct Connection {
     _permit: OwnedSemaphorePermit,
+    open: Arc<AtomicUsize>,
     activity: Arc<Activity>,
     in_flight: Arc<AtomicUsize>,
     draining: watch::Receiver<bool>,
     idle_timeout: Duration,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let open = self.open.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        telemetry::set(Gauge::ProxyConnectionsOpen, open as u64);
+    }
 }
 
 /// What ended a connection's wait.

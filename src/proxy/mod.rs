@@ -84,6 +84,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 struct State {
     accounts: Arc<Accounts>,
     connections: conn::Connections,
+    /// Stops the accept loop (the drain at SIGTERM): no new connections.
+    stop_accepting: tokio::sync::Notify,
     table: RwLock<Arc<Table>>,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -155,9 +157,10 @@ impl FrontDoor {
         let state = Arc::new(State {
             accounts: Arc::new(Accounts::new(config.instance_count)),
             connections: conn::Connections::new(
-                config.max_connections,
+                conn::capped_by_file_limit(config.max_connections),
                 Duration::from_millis(config.idle_timeout_ms),
             ),
+            stop_accepting: tokio::sync::Notify::new(),
             table: RwLock::new(Arc::new(first)),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
@@ -180,9 +183,13 @@ impl FrontDoor {
                     if let Some(rx) = inventory {
                         tokio::spawn(follow_inventory(rx, statics, port, served.clone()));
                     }
+                    let serving = serve(listener, served);
+                    tokio::pin!(serving);
+                    let mut stop_rx = stop_rx;
                     let (drain_until, stop_by) = tokio::select! {
-                        () = serve(listener, served) => return None,
-                        stop = stop_rx => stop.ok()?,
+                        // The accept loop ended (a drain began): wait for the stop.
+                        () = &mut serving => (&mut stop_rx).await.ok()?,
+                        stop = &mut stop_rx => stop.ok()?,
                     };
                     // The listener is closed (serve is dropped): no new connections. Requests in
                     // flight, streams included, may finish until `drain_until`.
@@ -225,6 +232,25 @@ impl FrontDoor {
         self.state
             .accounts
             .drain(tick_ms, &table.component_copies(), last)
+    }
+
+    /// Starts the drain at SIGTERM: no new connections, idle ones close, requests in flight
+    /// (streams too) go on; the sampling loop keeps running meanwhile.
+    pub fn begin_drain(&self) {
+        self.state.stop_accepting.notify_one();
+        self.state.connections.drain();
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.connections.in_flight()
+    }
+
+    /// Completes when no request is in flight any more (checked every [`DRAIN_POLL`]).
+    pub async fn drained(&self) {
+        while self.state.connections.in_flight() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Stops accepting, lets requests in flight finish until `drain_until` (`[proxy]
@@ -292,7 +318,12 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // A drain began: no new connections (the listener closes when this returns).
+            () = state.stop_accepting.notified() => return,
+        };
+        let (stream, _) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: pause rather than spin.

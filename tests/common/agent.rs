@@ -88,12 +88,20 @@ pub struct Launch {
     config: String,
     args: Vec<OsString>,
     env: Vec<(OsString, Option<OsString>)>,
+    /// RLIMIT_NOFILE (soft and hard) of the agent's process, as a unit's `LimitNOFILE=` sets it.
+    file_limit: Option<u64>,
 }
 
 impl Launch {
     /// Sets a variable in the agent's environment.
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Launch {
         self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Runs the agent under this file limit (soft and hard), as `prlimit --nofile=N:N` would.
+    pub fn file_limit(mut self, n: u64) -> Launch {
+        self.file_limit = Some(n);
         self
     }
 
@@ -126,6 +134,23 @@ impl Launch {
                 Some(v) => command.env(key, v),
                 None => command.env_remove(key),
             };
+        }
+        if let Some(n) = self.file_limit {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command
             .spawn()
@@ -224,6 +249,7 @@ impl Agent {
             config: config.to_string(),
             args: Vec::new(),
             env: Vec::new(),
+            file_limit: None,
         }
     }
 
