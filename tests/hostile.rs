@@ -127,16 +127,10 @@ impl FrontDoor {
         let admin_port = free_port();
         let config = front_door_config(&dir, admin_port, proxy);
         let mut agent = adjust(Agent::launch(&dir, &config)).start();
-        let line = agent.wait_for_message("front door listening");
-        let addr = agent
-            .logs()
-            .lines()
-            .find(|l| l.text() == line)
-            .and_then(|l| l.field("address"))
-            .unwrap_or_else(|| panic!("no address in {line}"));
+        let addr = agent.front_door_address();
         FrontDoor {
             agent,
-            addr: addr.parse().unwrap(),
+            addr,
             admin_port,
         }
     }

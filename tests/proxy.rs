@@ -165,17 +165,8 @@ impl FrontDoor {
         );
         let mut agent = Agent::start(&dir, &config);
         // The address it bound, from its "front door listening" line.
-        let line = agent.wait_for_message("front door listening");
-        let addr = agent
-            .logs()
-            .lines()
-            .find(|l| l.text() == line)
-            .and_then(|l| l.field("address"))
-            .unwrap_or_else(|| panic!("no address in {line}"));
-        FrontDoor {
-            agent,
-            addr: addr.parse().unwrap(),
-        }
+        let addr = agent.front_door_address();
+        FrontDoor { agent, addr }
     }
 
     /// SIGTERM, a clean exit (the partial windows are published); the documents and the logs.

@@ -128,15 +128,7 @@ fn start(dir: &Workdir, proxy: &str, copy: SocketAddr) -> (Agent, SocketAddr) {
         dir.emf_destination()
     );
     let mut agent = Agent::start(dir, &config);
-    let line = agent.wait_for_message("front door listening");
-    let addr = agent
-        .logs()
-        .lines()
-        .find(|l| l.text() == line)
-        .and_then(|l| l.field("address"))
-        .unwrap_or_else(|| panic!("no address in {line}"))
-        .parse()
-        .unwrap();
+    let addr = agent.front_door_address();
     (agent, addr)
 }
 

@@ -469,15 +469,7 @@ fn a_copy_without_a_health_check_starts_at_its_first_scrape_and_cold_starts_at_i
         engine_socket()
     );
     let mut agent = Agent::start(&dir, &config);
-    let line = agent.wait_for_message("front door listening");
-    let port: u16 = agent
-        .logs()
-        .lines()
-        .find(|l| l.text() == line)
-        .and_then(|l| l.field("address"))
-        .and_then(|a| a.rsplit(':').next().map(String::from))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
+    let port = agent.front_door_address().port();
     agent.wait_for_message("container discovery started");
     std::thread::sleep(Duration::from_secs(2));
     let since = now_ms() / 1000 - 1;

@@ -60,15 +60,7 @@ fn sigterm_exits_within_five_seconds_of_the_drain_with_the_front_door_busy_and_t
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .start();
-    let line = agent.wait_for_message("front door listening");
-    let front_door: std::net::SocketAddr = agent
-        .logs()
-        .lines()
-        .find(|l| l.text() == line)
-        .and_then(|l| l.field("address"))
-        .unwrap_or_else(|| panic!("no address in {line}"))
-        .parse()
-        .unwrap();
+    let front_door = agent.front_door_address();
     // Requests the copy never answers: in flight when SIGTERM comes.
     let clients: Vec<TcpStream> = (0..16)
         .map(|i| {

@@ -326,6 +326,21 @@ impl Agent {
         self.wait_for_log(needle, |l| l.message().contains(needle))
     }
 
+    /// The address the front door bound (`listen = "127.0.0.1:0"` picks a free port), from the
+    /// `address` field of its "front door listening" line; waits for that line.
+    pub fn front_door_address(&mut self) -> std::net::SocketAddr {
+        let line = self.wait_for_message("front door listening");
+        let address = self
+            .logs()
+            .lines()
+            .find(|l| l.text() == line)
+            .and_then(|l| l.field("address"))
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        address
+            .parse()
+            .unwrap_or_else(|e| panic!("front door address {address:?}: {e}"))
+    }
+
     /// Polls the EMF file until `found` returns something. Fails after [`WAIT_LIMIT`].
     pub fn wait_for<T>(&self, what: &str, found: impl FnMut(&[Value]) -> Option<T>) -> T {
         self.wait_for_within(WAIT_LIMIT, what, found)
