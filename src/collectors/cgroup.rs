@@ -78,15 +78,20 @@ pub struct HostCapacity {
 }
 
 impl HostCapacity {
-    /// Counts the `cpuN` lines of `/proc/stat` and reads `MemTotal` from `/proc/meminfo`.
+    /// Counts the `cpuN` lines of `/proc/stat` and reads `MemTotal` from `/proc/meminfo`, each
+    /// read no further than the host collector reads them (the cpu lines come first).
     pub fn read(proc_root: &Path) -> Result<HostCapacity, CgroupError> {
-        let read = |name: &str| {
+        use std::io::Read as _;
+        let read = |name: &str, limit: u64| {
             let path = proc_root.join(name);
-            std::fs::read_to_string(&path)
-                .map(|t| (path.clone(), t))
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+                .map(|_| (path.clone(), String::from_utf8_lossy(&bytes).into_owned()))
                 .map_err(|source| CgroupError::Io { path, source })
         };
-        let (stat_path, stat) = read("stat")?;
+        let stat_limit = crate::collectors::host::MAX_PROC_STAT_BYTES as u64;
+        let (stat_path, stat) = read("stat", stat_limit)?;
         let cpus = stat
             .lines()
             .filter(|l| {
@@ -94,16 +99,17 @@ impl HostCapacity {
                     .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
             })
             .count();
-        let (meminfo_path, meminfo) = read("meminfo")?;
+        let (meminfo_path, meminfo) = read("meminfo", crate::collectors::host::MAX_MEMINFO_BYTES)?;
         let memory_kib = meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-        match (u32::try_from(cpus).ok().filter(|c| *c > 0), memory_kib) {
-            (Some(cpus), Some(kib)) if kib > 0 => Ok(HostCapacity {
-                cpus,
-                memory_bytes: kib * 1024,
-            }),
+        // A MemTotal past u64 bytes is no host's: refused, never an overflow.
+        let memory_bytes = memory_kib.and_then(|kib| kib.checked_mul(1024));
+        match (u32::try_from(cpus).ok().filter(|c| *c > 0), memory_bytes) {
+            (Some(cpus), Some(memory_bytes)) if memory_bytes > 0 => {
+                Ok(HostCapacity { cpus, memory_bytes })
+            }
             (None, _) => Err(CgroupError::Parse {
                 path: stat_path,
                 reason: "no cpuN lines",
@@ -747,6 +753,28 @@ mod tests {
         let mut samples = Vec::new();
         second.samples(&mut samples);
         assert_eq!(samples.len(), 2 + 2 * 2);
+    }
+
+    #[test]
+    fn host_capacity_reads_are_bounded_and_refuse_an_impossible_memtotal() {
+        let dir = tempfile::tempdir().unwrap();
+        // The cpu lines, then 4 MiB of something else: read up to the cap, counted all the same.
+        let mut stat = b"cpu  1 0 1 1 0 0 0 0 0 0\ncpu0 1\ncpu1 1\n".to_vec();
+        stat.extend(std::iter::repeat_n(
+            b'x',
+            4 * crate::collectors::host::MAX_PROC_STAT_BYTES,
+        ));
+        std::fs::write(dir.path().join("stat"), stat).unwrap();
+        std::fs::write(dir.path().join("meminfo"), "MemTotal: 2048 kB\n").unwrap();
+        let host = HostCapacity::read(dir.path()).unwrap();
+        assert_eq!((host.cpus, host.memory_bytes), (2, 2048 * 1024));
+        std::fs::write(
+            dir.path().join("meminfo"),
+            format!("MemTotal: {} kB\n", u64::MAX / 2),
+        )
+        .unwrap();
+        let err = HostCapacity::read(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("no MemTotal"), "{err}");
     }
 
     #[test]
