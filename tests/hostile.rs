@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::agent::{admin_metric, free_port, get, run_to_exit, Agent, Launch, Workdir};
+use common::copies::streaming_copy;
 
 /// A guard against a hang while waiting for the agent to close a connection: far above the
 /// timeouts the tests configure (1 s), not a claim about speed.
@@ -441,41 +442,6 @@ fn duplicate_host_connection_naming_host_and_connect_are_not_passed_on() {
     );
     let stopped = fd.agent.stop().success();
     assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 2);
-}
-
-/// A copy that streams a chunked answer: `chunks` chunks, one every `every`.
-fn streaming_copy(chunks: usize, every: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
-                );
-                for i in 0..chunks {
-                    let data = format!("data: token {i}\n\n");
-                    if write!(conn, "{:x}\r\n{data}\r\n", data.len()).is_err() {
-                        return;
-                    }
-                    thread::sleep(every);
-                }
-                let _ = conn.write_all(b"0\r\n\r\n");
-            });
-        }
-    });
-    addr
 }
 
 /// SIGTERM while a streamed answer is in flight: no new connection is taken, the stream runs

@@ -18,44 +18,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, Workdir};
+use common::copies::streaming_copy;
 
 /// Within this a closed connection must read as closed.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
-/// A copy that answers each request with a chunked body of `chunks` chunks, one every `every`.
-fn streaming_copy(chunks: usize, every: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-                if conn.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                for i in 0..chunks {
-                    let data = format!("data: {i}\n\n");
-                    let chunk = format!("{:x}\r\n{data}\r\n", data.len());
-                    if conn.write_all(chunk.as_bytes()).is_err() {
-                        return;
-                    }
-                    thread::sleep(every);
-                }
-                let _ = conn.write_all(b"0\r\n\r\n");
-            });
-        }
-    });
-    addr
-}
 
 /// A copy that answers every request with the request head it received, as its body.
 fn echo_copy() -> SocketAddr {
@@ -154,7 +120,7 @@ fn stream_request(front_door: SocketAddr) -> TcpStream {
     c.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("data: 0") {
+    while !String::from_utf8_lossy(&seen).contains("data: token 0") {
         let n = c.read(&mut buf).unwrap();
         assert!(n > 0, "closed before the first chunk");
         seen.extend_from_slice(&buf[..n]);
@@ -240,7 +206,7 @@ fn sigterm_lets_a_streamed_answer_finish_then_exits() {
     let rest = rest_of(&mut c, Duration::from_secs(10));
     for i in 1..6 {
         assert!(
-            rest.contains(&format!("data: {i}")),
+            rest.contains(&format!("data: token {i}")),
             "chunk {i} missing: {rest:?}"
         );
     }

@@ -4,5 +4,6 @@
 
 pub mod agent;
 pub mod aws;
+pub mod copies;
 pub mod docker;
 pub mod fake_nvml;
