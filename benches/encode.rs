@@ -39,6 +39,7 @@ fn context() -> EncodeContext {
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 60,
         log_group: None,
+        instance_type: None,
     }
 }
 

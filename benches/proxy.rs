@@ -65,6 +65,7 @@ fn context() -> EncodeContext {
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 1,
         log_group: None,
+        instance_type: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: storage_resolution(60),
         log_group: None,
+        instance_type: None,
     };
     c.bench_function("put_metric_data_8gpu_window", |b| {
         b.iter(|| {

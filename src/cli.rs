@@ -63,6 +63,8 @@ pub struct ShapeOverrides {
     pub gpus: Option<u32>,
     pub containers: Option<u32>,
     pub components: Option<u32>,
+    /// `plan --otlp-price-per-gb`.
+    pub otlp_price_per_gb: Option<f64>,
 }
 
 /// `plan`: the series this host publishes and the CloudWatch bill per month.
@@ -85,7 +87,10 @@ pub fn plan(config: &Config, runtime: &Runtime, overrides: ShapeOverrides) -> Ex
                 containers
             }),
     };
-    print!("{}", plan::plan(config, &shape));
+    let price = overrides
+        .otlp_price_per_gb
+        .unwrap_or(plan::ASSUMED_OTEL_PRICE_PER_GB_INGESTED);
+    print!("{}", plan::plan_priced(config, &shape, price));
     ExitCode::SUCCESS
 }
 

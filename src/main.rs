@@ -44,6 +44,11 @@ enum Command {
         /// Number of inference components the containers belong to (default: one per container).
         #[arg(long)]
         components: Option<u32>,
+        /// USD per GB of OpenTelemetry metrics ingested through CloudWatch's OTLP endpoint. The
+        /// default ($0.50, CloudWatch Logs' ingestion price) is an assumption: check the
+        /// CloudWatch pricing page for your Region.
+        #[arg(long, value_parser = parse_price)]
+        otlp_price_per_gb: Option<f64>,
     },
     /// Ask the running agent's admin endpoint for /healthz (Docker's HEALTHCHECK): exit 0 when
     /// healthy, 1 when not or unreachable, 78 when the configuration is invalid.
@@ -109,6 +114,14 @@ impl Command {
     }
 }
 
+/// A price in USD: finite, not negative.
+fn parse_price(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..1e6).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a price; allowed: USD, e.g. 0.5")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.command.config_path().to_path_buf();
@@ -130,6 +143,7 @@ fn main() -> ExitCode {
             gpus,
             containers,
             components,
+            otlp_price_per_gb,
             ..
         } => cli::plan(
             &config,
@@ -138,6 +152,7 @@ fn main() -> ExitCode {
                 gpus,
                 containers,
                 components,
+                otlp_price_per_gb,
             },
         ),
         Command::Cost { .. } => cli::cost(&config, &runtime),

@@ -10,7 +10,9 @@ use crate::aggregate::{Aggregator, DataPoints, RecordError, Stats};
 use crate::catalog::{storage_resolution, Identity, Sample, SeriesKey};
 use crate::clock::window_start_ms;
 use crate::config::{Config, EmfDestination};
-use crate::encode::{emf_counted, put_metric_data_counted, EncodeContext, Encoded, Encoding};
+use crate::encode::{
+    emf_counted, otlp_counted, put_metric_data_counted, EncodeContext, Encoded, Encoding,
+};
 use crate::telemetry::{self, Counter};
 
 /// One sequence of publish windows of one period.
@@ -106,6 +108,10 @@ impl Pipeline {
             Encoding::PutMetricData => Encoded::PutMetricData {
                 window_start_ms: window.start_ms,
                 requests: put_metric_data_counted(&window, &self.ctx),
+            },
+            Encoding::Otlp => Encoded::Otlp {
+                window_start_ms: window.start_ms,
+                requests: otlp_counted(&window, &self.ctx),
             },
         })
     }
@@ -242,6 +248,7 @@ pub fn encode_context(config: &Config, identity: Identity) -> EncodeContext {
         gpu_dimension_name: config.gpu.dimension_name.clone(),
         storage_resolution: storage_resolution(m.publish_frequency_seconds),
         log_group,
+        instance_type: config.endpoint.instance_type.clone(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::aggregate::{Aggregator, DataPoints, Window};
 use crate::catalog::{Identity, Metric, Sample, Scope};
 use crate::config::{Config, EmfDestination, InstanceIdSetting, OutputFormat};
 use crate::encode::limits::{EMF_MAX_DOCUMENT_BYTES, LOGS_EVENT_OVERHEAD_BYTES};
-use crate::encode::{emf, groups, put_metric_data, EncodeContext, MetricGroup};
+use crate::encode::{emf, groups, otlp, put_metric_data, EncodeContext, MetricGroup};
 use crate::sinks::cloudwatch_logs;
 use crate::sinks::spool::LogEvent;
 
@@ -31,6 +31,14 @@ pub const METRIC_PRICE_TIERS: [(u64, f64); 4] = [
 pub const PRICE_PER_1000_REQUESTS: f64 = 0.01;
 /// Log ingestion: about $0.50 per GB (spec). PutLogEvents calls are not billed per call.
 pub const PRICE_PER_GB_INGESTED: f64 = 0.50;
+/// OpenTelemetry metrics through CloudWatch's OTLP endpoint are billed per GB ingested, "each
+/// OTLP data point contributes its serialized size ... metric name, all labels, resource
+/// attributes, timestamp and value" (CloudWatch, "OTel metrics pricing and storage"), with no
+/// per-metric or per-request charge. The dollar figure per GB was not in any source this project
+/// could reach (the pricing page's OTel row): this is an ASSUMPTION, CloudWatch Logs' standard
+/// ingestion price, until someone checks <https://aws.amazon.com/cloudwatch/pricing/>.
+/// `plan --otlp-price-per-gb` overrides it.
+pub const ASSUMED_OTEL_PRICE_PER_GB_INGESTED: f64 = 0.50;
 /// A month for billing: 30 days.
 pub const SECONDS_PER_MONTH: u64 = 30 * 24 * 3600;
 /// An `InstanceId` of the usual length, when the configuration says "auto".
@@ -171,6 +179,42 @@ pub struct Plan {
     pub points_per_window: u64,
     /// The same host under the other `data_points` setting, for comparison.
     pub other: OtherShape,
+    /// The classic output (the configured one, or PutMetricData when OTLP is configured) and
+    /// OTLP, side by side.
+    pub classic: ClassicBill,
+    pub otlp: OtlpBill,
+}
+
+/// What the classic CloudWatch output costs per month for this host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassicBill {
+    pub output: String,
+    pub metrics_charge: f64,
+    pub requests_charge: f64,
+    pub ingestion_charge: f64,
+}
+
+impl ClassicBill {
+    pub fn total(&self) -> f64 {
+        self.metrics_charge + self.requests_charge + self.ingestion_charge
+    }
+}
+
+/// What OTLP to CloudWatch costs per month for this host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpBill {
+    /// Requests per window (protobuf bodies within `otlp::MAX_REQUEST_BYTES`).
+    pub requests_per_window: u64,
+    /// Data points per window.
+    pub points_per_window: u64,
+    /// Bytes sent per window: the protobuf bodies before and after gzip.
+    pub body_bytes_per_window: u64,
+    pub gzip_bytes_per_window: u64,
+    /// Billable bytes per window: each point's serialized size with its metric name and its
+    /// resource's attributes.
+    pub billable_bytes_per_window: u64,
+    pub price_per_gb: f64,
+    pub ingestion_charge: f64,
 }
 
 /// What the other `[metrics] data_points` setting would send per window (same series).
@@ -188,10 +232,78 @@ impl Plan {
         self.requests_per_window * self.windows_per_month
     }
 
-    /// The estimated CloudWatch bill per month, USD.
+    /// The estimated CloudWatch bill per month, USD, for the configured output.
     pub fn monthly_bill(&self) -> f64 {
-        self.metrics_charge + self.requests_charge + self.ingestion_charge
+        if self.output == "otlp" {
+            self.otlp.ingestion_charge
+        } else {
+            self.metrics_charge + self.requests_charge + self.ingestion_charge
+        }
     }
+}
+
+/// The OTLP requests of one window, measured as CloudWatch bills them.
+fn otlp_volume(
+    window: &Window,
+    ctx: &EncodeContext,
+    windows_per_month: u64,
+    price_per_gb: f64,
+) -> OtlpBill {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use prost::Message as _;
+    let mut requests = Vec::new();
+    let resource = otlp::resource(ctx, ctx.instance_type.as_deref());
+    otlp::encode(window, ctx, &resource, &mut requests);
+    let mut bill = OtlpBill {
+        requests_per_window: requests.len() as u64,
+        points_per_window: requests.iter().map(|r| r.points).sum(),
+        body_bytes_per_window: 0,
+        gzip_bytes_per_window: requests.iter().map(|r| r.body.len() as u64).sum(),
+        billable_bytes_per_window: 0,
+        price_per_gb,
+        ingestion_charge: 0.0,
+    };
+    let resource_bytes = resource.encoded_len() as u64;
+    for r in &requests {
+        let Ok(body) = otlp::gunzip(&r.body) else {
+            continue;
+        };
+        bill.body_bytes_per_window += body.len() as u64;
+        let Ok(decoded) = ExportMetricsServiceRequest::decode(body.as_slice()) else {
+            continue;
+        };
+        for metric in decoded
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+        {
+            let per_point = metric.name.len() as u64 + resource_bytes;
+            let points: u64 = match &metric.data {
+                Some(Data::Gauge(g)) => g
+                    .data_points
+                    .iter()
+                    .map(|p| p.encoded_len() as u64 + per_point)
+                    .sum(),
+                Some(Data::Sum(s)) => s
+                    .data_points
+                    .iter()
+                    .map(|p| p.encoded_len() as u64 + per_point)
+                    .sum(),
+                Some(Data::Histogram(h)) => h
+                    .data_points
+                    .iter()
+                    .map(|p| p.encoded_len() as u64 + per_point)
+                    .sum(),
+                _ => 0,
+            };
+            bill.billable_bytes_per_window += points;
+        }
+    }
+    bill.ingestion_charge =
+        (bill.billable_bytes_per_window * windows_per_month) as f64 / 1e9 * price_per_gb;
+    bill
 }
 
 /// The window the agent would close on a host of this shape: every series with a full window of
@@ -361,7 +473,8 @@ fn data_points(groups: &[MetricGroup<'_>]) -> u64 {
 /// or PutLogEvents calls per window, EMF bytes per window).
 fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (String, u64, u64) {
     match config.output.format {
-        OutputFormat::PutMetricData => {
+        // OTLP is measured by `otlp_volume`; its classic counterpart is PutMetricData.
+        OutputFormat::PutMetricData | OutputFormat::Otlp => {
             let mut requests = Vec::new();
             put_metric_data::encode(groups, 0, ctx.storage_resolution, &mut requests);
             ("put_metric_data".to_string(), requests.len() as u64, 0)
@@ -401,8 +514,14 @@ fn volume(config: &Config, groups: &[MetricGroup<'_>], ctx: &EncodeContext) -> (
     }
 }
 
-/// What `config` publishes from a host of `shape`, and its monthly cost.
+/// What `config` publishes from a host of `shape`, and its monthly cost (OTLP at the assumed
+/// price per GB).
 pub fn plan(config: &Config, shape: &HostShape) -> Plan {
+    plan_priced(config, shape, ASSUMED_OTEL_PRICE_PER_GB_INGESTED)
+}
+
+/// [`plan`] with OTLP ingestion at `otel_price_per_gb` USD per GB.
+pub fn plan_priced(config: &Config, shape: &HostShape, otel_price_per_gb: f64) -> Plan {
     let ctx = context(config);
     let window = full_window(config, shape);
     let groups = groups(&window, &ctx);
@@ -443,18 +562,36 @@ pub fn plan(config: &Config, shape: &HostShape) -> Plan {
         }
     };
     let requests_per_month = requests_per_window * windows_per_month;
-    let requests_charge = if config.output.format == OutputFormat::PutMetricData {
+    let requests_charge = if matches!(
+        config.output.format,
+        OutputFormat::PutMetricData | OutputFormat::Otlp
+    ) {
         requests_per_month as f64 / 1000.0 * PRICE_PER_1000_REQUESTS
     } else {
         0.0
     };
     let ingestion_charge =
         (log_bytes_per_window * windows_per_month) as f64 / 1e9 * PRICE_PER_GB_INGESTED;
+    let otlp = otlp_volume(&window, &ctx, windows_per_month, otel_price_per_gb);
+    let metrics_charge = metrics_charge(series.len() as u64);
+    let classic = ClassicBill {
+        output: output.clone(),
+        metrics_charge,
+        requests_charge,
+        ingestion_charge,
+    };
+    let output = if config.output.format == OutputFormat::Otlp {
+        "otlp".to_string()
+    } else {
+        output
+    };
     Plan {
         shape: *shape,
         output,
+        classic,
+        otlp,
         publish_frequency_seconds: period,
-        metrics_charge: metrics_charge(series.len() as u64),
+        metrics_charge,
         series: series.into_iter().collect(),
         windows_per_month,
         requests_per_window,
@@ -548,7 +685,77 @@ impl fmt::Display for Plan {
         writeln!(
             f,
             "  total                              ${:>9.2}",
-            self.monthly_bill()
+            self.classic.total()
+        )?;
+        let c = &self.classic;
+        let o = &self.otlp;
+        let gb = |bytes: u64| (bytes * self.windows_per_month) as f64 / 1e9;
+        writeln!(
+            f,
+            "\nthe same host, both outputs per month (us-east-1; OTLP at ${:.2} per GB, ASSUMED: see `plan --help`):",
+            o.price_per_gb
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "",
+            format!("classic ({})", c.output),
+            "otlp"
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "data points per window", self.points_per_window, o.points_per_window
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "requests per window", self.requests_per_window, o.requests_per_window
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "bytes sent per window",
+            self.log_bytes_per_window,
+            format!(
+                "{} ({} gzip)",
+                o.body_bytes_per_window, o.gzip_bytes_per_window
+            )
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "billed GB per month",
+            format!("{:.3}", gb(self.log_bytes_per_window)),
+            format!("{:.3}", gb(o.billable_bytes_per_window))
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "custom metrics",
+            format!("${:.2}", c.metrics_charge),
+            "$0.00"
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "API requests",
+            format!("${:.2}", c.requests_charge),
+            "$0.00"
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "ingestion",
+            format!("${:.2}", c.ingestion_charge),
+            format!("${:.2}", o.ingestion_charge)
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>22} {:>22}",
+            "total",
+            format!("${:.2}", c.total()),
+            format!("${:.2}", o.ingestion_charge)
         )
     }
 }

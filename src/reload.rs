@@ -76,6 +76,7 @@ reload_table! {
     Restart output.spool_dir;
     Restart output.spool_max_bytes;
     Restart output.retry_max_seconds;
+    Restart output.otlp;
     Restart log.format;
     Live log.level;
     Restart host;
@@ -153,7 +154,7 @@ pub async fn apply(
     let mut changes = changes(config, &new);
     let mut encoding = windows.encoding();
     if changes.output_changed()
-        && (config.publishes_to_cloudwatch() || new.publishes_to_cloudwatch())
+        && (config.publishes_through_spool() || new.publishes_through_spool())
     {
         // A CloudWatch sink owns the spool directory; a second one opened beside the draining
         // old one would share it. Such a change waits for a restart.

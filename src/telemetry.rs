@@ -91,6 +91,8 @@ counters! {
     SpoolItemsReplayed = "spool_items_replayed", Routine;
     LogEventsSkipped = "log_events_skipped", Error;
     LogEventsRejected = "log_events_rejected", Error;
+    OtlpPointsSkipped = "otlp_points_skipped", DroppedPoint;
+    OtlpPointsRejected = "otlp_points_rejected", Error;
     ConfigReloads = "config_reloads", Routine;
     ConfigReloadsRejected = "config_reloads_rejected", Error;
     AdminBadRequests = "admin_bad_requests", Error;

@@ -173,11 +173,13 @@ impl Config {
         }
     }
 
-    /// Whether the output goes straight to CloudWatch (PutMetricData or CloudWatch Logs), through
-    /// the spool.
-    pub fn publishes_to_cloudwatch(&self) -> bool {
-        self.output.format == OutputFormat::PutMetricData
-            || self.output.emf_destination == EmfDestination::CloudWatchLogs
+    /// Whether the output is sent over the network through the spool: PutMetricData, OTLP, or
+    /// EMF to CloudWatch Logs.
+    pub fn publishes_through_spool(&self) -> bool {
+        matches!(
+            self.output.format,
+            OutputFormat::PutMetricData | OutputFormat::Otlp
+        ) || self.output.emf_destination == EmfDestination::CloudWatchLogs
     }
 
     /// The log group of `emf_destination = "cloudwatch_logs"`.
@@ -453,12 +455,14 @@ pub enum OutputFormat {
     #[default]
     Emf,
     PutMetricData,
+    /// OpenTelemetry metrics over OTLP/HTTP (`[output.otlp]`).
+    Otlp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// "emf" or "put_metric_data".
+    /// "emf", "put_metric_data" or "otlp".
     pub format: OutputFormat,
     /// For EMF: "stdout", "file:/path", "tcp://host:port", "udp://host:port" or "cloudwatch_logs".
     pub emf_destination: EmfDestination,
@@ -475,6 +479,8 @@ pub struct OutputConfig {
     pub spool_max_bytes: u64,
     /// CloudWatch sinks: the longest pause between retries while CloudWatch throttles or is down.
     pub retry_max_seconds: u64,
+    /// `format = "otlp"`: where and how.
+    pub otlp: OtlpConfig,
 }
 
 impl Default for OutputConfig {
@@ -487,6 +493,7 @@ impl Default for OutputConfig {
             spool_dir: "/var/lib/endpoint-metrics-agent/spool".into(),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             retry_max_seconds: 30,
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -513,6 +520,7 @@ impl OutputConfig {
                 ),
             ));
         }
+        self.otlp.validate()?;
         if self.retry_max_seconds == 0 || self.retry_max_seconds > MAX_RETRY_MAX_SECONDS {
             return Err(invalid(
                 "output.retry_max_seconds",
@@ -523,6 +531,148 @@ impl OutputConfig {
             ));
         }
         Ok(())
+    }
+}
+
+// ---- [output.otlp] ----
+
+/// The longest OTLP endpoint URL accepted.
+pub const MAX_OTLP_ENDPOINT_CHARS: usize = 2048;
+/// Extra headers at most: a tenant, an API key, a few more.
+pub const MAX_OTLP_HEADERS: usize = 16;
+/// The longest extra header value.
+pub const MAX_OTLP_HEADER_VALUE_BYTES: usize = 4096;
+/// The longest time one OTLP request may take.
+pub const MAX_OTLP_TIMEOUT_SECONDS: u64 = 60;
+
+/// Headers the agent sets itself (or SigV4 signs): an extra header may not replace them.
+const RESERVED_OTLP_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "authorization",
+    "connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+];
+
+/// How OTLP requests are authenticated.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpAuth {
+    /// AWS Signature Version 4 for the service `monitoring`, credentials from the standard
+    /// chain: CloudWatch's OTLP endpoint.
+    #[default]
+    Sigv4,
+    /// No signature (an OpenTelemetry Collector, Prometheus, Mimir, VictoriaMetrics, ...);
+    /// `headers` may carry a token.
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The OTLP/HTTP metrics URL. Default: CloudWatch's OTLP endpoint in the Region,
+    /// `https://monitoring.<region>.amazonaws.com/v1/metrics`.
+    pub endpoint: Option<String>,
+    /// "sigv4" (default) or "none".
+    pub auth: OtlpAuth,
+    /// The Region signed for (and of the default endpoint). Default: the AWS SDK's Region chain
+    /// (`AWS_REGION`, the profile, instance metadata).
+    pub region: Option<String>,
+    /// Extra request headers, e.g. `{ "X-Scope-OrgID" = "fleet-a" }`. Not Host, Content-*,
+    /// Authorization, X-Amz-* or hop-by-hop headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The longest one request may take, connection included (default 10).
+    pub timeout_seconds: Option<u64>,
+}
+
+/// One OTLP request's time limit when `timeout_seconds` is unset.
+pub const DEFAULT_OTLP_TIMEOUT_SECONDS: u64 = 10;
+
+impl OtlpConfig {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(DEFAULT_OTLP_TIMEOUT_SECONDS))
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if let Some(endpoint) = &self.endpoint {
+            validate_otlp_endpoint(endpoint).map_err(|r| invalid("output.otlp.endpoint", r))?;
+        }
+        if let Some(region) = &self.region {
+            let ok = !region.is_empty()
+                && region.len() <= 64
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(invalid(
+                    "output.otlp.region",
+                    format!(
+                        "{region:?} is not allowed; allowed: a Region name, e.g. \"us-east-1\""
+                    ),
+                ));
+            }
+        }
+        if self.headers.len() > MAX_OTLP_HEADERS {
+            return Err(invalid(
+                "output.otlp.headers",
+                format!(
+                    "{} headers; allowed: at most {MAX_OTLP_HEADERS}",
+                    self.headers.len()
+                ),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || RESERVED_OTLP_HEADERS.contains(&lower.as_str())
+                || lower.starts_with("x-amz-")
+            {
+                return Err(invalid(
+                    "output.otlp.headers",
+                    format!("{name:?} is not allowed; allowed: a header name other than Host, Content-*, Authorization, X-Amz-* and hop-by-hop headers"),
+                ));
+            }
+            if value.len() > MAX_OTLP_HEADER_VALUE_BYTES
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(invalid(
+                    "output.otlp.headers",
+                    format!("the value of {name:?} is not allowed; allowed: visible ASCII and spaces, at most {MAX_OTLP_HEADER_VALUE_BYTES} bytes"),
+                ));
+            }
+        }
+        if let Some(t) = self.timeout_seconds {
+            if t == 0 || t > MAX_OTLP_TIMEOUT_SECONDS {
+                return Err(invalid(
+                    "output.otlp.timeout_seconds",
+                    format!("{t} is not allowed; allowed: 1 to {MAX_OTLP_TIMEOUT_SECONDS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `http://` or `https://` URL with a host, and a path (`/v1/metrics` unless the backend says
+/// otherwise).
+fn validate_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let allowed = "allowed: an http:// or https:// URL, e.g. \"https://monitoring.us-east-1.amazonaws.com/v1/metrics\" or \"http://127.0.0.1:4318/v1/metrics\"";
+    if endpoint.len() > MAX_OTLP_ENDPOINT_CHARS {
+        return Err(format!(
+            "{} characters; {allowed}, at most {MAX_OTLP_ENDPOINT_CHARS} characters",
+            endpoint.len()
+        ));
+    }
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); {allowed}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(format!("{endpoint:?} is not allowed; {allowed}")),
     }
 }
 
@@ -1316,15 +1466,15 @@ mod tests {
     fn cloudwatch_outputs_are_accepted_with_defaults() {
         let c =
             parse("[endpoint]\nname = \"e\"\n[output]\nformat = \"put_metric_data\"\n").unwrap();
-        assert!(c.publishes_to_cloudwatch());
+        assert!(c.publishes_through_spool());
         assert_eq!(c.output.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
         assert_eq!(c.output.retry_max_seconds, 30);
         let c = parse("[endpoint]\nname = \"e\"\n[output]\nemf_destination = \"cloudwatch_logs\"\nspool_max_bytes = 4194304\n").unwrap();
-        assert!(c.publishes_to_cloudwatch());
+        assert!(c.publishes_through_spool());
         assert_eq!(c.cloudwatch_log_group(), "/endpoint-metrics-agent/e");
         assert!(!parse("[endpoint]\nname = \"e\"\n")
             .unwrap()
-            .publishes_to_cloudwatch());
+            .publishes_through_spool());
     }
 
     #[test]

@@ -47,7 +47,7 @@ fn check_paths(config: &Config) -> Result<(), (&'static str, String)> {
             format!("{}: {e}; allowed: an existing path", disk.display()),
         )
     })?;
-    if config.publishes_to_cloudwatch() {
+    if config.publishes_through_spool() {
         writable_folder_or_creatable(&config.output.spool_dir)
             .map_err(|reason| ("output.spool_dir", reason))?;
     } else if let EmfDestination::File(path) = &config.output.emf_destination {

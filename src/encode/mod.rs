@@ -2,6 +2,7 @@
 
 pub mod emf;
 pub mod limits;
+pub mod otlp;
 pub mod put_metric_data;
 
 use crate::aggregate::{Stats, Window};
@@ -22,6 +23,8 @@ pub struct EncodeContext {
     pub storage_resolution: u32,
     /// `_aws.LogGroupName`, for the CloudWatch agent's listener.
     pub log_group: Option<String>,
+    /// `[endpoint] instance_type`: the OTLP resource's `host.type`.
+    pub instance_type: Option<String>,
 }
 
 /// A closed window in the configured wire form: what the pipeline hands the sink.
@@ -37,6 +40,11 @@ pub enum Encoded {
         window_start_ms: u64,
         requests: Vec<put_metric_data::Request>,
     },
+    /// OTLP/HTTP requests (protobuf, gzip), each within [`otlp::MAX_REQUEST_BYTES`].
+    Otlp {
+        window_start_ms: u64,
+        requests: Vec<otlp::Request>,
+    },
 }
 
 /// Which wire form the sink takes.
@@ -44,6 +52,7 @@ pub enum Encoded {
 pub enum Encoding {
     Emf { max_document_bytes: usize },
     PutMetricData,
+    Otlp,
 }
 
 /// Encodes a window as PutMetricData requests, counting (and logging) what the limits left out.
@@ -78,6 +87,19 @@ pub fn put_metric_data_counted(
         Counter::PmdDatumsSkipped,
         report.datums_skipped,
         "PutMetricData statistic set outside +-2^360",
+    );
+    requests
+}
+
+/// [`otlp::encode`] of a whole window, counting and logging what the limits left out.
+pub fn otlp_counted(window: &Window, ctx: &EncodeContext) -> Vec<otlp::Request> {
+    let mut requests = Vec::new();
+    let resource = otlp::resource(ctx, ctx.instance_type.as_deref());
+    let report = otlp::encode(window, ctx, &resource, &mut requests);
+    crate::telemetry::warn(
+        crate::telemetry::Counter::OtlpPointsSkipped,
+        report.points_skipped,
+        "OTLP data point outside the limits",
     );
     requests
 }
@@ -216,5 +238,6 @@ pub(crate) fn test_context(enhanced: bool) -> EncodeContext {
         gpu_dimension_name: "GpuId".into(),
         storage_resolution: 1,
         log_group: None,
+        instance_type: None,
     }
 }

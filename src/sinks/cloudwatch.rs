@@ -51,10 +51,19 @@ pub enum SendError {
 
 /// Loads the shared AWS configuration. Fails when no Region can be found: every call would fail.
 pub async fn load_sdk_config() -> anyhow::Result<SdkConfig> {
+    load_sdk_config_in(None).await
+}
+
+/// [`load_sdk_config`] with the Region given (`Some`) or from the chain (`None`).
+pub async fn load_sdk_config_in(region: Option<&str>) -> anyhow::Result<SdkConfig> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_string()));
+    }
+    let config = loader
         .http_client(http)
         .retry_config(RetryConfig::disabled())
         .timeout_config(

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::cloudwatch::{MetricsTarget, SendError};
 use super::cloudwatch_logs::{self, LogsTarget};
+use super::otlp::OtlpTarget;
 use super::spool::{Item, Key, LogEvent, Payload, Spool};
 use crate::backoff::Backoff;
 use crate::clock::system_now_ms;
@@ -42,6 +43,8 @@ const MAX_MEMORY_ITEMS: usize = 10_000;
 pub enum Target {
     PutMetricData(MetricsTarget),
     CloudWatchLogs(LogsTarget),
+    /// Boxed: a client and its connector are larger than the other targets.
+    Otlp(Box<OtlpTarget>),
 }
 
 impl Target {
@@ -49,6 +52,7 @@ impl Target {
         match self {
             Target::PutMetricData(_) => "put_metric_data".into(),
             Target::CloudWatchLogs(t) => t.describe(),
+            Target::Otlp(t) => t.describe(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Target {
         match (self, payload) {
             (Target::PutMetricData(t), Payload::PutMetricData(r)) => t.send(r).await,
             (Target::CloudWatchLogs(t), Payload::PutLogEvents(e)) => t.send(e).await,
+            (Target::Otlp(t), Payload::Otlp(r)) => t.send(r).await,
             _ => Err(SendError::Permanent(
                 "spooled request of the other format (the output format changed)".into(),
             )),
@@ -100,6 +105,16 @@ impl Target {
                     })
                     .collect()
             }
+            Encoded::Otlp {
+                window_start_ms,
+                requests,
+            } => requests
+                .into_iter()
+                .map(|r| Item {
+                    window_start_ms,
+                    payload: Payload::Otlp(r),
+                })
+                .collect(),
         }
     }
 }
@@ -635,7 +650,7 @@ mod tests {
         while let Some((key, item)) = spool.oldest(|_| false) {
             match item.payload {
                 Payload::PutMetricData(r) => order.push(r.namespace),
-                Payload::PutLogEvents(_) => unreachable!(),
+                other => panic!("{other:?}"),
             }
             spool.remove(key);
         }

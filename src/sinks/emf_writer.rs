@@ -197,11 +197,13 @@ pub async fn run(mut writer: EmfWriter, mut rx: mpsc::Receiver<Encoded>, stop: D
                 _ => Some(rx.recv().await),
             };
             match received {
-                Some(Some(Encoded::PutMetricData { .. })) => telemetry::warn(
-                    Counter::WindowsDropped,
-                    1,
-                    "a PutMetricData window reached the EMF writer; dropped",
-                ),
+                Some(Some(Encoded::PutMetricData { .. } | Encoded::Otlp { .. })) => {
+                    telemetry::warn(
+                        Counter::WindowsDropped,
+                        1,
+                        "a PutMetricData or OTLP window reached the EMF writer; dropped",
+                    )
+                }
                 Some(Some(Encoded::Emf {
                     documents: batch, ..
                 })) => {

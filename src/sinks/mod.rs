@@ -8,6 +8,7 @@ pub mod cloudwatch;
 pub mod cloudwatch_logs;
 pub mod delivery;
 pub mod emf_writer;
+pub mod otlp;
 pub mod spool;
 
 use std::time::Duration;
@@ -39,7 +40,7 @@ impl Sink {
     /// Opens the configured sink. Errors here stop the agent at start: a file or spool folder that
     /// cannot be opened, or no AWS Region.
     pub async fn open(config: &Config, instance_id: &str) -> anyhow::Result<Sink> {
-        if !config.publishes_to_cloudwatch() {
+        if !config.publishes_through_spool() {
             let writer = EmfWriter::open(&config.output.emf_destination)
                 .await
                 .with_context(|| {
@@ -54,10 +55,13 @@ impl Sink {
                 o.spool_dir.display()
             )
         })?;
-        let sdk = cloudwatch::load_sdk_config().await?;
-        let target = if o.format == OutputFormat::PutMetricData {
+        let target = if o.format == OutputFormat::Otlp {
+            Target::Otlp(Box::new(otlp::OtlpTarget::new(&o.otlp).await?))
+        } else if o.format == OutputFormat::PutMetricData {
+            let sdk = cloudwatch::load_sdk_config().await?;
             Target::PutMetricData(cloudwatch::MetricsTarget::new(&sdk))
         } else {
+            let sdk = cloudwatch::load_sdk_config().await?;
             let stream = o
                 .log_stream
                 .clone()
@@ -88,6 +92,10 @@ impl Sink {
                 target: Target::PutMetricData(_),
                 ..
             } => Encoding::PutMetricData,
+            Sink::CloudWatch {
+                target: Target::Otlp(_),
+                ..
+            } => Encoding::Otlp,
             Sink::CloudWatch {
                 target: Target::CloudWatchLogs(_),
                 ..

@@ -34,6 +34,7 @@ pub struct LogEvent {
 pub enum Payload {
     PutMetricData(Request),
     PutLogEvents(Vec<LogEvent>),
+    Otlp(crate::encode::otlp::Request),
 }
 
 /// A payload and the start of the window it belongs to.
@@ -324,7 +325,7 @@ mod tests {
         while let Some(i) = spool.front() {
             match i.payload {
                 Payload::PutLogEvents(e) => order.push(e[0].message.clone()),
-                Payload::PutMetricData(_) => unreachable!(),
+                other => panic!("{other:?}"),
             }
             spool.pop_front();
         }

@@ -1,0 +1,266 @@
+//! OTLP/HTTP: POST of `ExportMetricsServiceRequest` (protobuf, gzip) to CloudWatch's OTLP
+//! endpoint, signed with SigV4 for the service `monitoring` through the SDK's credential chain,
+//! or to any OTLP/HTTP endpoint, unsigned, with optional headers.
+//!
+//! Answers follow the OTLP/HTTP specification ("Failures"): 429, 502, 503 and 504 may succeed
+//! later (retried by `delivery` with backoff and jitter, the request waiting in the spool), as do
+//! timeouts and network errors; any other 4xx or 5xx will not, and the request is dropped,
+//! logged and counted. A 2xx with a `partial_success` that rejected points is logged and counted:
+//! the backend refused those points for good.
+
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use prost::Message as _;
+
+use super::cloudwatch::SendError;
+use crate::config::{OtlpAuth, OtlpConfig};
+use crate::encode::otlp::Request as OtlpRequest;
+use crate::telemetry::{self, Counter};
+
+/// The service name CloudWatch's OTLP metrics endpoint is signed for ("Send metrics using
+/// OpenTelemetry": "The service name is monitoring").
+pub const SIGV4_SERVICE: &str = "monitoring";
+
+/// The largest answer read: an `ExportMetricsServiceResponse` or an error text is small.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The part of an error answer quoted in the log.
+const MAX_QUOTED_ERROR_CHARS: usize = 300;
+
+/// Idle connections kept to the endpoint (one request at a time is sent).
+const MAX_IDLE_CONNECTIONS: usize = 1;
+
+/// How requests are authenticated.
+#[derive(Clone, Debug)]
+enum Auth {
+    None,
+    Sigv4 {
+        region: String,
+        credentials: SharedCredentialsProvider,
+    },
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Where OTLP requests go and how.
+#[derive(Clone, Debug)]
+pub struct OtlpTarget {
+    client: HttpsClient,
+    endpoint: Uri,
+    auth: Auth,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+}
+
+impl OtlpTarget {
+    /// Builds the target. With SigV4, credentials and the Region come from the SDK's chain
+    /// (`region` overrides it); it fails when no Region is known for signing or for the default
+    /// endpoint.
+    pub async fn new(config: &OtlpConfig) -> anyhow::Result<OtlpTarget> {
+        let (auth, region) = match config.auth {
+            OtlpAuth::None => (Auth::None, config.region.clone()),
+            OtlpAuth::Sigv4 => {
+                let sdk = super::cloudwatch::load_sdk_config_in(config.region.as_deref()).await?;
+                let region = sdk
+                    .region()
+                    .map(|r| r.to_string())
+                    .ok_or_else(|| anyhow::anyhow!("no AWS Region for SigV4"))?;
+                let credentials = sdk.credentials_provider().ok_or_else(|| {
+                    anyhow::anyhow!("no AWS credential chain for SigV4 (output.otlp.auth)")
+                })?;
+                (
+                    Auth::Sigv4 {
+                        region: region.clone(),
+                        credentials,
+                    },
+                    Some(region),
+                )
+            }
+        };
+        let endpoint = match (&config.endpoint, region) {
+            (Some(e), _) => e.clone(),
+            (None, Some(region)) => cloudwatch_endpoint(&region),
+            (None, None) => anyhow::bail!(
+                "output.otlp.endpoint is unset and no Region is known for CloudWatch's OTLP endpoint: set output.otlp.endpoint or output.otlp.region"
+            ),
+        };
+        let endpoint: Uri = endpoint
+            .parse()
+            .map_err(|e| anyhow::anyhow!("output.otlp.endpoint: {e}"))?;
+        let mut headers = Vec::with_capacity(config.headers.len());
+        for (name, value) in &config.headers {
+            headers.push((
+                HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_str(value)?,
+            ));
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.timeout()));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+            .build(https);
+        Ok(OtlpTarget {
+            client,
+            endpoint,
+            auth,
+            headers,
+            timeout: config.timeout(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.auth {
+            Auth::None => format!("otlp {}", self.endpoint),
+            Auth::Sigv4 { region, .. } => format!("otlp {} (SigV4, {region})", self.endpoint),
+        }
+    }
+
+    /// Sends one request; see the module documentation for what is retried.
+    pub async fn send(&self, request: &OtlpRequest) -> Result<(), SendError> {
+        let http_request = self.build(request).await?;
+        let answer = tokio::time::timeout(self.timeout, async {
+            let response = self
+                .client
+                .request(http_request)
+                .await
+                .map_err(|e| SendError::Retryable(format!("OTLP request failed: {e}")))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| SendError::Retryable(format!("OTLP answer unreadable: {e}")))?;
+            Ok::<_, SendError>((status, body))
+        })
+        .await
+        .map_err(|_| {
+            SendError::Retryable(format!(
+                "OTLP request took more than {} s",
+                self.timeout.as_secs()
+            ))
+        })??;
+        let (status, body) = answer;
+        if status.is_success() {
+            self.partial_success(&body);
+            return Ok(());
+        }
+        let text: String = String::from_utf8_lossy(&body)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_QUOTED_ERROR_CHARS)
+            .collect();
+        let reason = format!("OTLP endpoint answered {status}: {text}");
+        match status.as_u16() {
+            429 | 502 | 503 | 504 => Err(SendError::Retryable(reason)),
+            _ => Err(SendError::Permanent(reason)),
+        }
+    }
+
+    /// The HTTP request: body as spooled, headers, and the SigV4 signature at this moment.
+    async fn build(&self, request: &OtlpRequest) -> Result<Request<Full<Bytes>>, SendError> {
+        let body = Bytes::from(request.body.clone());
+        let host = self
+            .endpoint
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let mut builder = Request::post(self.endpoint.clone())
+            .header(http::header::HOST, &host)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .header(http::header::CONTENT_ENCODING, "gzip");
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        let mut http_request = builder
+            .body(Full::new(body.clone()))
+            .map_err(|e| SendError::Permanent(format!("OTLP request: {e}")))?;
+        if let Auth::Sigv4 {
+            region,
+            credentials,
+        } = &self.auth
+        {
+            let credentials = credentials
+                .provide_credentials()
+                .await
+                .map_err(|e| SendError::Retryable(format!("no AWS credentials: {e}")))?;
+            let identity = credentials.into();
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region(region)
+                .name(SIGV4_SERVICE)
+                .time(SystemTime::now())
+                .settings(SigningSettings::default())
+                .build()
+                .map_err(|e| SendError::Permanent(format!("SigV4 parameters: {e}")))?
+                .into();
+            let uri = self.endpoint.to_string();
+            let headers: Vec<(&str, &str)> = http_request
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+                .collect();
+            let signable = SignableRequest::new(
+                "POST",
+                uri.as_str(),
+                headers.into_iter(),
+                SignableBody::Bytes(&body),
+            )
+            .map_err(|e| SendError::Permanent(format!("SigV4: {e}")))?;
+            let (instructions, _signature) = sign(signable, &params)
+                .map_err(|e| SendError::Permanent(format!("SigV4: {e}")))?
+                .into_parts();
+            let (signed_headers, _query) = instructions.into_parts();
+            for header in signed_headers {
+                let mut value = HeaderValue::from_str(header.value())
+                    .map_err(|e| SendError::Permanent(format!("SigV4 header: {e}")))?;
+                value.set_sensitive(header.sensitive());
+                http_request.headers_mut().insert(header.name(), value);
+            }
+        }
+        Ok(http_request)
+    }
+
+    /// Logs and counts the points a 2xx answer says were rejected.
+    fn partial_success(&self, body: &[u8]) {
+        let Ok(response) = ExportMetricsServiceResponse::decode(body) else {
+            return;
+        };
+        if let Some(partial) = response.partial_success {
+            let rejected = u64::try_from(partial.rejected_data_points).unwrap_or(0);
+            if rejected > 0 {
+                let message: String = partial
+                    .error_message
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_QUOTED_ERROR_CHARS)
+                    .collect();
+                telemetry::warn(
+                    Counter::OtlpPointsRejected,
+                    rejected,
+                    &format!("the OTLP endpoint rejected data points: {message}"),
+                );
+            }
+        }
+    }
+}
+
+/// CloudWatch's OTLP metrics endpoint in `region` ("Send metrics using OpenTelemetry").
+pub fn cloudwatch_endpoint(region: &str) -> String {
+    format!("https://monitoring.{region}.amazonaws.com/v1/metrics")
+}
