@@ -102,6 +102,92 @@ fn a_receiver_with_credentials_refuses_an_unsigned_request() {
     assert_eq!(rx.accepted_count(), 0);
 }
 
+#[test]
+fn a_request_signed_by_the_rust_sdk_signer_verifies_and_an_altered_one_does_not() {
+    let credentials = Credentials::new("AKIDRUST", "rust-secret").with_session_token("rust-token");
+    let rx = OtlpReceiver::start(Options {
+        sigv4: Some(credentials.clone()),
+        region: "us-west-2".into(),
+        ..Options::default()
+    });
+    let body = gauge_request("up", 1.0);
+
+    let headers = sign(rx.address(), &body, &credentials, "us-west-2");
+    assert_eq!(post_with(rx.address(), &body, &headers), 200);
+    let other = gauge_request("up", 2.0);
+    assert_eq!(post_with(rx.address(), &other, &headers), 403);
+    let wrong = Credentials::new("AKIDRUST", "another-secret").with_session_token("rust-token");
+    let headers = sign(rx.address(), &body, &wrong, "us-west-2");
+    assert_eq!(post_with(rx.address(), &body, &headers), 403);
+
+    let requests = rx.wait_for("three records", |r| (r.len() == 3).then(|| r.to_vec()));
+    let verdicts: Vec<_> = requests
+        .iter()
+        .map(|r| r["sigv4"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts[0], "ok", "{requests:?}");
+    assert!(
+        verdicts[1].starts_with("mismatch: signature differs"),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts[2].starts_with("mismatch: signature differs"),
+        "{verdicts:?}"
+    );
+    let authorization = requests[0]["headers"]["authorization"].as_str().unwrap();
+    println!("aws-sigv4 signed: {authorization}");
+    assert!(authorization.contains("/us-west-2/monitoring/aws4_request"));
+}
+
+/// The headers to send `body` with, signed by aws-sigv4 (the signing crate the SDK uses) with
+/// its default settings, for the service `monitoring`.
+fn sign(
+    address: SocketAddr,
+    body: &[u8],
+    credentials: &Credentials,
+    region: &str,
+) -> Vec<(String, String)> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let identity = aws_credential_types::Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "test",
+    )
+    .into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("monitoring")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let mut headers = vec![
+        ("host".to_string(), address.to_string()),
+        (
+            "content-type".to_string(),
+            "application/x-protobuf".to_string(),
+        ),
+    ];
+    let signable = SignableRequest::new(
+        "POST",
+        format!("http://{address}/v1/metrics"),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    headers.extend(
+        instructions
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    headers
+}
+
 /// An ExportMetricsServiceRequest with one gauge point (`as_double`), encoded by hand: this
 /// checks the harness's plumbing; the self-test checks decoding with the official classes.
 fn gauge_request(name: &str, value: f64) -> Vec<u8> {
@@ -122,14 +208,30 @@ fn gauge_request(name: &str, value: f64) -> Vec<u8> {
 
 /// POSTs an uncompressed protobuf body to /v1/metrics; the answer's status.
 fn post(address: SocketAddr, body: &[u8]) -> u16 {
+    let headers = [
+        ("host".to_string(), address.to_string()),
+        (
+            "content-type".to_string(),
+            "application/x-protobuf".to_string(),
+        ),
+    ];
+    post_with(address, body, &headers)
+}
+
+/// POSTs `body` to /v1/metrics with these headers (Host and Content-Type among them) and its
+/// length; the answer's status.
+fn post_with(address: SocketAddr, body: &[u8], headers: &[(String, String)]) -> u16 {
     let mut conn = TcpStream::connect(address).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let head = format!(
-        "POST /v1/metrics HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-protobuf\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let mut head = String::from("POST /v1/metrics HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let length = body.len();
+    head.push_str(&format!(
+        "Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ));
     conn.write_all(head.as_bytes()).unwrap();
     conn.write_all(body).unwrap();
     let mut answer = Vec::new();
