@@ -1,5 +1,5 @@
-//! What the integration tests share: the agent harness, the `docker` command line and the fake
-//! NVML driver library. Each test binary uses part of it.
+//! What the integration tests share: the agent harness, the `docker` command line, the fake
+//! NVML driver library and the OTLP receiver. Each test binary uses part of it.
 #![allow(dead_code)]
 
 pub mod agent;
@@ -7,3 +7,4 @@ pub mod aws;
 pub mod copies;
 pub mod docker;
 pub mod fake_nvml;
+pub mod otlp;
