@@ -789,6 +789,42 @@ mod tests {
     };
 
     #[test]
+    fn both_outputs_are_priced_side_by_side_from_the_encoded_otlp_requests() {
+        let classic = plan(
+            &config("[output]\nformat = \"put_metric_data\"\n"),
+            &EIGHT_GPUS,
+        );
+        let otlp = plan_priced(
+            &config("[output]\nformat = \"otlp\"\n[output.otlp]\nendpoint = \"http://127.0.0.1:4318/v1/metrics\"\n"),
+            &EIGHT_GPUS,
+            0.25,
+        );
+        // The same series either way; OTLP bills bytes, not series or requests.
+        assert_eq!(classic.series.len(), otlp.series.len());
+        assert_eq!(otlp.output, "otlp");
+        let o = &otlp.otlp;
+        assert!(
+            o.points_per_window > 0 && o.requests_per_window >= 1,
+            "{o:?}"
+        );
+        assert!(o.gzip_bytes_per_window < o.body_bytes_per_window);
+        // Each point carries its metric name and its resource's attributes.
+        assert!(
+            o.billable_bytes_per_window > o.body_bytes_per_window,
+            "{o:?}"
+        );
+        let expected = (o.billable_bytes_per_window * otlp.windows_per_month) as f64 / 1e9 * 0.25;
+        assert!((o.ingestion_charge - expected).abs() < 1e-12);
+        assert_eq!(otlp.monthly_bill(), o.ingestion_charge);
+        // The classic side of an OTLP plan is PutMetricData's bill for the same host.
+        assert_eq!(otlp.classic.metrics_charge, classic.metrics_charge);
+        assert_eq!(otlp.classic.requests_charge, classic.requests_charge);
+        let text = otlp.to_string();
+        assert!(text.contains("both outputs per month"), "{text}");
+        assert!(text.contains("ASSUMED"), "{text}");
+    }
+
+    #[test]
     fn the_front_door_adds_its_invocation_series() {
         let shape = HostShape {
             gpus: 0,

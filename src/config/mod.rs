@@ -216,7 +216,18 @@ impl Config {
             m.endpoints_namespace,
             m.components_namespace,
             self.output.format,
-            self.output.emf_destination,
+            match self.output.format {
+                OutputFormat::Otlp => format!(
+                    "{} ({:?})",
+                    self.output
+                        .otlp
+                        .endpoint
+                        .as_deref()
+                        .unwrap_or("CloudWatch's OTLP endpoint in the Region"),
+                    self.output.otlp.auth
+                ),
+                _ => self.output.emf_destination.to_string(),
+            },
             if self.gpu.enabled {
                 "enabled"
             } else {
@@ -1387,6 +1398,15 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[metrics]\nendpoints_namespace = \"AWS/SageMaker\"\n", "metrics.endpoints_namespace", "reserves"),
             ("[endpoint]\nname = \"e\"\n[output]\nemf_destination = \"tcp://nohost\"\n", "output.emf_destination", "is not host:port; allowed"),
             ("[endpoint]\nname = \"e\"\n[output]\nformat = \"prometheus\"\n", "output.format", "unknown variant"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nendpoint = \"ftp://x/v1/metrics\"\n", "output.otlp.endpoint", "http:// or https://"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nendpoint = \"not a url\"\n", "output.otlp.endpoint", "not a URL"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nauth = \"basic\"\n", "output.otlp.auth", "unknown variant"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nregion = \"US East\"\n", "output.otlp.region", "a Region name"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { Authorization = \"x\" }\n", "output.otlp.headers", "other than Host"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { X-Amz-Date = \"x\" }\n", "output.otlp.headers", "X-Amz-*"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { \"bad name\" = \"x\" }\n", "output.otlp.headers", "not allowed"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { X-Key = \"a\\nb\" }\n", "output.otlp.headers.X-Key", "control characters"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\ntimeout_seconds = 0\n", "output.otlp.timeout_seconds", "1 to 60"),
             ("[endpoint]\nname = \"e\"\n[docker]\nsocket = \"docker.sock\"\n", "docker.socket", "absolute"),
             ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_label = \"\"\n", "docker.component_label", "empty"),
             ("[endpoint]\nname = \"e\"\n[docker]\ncomponent_env = \"A=B\"\n", "docker.component_env", "'='"),
