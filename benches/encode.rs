@@ -1,5 +1,5 @@
-//! Encoding a window of 2,000 series to EMF, and recording one sample per series: the
-//! aggregator's and encoder's hot paths.
+//! Encoding a window of 2,000 series to EMF and to OTLP (protobuf + gzip), and recording one
+//! sample per series: the aggregator's and encoders' hot paths.
 //! Run: cargo bench --bench encode
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +13,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use endpoint_metrics_agent::aggregate::{Aggregator, Window};
 use endpoint_metrics_agent::catalog::{Identity, Metric, Sample, Scope};
 use endpoint_metrics_agent::encode::limits::EMF_MAX_DOCUMENT_BYTES;
-use endpoint_metrics_agent::encode::{emf, groups, EncodeContext};
+use endpoint_metrics_agent::encode::{emf, groups, otlp, EncodeContext};
 
 const SERIES: usize = 2000;
 const SAMPLES_PER_WINDOW: usize = 60;
@@ -81,6 +81,15 @@ fn bench(c: &mut Criterion) {
                 &mut out,
             );
             assert!(report.is_clean());
+            out
+        })
+    });
+    let resource = otlp::resource(&ctx, Some("ml.g5.48xlarge"));
+    c.bench_function("encode_otlp_window_2000_series_60_samples", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            let report = otlp::encode(black_box(&w), &ctx, &resource, &mut out);
+            assert_eq!(report.points_skipped, 0);
             out
         })
     });

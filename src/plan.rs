@@ -715,7 +715,7 @@ impl fmt::Display for Plan {
         writeln!(
             f,
             "  {:<34} {:>22} {:>22}",
-            "bytes sent per window",
+            "EMF or OTLP bytes per window",
             self.log_bytes_per_window,
             format!(
                 "{} ({} gzip)",

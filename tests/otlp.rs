@@ -225,6 +225,7 @@ fn every_metric_type_temporality_label_and_value_is_what_the_agent_sampled() {
     }
     for name in [
         "CPUUtilizationByInstanceId",
+        "CPUUtilizationNormalized",
         "MemoryUtilization",
         "DiskUtilizationByInstanceId",
         "GPUUtilizationByInstanceId",

@@ -5,8 +5,9 @@
 //! Names: OpenTelemetry has no dimension sets, so each granularity has its own name, as in
 //! SageMaker's "Metric name mapping: legacy to OTel": the classic name at endpoint level
 //! (`Invocations`), then `ByInstanceId`, `ByContainerId`, `By<GpuId>` for each finer dimension, and
-//! `ForIc` for the invocation metrics that exist at both endpoint and component level
-//! (`InvocationsForIc`, `InvocationsForIcByInstanceIdByContainerId`). DCGM names stay as they are
+//! `ForIc` for every series of a component (`InvocationsForIc`,
+//! `InvocationsForIcByInstanceIdByContainerId`) unless its name already ends in `PerCopy`, so no
+//! name holds series of two granularities. DCGM names stay as they are
 //! (their labels carry the GPU), the per-GPU `GPUUtilization` is `DCGM_FI_DEV_GPU_UTIL`, the
 //! model-server metrics per component end in `PerIC` (`TTFTPerIC`, `KVCachePerIC`), and the
 //! agent's own metrics keep their names. See [`otel_name`].
@@ -168,20 +169,6 @@ fn ucum(unit: Unit) -> &'static str {
     }
 }
 
-/// The invocation metrics SageMaker publishes at endpoint and at component level under one
-/// classic name; at component level their OpenTelemetry name gains `ForIc`.
-fn shared_with_endpoint_level(metric: Metric) -> bool {
-    matches!(
-        metric,
-        Metric::Invocations
-            | Metric::Invocation4xxErrors
-            | Metric::Invocation5xxErrors
-            | Metric::InvocationModelErrors
-            | Metric::ModelLatency
-            | Metric::OverheadLatency
-    )
-}
-
 /// The model server's metrics: per component they end in `PerIC`.
 fn per_ic_name(metric: Metric) -> Option<&'static str> {
     match metric {
@@ -212,7 +199,10 @@ pub fn otel_name(metric: Metric, scope: &Scope, set: &[Dim], gpu_dimension_name:
         Some(per_ic) if has(Dim::InferenceComponentName) => name.push_str(per_ic),
         _ => {
             name.push_str(base);
-            if has(Dim::InferenceComponentName) && shared_with_endpoint_level(metric) {
+            // Per component, as SageMaker's `InvocationsForIc`, unless the name already says so
+            // (`ConcurrentRequestsPerCopy` keeps its name in SageMaker's table). Without it a
+            // component's `CPUUtilizationNormalized` would share its name with the instance's.
+            if has(Dim::InferenceComponentName) && !base.ends_with("PerCopy") {
                 name.push_str("ForIc");
             }
         }

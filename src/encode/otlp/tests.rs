@@ -156,7 +156,27 @@ fn names_follow_sagemakers_mapping_one_name_per_granularity() {
     );
     assert_eq!(
         name(Metric::CpuUtilizationNormalized, &c, &copy_set),
-        "CPUUtilizationNormalizedByInstanceIdByContainerId"
+        "CPUUtilizationNormalizedForIcByInstanceIdByContainerId"
+    );
+    // A component's series never shares its name with the instance's.
+    assert_eq!(
+        name(Metric::CpuUtilizationNormalized, &c, &component),
+        "CPUUtilizationNormalizedForIc"
+    );
+    assert_eq!(
+        name(
+            Metric::CpuUtilizationNormalized,
+            &Scope::Instance,
+            &endpoint
+        ),
+        "CPUUtilizationNormalized"
+    );
+    let cost = Scope::Component {
+        component: Arc::from("ic"),
+    };
+    assert_eq!(
+        name(Metric::CostAccrued, &cost, &component),
+        "CostAccruedForIc"
     );
 }
 
@@ -194,7 +214,7 @@ fn gauges_sums_and_histograms_with_exact_values_labels_and_times() {
     assert_eq!(rm.scope_metrics[0].scope.as_ref().unwrap().name, SCOPE_NAME);
     let all = metrics(&requests);
 
-    let cpu = find(&all, "CPUUtilizationNormalized");
+    let cpu = find(&all, "CPUUtilizationNormalizedForIc");
     assert_eq!(cpu.unit, "%");
     let Some(Data::Gauge(g)) = &cpu.data else {
         panic!("{cpu:?}")
@@ -212,7 +232,10 @@ fn gauges_sums_and_histograms_with_exact_values_labels_and_times() {
     assert_eq!(p.start_time_unix_nano, 1_700_000_000_000_000_000);
     assert_eq!(p.time_unix_nano, 1_700_000_060_000_000_000);
     // Per copy: two points, one per container.
-    let per_copy = find(&all, "CPUUtilizationNormalizedByInstanceIdByContainerId");
+    let per_copy = find(
+        &all,
+        "CPUUtilizationNormalizedForIcByInstanceIdByContainerId",
+    );
     let Some(Data::Gauge(g)) = &per_copy.data else {
         panic!()
     };
@@ -303,6 +326,25 @@ fn every_series_of_a_full_host_has_one_kind_per_name_and_few_labels() {
         let n = names.len();
         names.dedup();
         assert_eq!(names.len(), n, "one metric per name in one request");
+        // One granularity per name: every point of a name has the same label keys (DCGM's
+        // fields per MIG instance add dcgm-exporter's GPU_I_ID, as dcgm-exporter does).
+        for m in &all {
+            let keys = |kvs: &[KeyValue]| -> Vec<String> {
+                kvs.iter()
+                    .map(|kv| kv.key.clone())
+                    .filter(|k| !(m.name.starts_with("DCGM_") && k == "GPU_I_ID"))
+                    .collect()
+            };
+            let sets: std::collections::BTreeSet<Vec<String>> = match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.iter().map(|p| keys(&p.attributes)).collect(),
+                Some(Data::Sum(s)) => s.data_points.iter().map(|p| keys(&p.attributes)).collect(),
+                Some(Data::Histogram(h)) => {
+                    h.data_points.iter().map(|p| keys(&p.attributes)).collect()
+                }
+                _ => Default::default(),
+            };
+            assert_eq!(sets.len(), 1, "{} holds two granularities: {sets:?}", m.name);
+        }
         for m in &all {
             let labels = match &m.data {
                 Some(Data::Gauge(g)) => g.data_points.iter().map(|p| p.attributes.len()).max(),
