@@ -141,11 +141,14 @@ impl OtlpTarget {
                 .await
                 .map_err(|e| SendError::Retryable(format!("OTLP request failed: {e}")))?;
             let status = response.status();
+            // The status decides; the body is read within its cap only for the partial
+            // success or the error's text. An answer past the cap (or cut) leaves the body
+            // empty: a 2xx is still a success, never sent again.
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .map_err(|e| SendError::Retryable(format!("OTLP answer unreadable: {e}")))?;
+                .unwrap_or_default();
             Ok::<_, SendError>((status, body))
         })
         .await
@@ -263,4 +266,172 @@ impl OtlpTarget {
 /// CloudWatch's OTLP metrics endpoint in `region` ("Send metrics using OpenTelemetry").
 pub fn cloudwatch_endpoint(region: &str) -> String {
     format!("https://monitoring.{region}.amazonaws.com/v1/metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OtlpConfig;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An endpoint that reads each request whole and answers `answer` (None: never answers).
+    async fn endpoint(answer: Option<Vec<u8>>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    match answer {
+                        Some(a) => {
+                            let _ = conn.write_all(&a).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn answer(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut a = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        a.extend_from_slice(body);
+        a
+    }
+
+    async fn target(addr: std::net::SocketAddr, timeout_seconds: u64) -> OtlpTarget {
+        let config = OtlpConfig {
+            endpoint: Some(format!("http://{addr}/v1/metrics")),
+            auth: OtlpAuth::None,
+            timeout_seconds: Some(timeout_seconds),
+            ..OtlpConfig::default()
+        };
+        OtlpTarget::new(&config).await.unwrap()
+    }
+
+    fn request() -> OtlpRequest {
+        OtlpRequest {
+            body: vec![0x1f, 0x8b],
+            points: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_specifications_retryable_statuses_are_retried_and_the_rest_dropped() {
+        for (status, retryable) in [
+            ("429 Too Many Requests", true),
+            ("502 Bad Gateway", true),
+            ("503 Service Unavailable", true),
+            ("504 Gateway Timeout", true),
+            ("400 Bad Request", false),
+            ("403 Forbidden", false),
+            ("413 Payload Too Large", false),
+            ("500 Internal Server Error", false),
+            ("301 Moved Permanently", false),
+        ] {
+            let addr = endpoint(Some(answer(status, b"why\nnot"))).await;
+            let got = target(addr, 5).await.send(&request()).await;
+            match got {
+                Err(SendError::Retryable(reason)) => assert!(retryable, "{status}: {reason}"),
+                Err(SendError::Permanent(reason)) => {
+                    assert!(!retryable, "{status}: {reason}");
+                    assert!(
+                        reason.contains("whynot"),
+                        "control characters dropped: {reason}"
+                    );
+                }
+                Ok(()) => panic!("{status} taken as success"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_never_answers_costs_one_timeout_and_is_retried() {
+        let addr = endpoint(None).await;
+        let started = tokio::time::Instant::now();
+        let got = target(addr, 1).await.send(&request()).await;
+        assert!(matches!(got, Err(SendError::Retryable(_))), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // Nobody listening: a network error, retried.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let got = target(closed, 1).await.send(&request()).await;
+        assert!(matches!(got, Err(SendError::Retryable(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn rejected_points_in_a_partial_success_are_counted_and_a_huge_answer_is_not_read() {
+        let _counters = crate::testing::counters().await;
+        let body = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 3,
+                error_message: "label too long".into(),
+            }),
+        }
+        .encode_to_vec();
+        let before = telemetry::get(Counter::OtlpPointsRejected);
+        let addr = endpoint(Some(answer("200 OK", &body))).await;
+        target(addr, 5).await.send(&request()).await.unwrap();
+        assert_eq!(telemetry::get(Counter::OtlpPointsRejected) - before, 3);
+        // A 2xx with a garbage body is a success with nothing rejected.
+        let addr = endpoint(Some(answer("200 OK", b"\xff\xfe not protobuf"))).await;
+        target(addr, 5).await.send(&request()).await.unwrap();
+        assert_eq!(telemetry::get(Counter::OtlpPointsRejected) - before, 3);
+        // An answer past the cap is not read whole, and a 2xx stays a success (sending it again
+        // would duplicate what the backend took).
+        let huge = vec![b'x'; MAX_RESPONSE_BYTES * 4];
+        let addr = endpoint(Some(answer("200 OK", &huge))).await;
+        target(addr, 5).await.send(&request()).await.unwrap();
+        let addr = endpoint(Some(answer("400 Bad Request", &huge))).await;
+        let got = target(addr, 5).await.send(&request()).await;
+        assert!(matches!(got, Err(SendError::Permanent(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn without_an_endpoint_or_a_region_the_target_is_refused() {
+        let config = OtlpConfig {
+            auth: OtlpAuth::None,
+            ..OtlpConfig::default()
+        };
+        let err = OtlpTarget::new(&config).await.unwrap_err().to_string();
+        assert!(err.contains("output.otlp.endpoint"), "{err}");
+        let config = OtlpConfig {
+            auth: OtlpAuth::None,
+            region: Some("eu-central-1".into()),
+            ..OtlpConfig::default()
+        };
+        let t = OtlpTarget::new(&config).await.unwrap();
+        assert_eq!(
+            t.endpoint.to_string(),
+            "https://monitoring.eu-central-1.amazonaws.com/v1/metrics"
+        );
+    }
 }
