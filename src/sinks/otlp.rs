@@ -273,46 +273,10 @@ mod tests {
     use super::*;
     use crate::config::OtlpConfig;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// An endpoint that reads each request whole and answers `answer` (None: never answers).
     async fn endpoint(answer: Option<Vec<u8>>) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let n = conn.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let length = text
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                                .unwrap_or(0);
-                            if buf.len() >= end + 4 + length {
-                                break;
-                            }
-                        }
-                    }
-                    match answer {
-                        Some(a) => {
-                            let _ = conn.write_all(&a).await;
-                        }
-                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
-                    }
-                });
-            }
-        });
-        addr
+        crate::testing::http_endpoint(answer).await.0
     }
 
     fn answer(status: &str, body: &[u8]) -> Vec<u8> {
