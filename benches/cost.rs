@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
             utilization_percent: Some(50.0),
             memory_used_bytes: 1 << 30,
             memory_total_bytes: 24 << 30,
+            process_utilization: Default::default(),
         })
         .collect();
     let mut inventory = Inventory::default();

@@ -42,6 +42,7 @@ fn tick() -> Tick {
             utilization_percent: Some(50.0),
             memory_used_bytes: 1 << 30,
             memory_total_bytes: 24 << 30,
+            process_utilization: Default::default(),
         })
         .collect();
     let mut tick = Tick::new(1_700_000_000_000, tokio::time::Instant::now());

@@ -34,7 +34,11 @@
 # EMF file: a before/after pair measured under the same load),
 # KEEP=1 keeps the work folder (configs, EMF file, logs) and prints its path; PROFILE_SECONDS=N
 # adds a last phase that profiles the (first) agent with `perf record` for N seconds and prints where
-# its time went.
+# its time went. COPIES_PER_GPU=1 gives each GPU one copy instead of two (GPU k: copy k, its two
+# processes the container's own and one started in it with `docker exec`). NVML_CALLS=1 has the
+# fake library count every call (its `calls` directive: a line per sample per agent, appended to a
+# file) and prints each agent's NVML calls per sample over the measured phase (the counting itself
+# costs the agent a file append per sample, so leave it off for the CPU figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-120}
@@ -45,6 +49,8 @@ image=${EMA_TEST_IMAGE:-ema-test-busybox:latest}
 gpus=8
 containers=50
 components=25
+copies_per_gpu=${COPIES_PER_GPU:-2}
+case "$copies_per_gpu" in 1 | 2) ;; *) echo "COPIES_PER_GPU: 1 or 2" >&2; exit 1 ;; esac
 node_port=${NODE_EXPORTER_PORT:-$((20000 + $$ % 20000))}
 run_id="ema-ovh-$$-$(date +%s)"
 work=$(mktemp -d "/tmp/$run_id.XXXX")
@@ -71,8 +77,10 @@ ids=()
 for i in $(seq 0 $((containers - 1))); do
     component="model-$((i / 2))"
     gpu_env=()
-    # Copies 0..15 hold the GPUs, two per GPU (component k's two copies share GPU k).
-    [ "$i" -lt $((gpus * 2)) ] && gpu_env=(-e "NVIDIA_VISIBLE_DEVICES=$((i / 2))")
+    # Two copies per GPU: copies 0..15 hold the GPUs (component k's two copies share GPU k).
+    # One copy per GPU: copy k holds GPU k.
+    [ "$i" -lt $((gpus * copies_per_gpu)) ] &&
+        gpu_env=(-e "NVIDIA_VISIBLE_DEVICES=$((i / copies_per_gpu))")
     id=""
     for attempt in 1 2 3; do # runc fails now and then on a loaded machine
         docker rm -f "$run_id-$i" >/dev/null 2>&1 || true
@@ -84,15 +92,34 @@ for i in $(seq 0 $((containers - 1))); do
     [ -n "$id" ] || { echo "could not start container $i" >&2; exit 1; }
     ids+=("$id")
 done
+copy_process() { # copy_process ID N: the host PID of the container's own process (0) or a second one (1)
+    local main
+    main=$(docker inspect -f '{{.State.Pid}}' "$1")
+    if [ "$2" = 0 ]; then echo "$main"; return; fi
+    docker exec -d "$1" sleep 100000
+    for _ in $(seq 50); do
+        # `docker top` lists host PIDs; the one that is not the container's own is the exec'd one.
+        other=$(docker top "$1" -o pid | tail -n +2 | grep -vx "$main" | head -1 || true)
+        [ -n "$other" ] && { echo "$other"; return; }
+        sleep 0.1
+    done
+    echo "no second process in $1" >&2
+    exit 1
+}
 {
     for g in $(seq 0 $((gpus - 1))); do
         echo "device $g uuid=GPU-overhead-$g util=$((40 + g)) mem_used=$(((g + 10) << 30)) mem_total=$((80 << 30))"
     done
     for i in $(seq 0 $((gpus * 2 - 1))); do
-        pid=$(docker inspect -f '{{.State.Pid}}' "${ids[$i]}")
+        if [ "$copies_per_gpu" = 2 ]; then
+            pid=$(docker inspect -f '{{.State.Pid}}' "${ids[$i]}")
+        else
+            pid=$(copy_process "${ids[$((i / 2))]}" $((i % 2)))
+        fi
         echo "process $((i / 2)) compute $pid $(((i % 2 + 4) << 30))"
         echo "sample $((i / 2)) $pid $((10 + i))"
     done
+    [ "${NVML_CALLS:-0}" = 1 ] && echo "calls $work/nvml-calls-%p.log"
 } >"$work/libnvidia-ml.so.1.script"
 
 # ---- the three programs ----
@@ -165,8 +192,14 @@ for k in "${!procs[@]}"; do
     p=${procs[$k]}
     ns0[$k]=$(run_ns "$p"); t0[$k]=$(ticks "$p"); th0[$k]=$(threads "$p")
 done
+calls_lines() { # calls_lines PID: the lines the fake library has written for that agent so far
+    if [ -f "$work/nvml-calls-$1.log" ]; then wc -l <"$work/nvml-calls-$1.log"; else echo 0; fi
+}
+declare -A calls0 calls1
+for a in "${!bins[@]}"; do calls0[$a]=$(calls_lines "${procs[$a]}"); done
 wall0=$(date +%s%N)
 sleep "$duration"
+for a in "${!bins[@]}"; do calls1[$a]=$(calls_lines "${procs[$a]}"); done
 for k in "${!procs[@]}"; do
     p=${procs[$k]}
     kill -0 "$p" 2>/dev/null || {
@@ -220,6 +253,21 @@ for a in "${!bins[@]}"; do
         "a container: $(grep -c '"ContainerId"' "$emf" || true)"
     grep -E 'WARN|ERROR' "$work/agent-$a.log" | grep -v 'has neither label' | head -3 >&2 || true
 done
+if [ "${NVML_CALLS:-0}" = 1 ]; then
+    echo
+    echo "NVML calls per sample over the measured phase ($gpus GPUs, $copies_per_gpu copies per GPU; per symbol, summed over the GPUs):"
+    for a in "${!bins[@]}"; do
+        echo "${names[$a]}:"
+        sed -n "$((calls0[$a] + 1)),${calls1[$a]}p" "$work/nvml-calls-${procs[$a]}.log" | awk '
+            { samples++; for (i = 1; i <= NF; i++) { split($i, kv, "="); sub("/.*", "", kv[1]); n[kv[1]] += kv[2]; total += kv[2] } }
+            END {
+                if (samples == 0) { print "  no call lines (is the fake library counting?)"; exit }
+                printf "  %d samples, %.2f calls per sample in all\n", samples, total / samples
+                fflush()
+                for (s in n) printf "  %-45s %8.2f\n", s, n[s] / samples | "sort"
+            }'
+    done
+fi
 
 # ---- the profile (PROFILE_SECONDS > 0): where the agent's time goes, kernel included ----
 profile_seconds=${PROFILE_SECONDS:-0}

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::catalog::Identity;
 use crate::clock::{system_now_ms, Ticker};
+use crate::collectors::gpu::ProcessCopies;
 use crate::config::Config;
 use crate::encode::Encoded;
 use crate::instance_id::resolve_instance_id;
@@ -91,10 +92,12 @@ pub async fn run(
         Some(stage) => (Some(stage.inventory), Some(stage.lifecycle)),
         None => (None, None),
     };
+    // Attribution tells the GPU reader which copy each GPU process belongs to.
+    let copies = ProcessCopies::default();
     let mut sources = Sources {
         host: HostSource::start(&config)?,
-        gpu: GpuSource::start(&config)?,
-        containers: ContainerSource::start(&config, inventory.clone())?,
+        gpu: GpuSource::start(&config, copies.clone())?,
+        containers: ContainerSource::start(&config, inventory.clone(), copies)?,
         // Cost per model: off (one warning) without a price.
         cost: CostSource::start(&config),
         front_door: match config.proxy.enabled {

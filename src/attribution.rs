@@ -5,6 +5,10 @@
 //! GPU use by a process that maps to no known model copy is not dropped: per GPU, what the
 //! device reports beyond the model copies' share is published as an unattributed series, so the
 //! per-container shares plus the unattributed share add up to the per-GPU total.
+//!
+//! [`process_copies`] hands the GPU reader which copy each GPU process belongs to, so that it
+//! reads per-process utilization only on GPUs that copies share; on a GPU held by one copy
+//! ([`ProcessUtilization::OneCopy`]) that copy's share is the device's utilization.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -12,7 +16,7 @@ use std::sync::Arc;
 
 use crate::catalog::{Metric, Sample, Scope};
 use crate::cgroup_path::container_id_from_cgroup;
-use crate::collectors::gpu::{GpuDevice, GpuReading};
+use crate::collectors::gpu::{GpuDevice, GpuReading, ProcessUtilization};
 use crate::discovery::{GpuAllocation, Inventory};
 
 /// Each copy's SM utilization (0..100) per GPU: (full container ID, NVML index), as of the last
@@ -96,7 +100,9 @@ pub struct GpuAttributionReport {
 /// `pid_containers` maps host PIDs to full container IDs (see [`container_id_from_cgroup`]); a
 /// PID missing from it belongs to no container. Per container, `GPUUtilizationNormalized` is the
 /// sum of its processes' SM utilization over the GPUs allocated to it, divided by their number;
-/// `GPUMemoryUtilizationNormalized` is its processes' memory over the allocated GPUs' memory. A
+/// `GPUMemoryUtilizationNormalized` is its processes' memory over the allocated GPUs' memory. On
+/// a GPU whose per-process utilization was not read ([`ProcessUtilization::OneCopy`]), the one
+/// copy found there has the device's utilization as its SM use (see [`one_copy_gets_the_device`]). A
 /// container using GPUs with no allocation known is measured against the GPUs it uses. Per GPU
 /// (enhanced), each container's share of that GPU is a `ContainerGpu` series, and
 /// `GPU*Unattributed` on the `Gpu` scope is the device figure minus the containers' shares
@@ -112,18 +118,22 @@ pub fn attribute_gpu(
     let mut report = GpuAttributionReport::default();
     // (container id, gpu index) -> (sm percent, memory bytes)
     let mut use_by: BTreeMap<(&str, u32), (f64, u64)> = BTreeMap::new();
+    // GPUs with a process of no known copy.
+    let mut foreign: Vec<u32> = Vec::new();
     for process in &reading.processes {
         let container = pid_containers
             .get(&process.pid)
             .filter(|id| inventory.containers.contains_key(id.as_str()));
         let Some(id) = container else {
             report.unattributed_processes += 1;
+            foreign.push(process.gpu_index);
             continue;
         };
         let entry = use_by.entry((id.as_str(), process.gpu_index)).or_default();
         entry.0 += process.sm_utilization_percent.unwrap_or(0.0);
         entry.1 += process.used_memory_bytes.unwrap_or(0);
     }
+    one_copy_gets_the_device(reading, &foreign, &mut use_by);
     let total_of = |index: u32| {
         reading
             .devices
@@ -203,6 +213,34 @@ pub fn attribute_gpu(
     report
 }
 
+/// On each GPU whose per-process utilization was not read because one copy held it
+/// ([`ProcessUtilization::OneCopy`]), that copy's SM use is the device's utilization. Should the
+/// GPU show anything else by now (a second copy, a process of no known copy: the reader decided
+/// on the previous attribution), no copy gets a share this sample, so the device's utilization
+/// is unattributed rather than given to the wrong copy; the next enumeration reads it per
+/// process.
+fn one_copy_gets_the_device(
+    reading: &GpuReading,
+    foreign: &[u32],
+    use_by: &mut BTreeMap<(&str, u32), (f64, u64)>,
+) {
+    let one_copy = reading
+        .devices
+        .iter()
+        .filter(|d| d.process_utilization == ProcessUtilization::OneCopy);
+    for device in one_copy {
+        if foreign.contains(&device.index) {
+            continue;
+        }
+        let mut on_gpu = use_by
+            .iter_mut()
+            .filter(|((_, index), _)| *index == device.index);
+        if let (Some((_, (sm, _))), None) = (on_gpu.next(), on_gpu.next()) {
+            *sm = device.utilization_percent.unwrap_or(0.0);
+        }
+    }
+}
+
 fn unattributed_samples(
     reading: &GpuReading,
     attributed: &BTreeMap<u32, (f64, u64)>,
@@ -256,6 +294,26 @@ fn unattributed_samples(
     ));
 }
 
+/// Which known copy each GPU process belongs to, for the GPU reader ([`ProcessCopies`]): the
+/// PIDs of `pid_containers` whose container is a copy in `inventory`, each container numbered.
+///
+/// [`ProcessCopies`]: crate::collectors::gpu::ProcessCopies
+pub fn process_copies(
+    pid_containers: &HashMap<u32, String>,
+    inventory: &Inventory,
+) -> HashMap<u32, u32> {
+    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    let mut copies = HashMap::with_capacity(pid_containers.len());
+    for (&pid, id) in pid_containers {
+        if !inventory.containers.contains_key(id.as_str()) {
+            continue;
+        }
+        let next = u32::try_from(numbers.len()).unwrap_or(u32::MAX);
+        copies.insert(pid, *numbers.entry(id.as_str()).or_insert(next));
+    }
+    copies
+}
+
 /// `GPUReservation`: the share of the instance's GPUs allocated to model copies (each GPU counted
 /// once, however many copies share it). None without GPUs.
 pub fn gpu_reservation(reading: &GpuReading, inventory: &Inventory) -> Option<f64> {
@@ -298,6 +356,7 @@ mod tests {
             utilization_percent: util,
             memory_used_bytes: used,
             memory_total_bytes: total,
+            process_utilization: ProcessUtilization::PerProcess,
         }
     }
 
@@ -505,6 +564,143 @@ mod tests {
         assert_eq!(container["GPUUtilizationNormalized"][0], 50.0);
     }
 
+    /// Copy a on GPU 0 alone (two processes, 30 + 40 = the device's 70 %), copies a and b
+    /// sharing GPU 1; the same reading with GPU 0 not read per process (`OneCopy`).
+    fn one_copy_readings(a: &str, b: &str) -> (Inventory, HashMap<u32, String>, [GpuReading; 2]) {
+        let mut inventory = Inventory::default();
+        for (id, name) in [(a, "model-a"), (b, "model-b")] {
+            inventory
+                .containers
+                .insert(id.into(), container(id, name, GpuAllocation::All));
+        }
+        let read = GpuReading {
+            devices: vec![
+                device(0, Some(70.0), 6 * GIB, 16 * GIB),
+                device(1, Some(50.0), 4 * GIB, 16 * GIB),
+            ],
+            processes: vec![
+                process(100, 0, 2 * GIB, 30.0),
+                process(101, 0, 3 * GIB, 40.0),
+                process(102, 1, GIB, 20.0),
+                process(200, 1, 2 * GIB, 25.0),
+            ],
+            ..Default::default()
+        };
+        let mut skipped = read.clone();
+        skipped.devices[0].process_utilization = ProcessUtilization::OneCopy;
+        for p in skipped.processes.iter_mut().filter(|p| p.gpu_index == 0) {
+            p.sm_utilization_percent = None;
+        }
+        let pids = HashMap::from([
+            (100, a.to_string()),
+            (101, a.to_string()),
+            (102, a.to_string()),
+            (200, b.to_string()),
+        ]);
+        (inventory, pids, [read, skipped])
+    }
+
+    #[test]
+    fn a_gpu_held_by_one_copy_gives_it_the_device_utilization_as_per_process_reads_did() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (inventory, pids, [read, skipped]) = one_copy_readings(&a, &b);
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        let report_before = attribute_gpu(&read, &inventory, &pids, &mut before);
+        let report_after = attribute_gpu(&skipped, &inventory, &pids, &mut after);
+        assert_eq!(before, after, "the same samples, value for value");
+        assert_eq!(report_before, report_after);
+        assert_eq!(report_after.sm_percent.get(&(a.clone(), 0)), Some(&70.0));
+        let a0 = Scope::ContainerGpu {
+            component: "model-a".into(),
+            container_id: "aaaaaaaaaaaa".into(),
+            gpu_index: 0,
+        };
+        assert_eq!(
+            sample_value(&after, &a0, Metric::GpuUtilizationNormalized),
+            Some(70.0)
+        );
+        assert_eq!(
+            sample_value(
+                &after,
+                &Scope::Gpu { index: 0 },
+                Metric::GpuUtilizationUnattributed
+            ),
+            Some(0.0)
+        );
+        // A copy whose device figure differs from its processes' sum gets the device figure.
+        let mut busier = skipped.clone();
+        busier.devices[0].utilization_percent = Some(90.0);
+        let mut out = Vec::new();
+        attribute_gpu(&busier, &inventory, &pids, &mut out);
+        assert_eq!(
+            sample_value(&out, &a0, Metric::GpuUtilizationNormalized),
+            Some(90.0)
+        );
+    }
+
+    #[test]
+    fn a_one_copy_gpu_that_now_shows_another_process_leaves_the_device_unattributed() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (inventory, mut pids, [_, mut skipped]) = one_copy_readings(&a, &b);
+        let a0 = Scope::ContainerGpu {
+            component: "model-a".into(),
+            container_id: "aaaaaaaaaaaa".into(),
+            gpu_index: 0,
+        };
+        let b0 = Scope::ContainerGpu {
+            component: "model-b".into(),
+            container_id: "bbbbbbbbbbbb".into(),
+            gpu_index: 0,
+        };
+        let unattributed = |out: &[Sample]| {
+            sample_value(
+                out,
+                &Scope::Gpu { index: 0 },
+                Metric::GpuUtilizationUnattributed,
+            )
+        };
+        // PID 101 turns out to be copy b's (the reader went by an older picture).
+        pids.insert(101, b.clone());
+        let mut out = Vec::new();
+        attribute_gpu(&skipped, &inventory, &pids, &mut out);
+        assert_eq!(
+            sample_value(&out, &a0, Metric::GpuUtilizationNormalized),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample_value(&out, &b0, Metric::GpuUtilizationNormalized),
+            Some(0.0)
+        );
+        assert_eq!(unattributed(&out), Some(70.0));
+        // A process of no known copy on it.
+        pids.insert(101, a.clone());
+        skipped.processes.push(GpuProcess {
+            sm_utilization_percent: None,
+            ..process(300, 0, GIB, 0.0)
+        });
+        let mut out = Vec::new();
+        let report = attribute_gpu(&skipped, &inventory, &pids, &mut out);
+        assert_eq!(report.unattributed_processes, 1);
+        assert_eq!(
+            sample_value(&out, &a0, Metric::GpuUtilizationNormalized),
+            Some(0.0)
+        );
+        assert_eq!(unattributed(&out), Some(70.0));
+    }
+
+    #[test]
+    fn process_copies_number_the_known_copies_only() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (inventory, mut pids, _) = one_copy_readings(&a, &b);
+        pids.insert(300, "f".repeat(64)); // a container that is no model copy
+        let copies = process_copies(&pids, &inventory);
+        assert_eq!(copies.len(), 4, "{copies:?}");
+        assert_eq!(copies[&100], copies[&101]);
+        assert_eq!(copies[&100], copies[&102]);
+        assert_ne!(copies[&100], copies[&200]);
+        assert!(!copies.contains_key(&300));
+    }
+
     #[test]
     fn a_container_without_an_allocation_is_measured_against_the_gpus_it_uses() {
         let c = "c".repeat(64);
@@ -609,6 +805,7 @@ mod tests {
                 utilization_percent: None,
                 memory_used_bytes: 0,
                 memory_total_bytes: 1,
+                process_utilization: ProcessUtilization::PerProcess,
             })
             .collect();
         assert_eq!(allocated_gpus(&GpuAllocation::All, &d), vec![0, 1, 2, 3]);

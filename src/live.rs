@@ -346,6 +346,7 @@ mod tests {
             utilization_percent: Some(util),
             memory_used_bytes: u64::from(index + 1) << 30,
             memory_total_bytes: 80 << 30,
+            process_utilization: Default::default(),
         }
     }
 

@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::aggregate::Stats;
-use crate::attribution::{attribute_gpu, gpu_reservation, GpuUse, PidContainers};
+use crate::attribution::{attribute_gpu, gpu_reservation, process_copies, GpuUse, PidContainers};
 use crate::catalog::{Metric, Sample, Scope, SeriesKey};
 use crate::collectors::cgroup::{CgroupCollector, CgroupError, ContainerReading, HostCapacity};
-use crate::collectors::gpu::{GpuDevice, GpuReading};
+use crate::collectors::gpu::{GpuDevice, GpuReading, ProcessCopies};
 use crate::collectors::host::{HostCollector, HostError, HostReading};
 use crate::collectors::worker::Worker;
 use crate::config::Config;
@@ -129,9 +129,11 @@ impl Source for HostSource {
 pub struct GpuSource(Worker<GpuReading>);
 
 impl GpuSource {
-    /// None when `[gpu] enabled = false`.
-    pub fn start(config: &Config) -> anyhow::Result<Option<GpuSource>> {
-        let worker = crate::collectors::gpu::spawn(&config.gpu, config.metrics.sample_interval_ms)
+    /// None when `[gpu] enabled = false`. `copies`: what the container source's attribution
+    /// publishes, so per-process utilization is read only on GPUs that copies share.
+    pub fn start(config: &Config, copies: ProcessCopies) -> anyhow::Result<Option<GpuSource>> {
+        let interval_ms = config.metrics.sample_interval_ms;
+        let worker = crate::collectors::gpu::spawn(&config.gpu, interval_ms, copies)
             .context("starting the GPU collector thread")?;
         Ok(worker.map(GpuSource))
     }
@@ -156,16 +158,20 @@ pub struct ContainerSource {
     worker: Worker<(ContainerReading, Vec<CgroupError>)>,
     proc_root: PathBuf,
     pids: PidContainers,
+    /// Which copy each GPU process belongs to, published for the GPU reader.
+    copies: ProcessCopies,
     /// The inventory of the last cgroup reading, which attribution and cost use.
     inventory: Arc<Inventory>,
 }
 
 impl ContainerSource {
     /// Starts the cgroup collector over discovery's inventory; None without discovery
-    /// (`[docker] enabled = false`).
+    /// (`[docker] enabled = false`). Each attribution publishes into `copies` which copy each
+    /// GPU process belongs to.
     pub fn start(
         config: &Config,
         inventory: Option<watch::Receiver<Arc<Inventory>>>,
+        copies: ProcessCopies,
     ) -> anyhow::Result<Option<ContainerSource>> {
         let Some(inventory) = inventory else {
             return Ok(None);
@@ -180,6 +186,7 @@ impl ContainerSource {
             worker,
             proc_root: proc_root.clone(),
             pids: PidContainers::default(),
+            copies,
             inventory: Arc::default(),
         }))
     }
@@ -192,6 +199,11 @@ impl ContainerSource {
         let map = self.pids.resolve(&self.proc_root, &pids);
         let report = attribute_gpu(gpu, &self.inventory, map, &mut tick.samples);
         tick.gpu_use = report.sm_percent;
+        // For the GPU reader's next enumeration; replaced only when it changed.
+        let copies = process_copies(map, &self.inventory);
+        if *self.copies.current() != copies {
+            self.copies.publish(copies);
+        }
         // Host processes on a GPU are normal: counted, and published as the unattributed share.
         telemetry::add(
             Counter::GpuProcessesUnattributed,

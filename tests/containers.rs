@@ -561,10 +561,12 @@ fn gpu_use_is_attributed_to_the_containers_that_run_it() {
     const GIB: u64 = 1 << 30;
     let fake = fake_nvml::FakeNvml::new();
     // GPU 0: 20 of 80 GiB used, 16 by model-a and 4 by this test process (in no container);
-    // GPU 1: 10 GiB used, 8 by model-b. SM: model-a 50 %, model-b 25 %.
+    // GPU 1: 10 GiB used, 8 by model-b. SM: model-a 50 %, model-b 25 %. GPU 1 is model-b's
+    // alone, so once attribution knows its PID its per-process utilization is no longer read and
+    // its share is the device's: 25 % too, so every sample of the window agrees.
     fake.script(&format!(
         "device 0 uuid=GPU-a util=60 mem_used={} mem_total={}\n\
-         device 1 uuid=GPU-b util=30 mem_used={} mem_total={}\n\
+         device 1 uuid=GPU-b util=25 mem_used={} mem_total={}\n\
          process 0 compute {pid_a} {}\nprocess 0 compute {} {}\nprocess 1 compute {pid_b} {}\n\
          sample 0 {pid_a} 50\nsample 1 {pid_b} 25\n",
         20 * GIB,

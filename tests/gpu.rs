@@ -11,15 +11,18 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agent::{Agent, Logs, Workdir};
-use common::fake_nvml::{self, devices, FakeNvml};
+use common::agent::{namespace, timestamp_ms, Agent, Logs, Workdir, WAIT_LIMIT};
+use common::docker::{docker_ok, docker_ready, engine_socket, image, RemoveOnDrop};
+use common::fake_nvml::{self, devices, Calls, FakeNvml};
 use endpoint_metrics_agent::catalog::Metric;
 use endpoint_metrics_agent::clock::system_now_ms;
 use endpoint_metrics_agent::collectors::gpu::{
     self, GpuDevice, GpuHealth, GpuOptions, GpuProcess, GpuReading, MigActivity, NvmlCollector,
+    ProcessCopies, ProcessUtilization,
 };
 use endpoint_metrics_agent::collectors::worker::Worker;
 use endpoint_metrics_agent::config::GpuHealthGroup;
@@ -73,6 +76,7 @@ fn zero_one_four_and_eight_gpus_read_as_scripted() {
                 utilization_percent: Some(f64::from(10 + i)),
                 memory_used_bytes: 2 * GIB * u64::from(i + 1),
                 memory_total_bytes: 80 * GIB,
+                process_utilization: Default::default(),
             })
             .collect();
         assert_eq!(reading.devices, expected, "{n} GPUs");
@@ -1178,6 +1182,328 @@ fn the_binary_counts_xid_errors_logs_them_and_marks_healthz_degraded() {
         1,
         "a repeat within 10 s is folded into the next line: {stderr}"
     );
+}
+
+// ---- Per-process utilization only where copies share a GPU (issue 19, point 3) ----
+
+const PROCESS_UTILIZATION: &str = "nvmlDeviceGetProcessUtilization";
+
+/// For each of `gpus` GPUs, whether a sample's line called nvmlDeviceGetProcessUtilization on it.
+fn read_per_process(calls: &Calls, gpus: u32) -> Vec<bool> {
+    (0..gpus)
+        .map(|g| calls.on(PROCESS_UTILIZATION, g) > 0)
+        .collect()
+}
+
+#[test]
+fn per_process_utilization_is_read_only_on_gpus_that_copies_share() {
+    let _counters = counters();
+    let fake = FakeNvml::new();
+    // GPU 0: copy 1's two processes; GPU 1: copies 2 and 3; GPU 2: copy 4 and a process of no
+    // known copy; GPU 3: no process.
+    fake.script(&format!(
+        "{}{}process 0 compute 1001 {GIB}\nprocess 0 compute 1002 {GIB}\n\
+         process 1 compute 2001 {GIB}\nprocess 1 compute 3001 {GIB}\n\
+         process 2 compute 4001 {GIB}\nprocess 2 compute 9999 {GIB}\n\
+         sample 0 1001 5\nsample 1 2001 30\nsample 1 3001 20\nsample 2 4001 40\nsample 2 9999 7\n",
+        devices(4),
+        fake.calls_directive()
+    ));
+    let copies = ProcessCopies::default();
+    let mut c = collector_with_copies(&fake, &copies);
+    let t = system_now_ms();
+    // Nothing attributed yet: every process is unknown, every GPU with processes is read.
+    let first = c.read(t);
+    copies.publish(HashMap::from([
+        (1001, 1),
+        (1002, 1),
+        (2001, 2),
+        (3001, 3),
+        (4001, 4),
+    ]));
+    let second = c.read(t + 1000);
+    c.read(t + 2000); // its start writes the second sample's line
+    let lines: Vec<Calls> = fake.calls().into_iter().filter(Calls::enumerated).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(read_per_process(&lines[0], 4), [true, true, true, false]);
+    assert_eq!(
+        read_per_process(&lines[1], 4),
+        [false, true, true, false],
+        "GPU 0 is one copy's, GPU 3 has no process"
+    );
+    let sm = |r: &GpuReading, gpu, pid| process(r, gpu, pid).unwrap().sm_utilization_percent;
+    assert_eq!(sm(&first, 0, 1001), Some(5.0));
+    assert_eq!(sm(&first, 0, 1002), Some(0.0));
+    assert!(first
+        .devices
+        .iter()
+        .all(|d| d.process_utilization == ProcessUtilization::PerProcess));
+    assert_eq!(
+        second.devices[0].process_utilization,
+        ProcessUtilization::OneCopy
+    );
+    assert_eq!(
+        sm(&second, 0, 1001),
+        None,
+        "not read: the device's is the copy's"
+    );
+    assert_eq!(sm(&second, 0, 1002), None);
+    assert_eq!(
+        process(&second, 0, 1002).unwrap().used_memory_bytes,
+        Some(GIB)
+    );
+    assert_eq!(sm(&second, 1, 2001), Some(30.0));
+    assert_eq!(sm(&second, 1, 3001), Some(20.0));
+    assert_eq!(sm(&second, 2, 4001), Some(40.0));
+    assert_eq!(sm(&second, 2, 9999), Some(7.0));
+    for gpu in 1..4 {
+        assert_eq!(
+            second.devices[gpu].process_utilization,
+            ProcessUtilization::PerProcess
+        );
+    }
+}
+
+#[test]
+fn a_gpu_that_copies_come_to_share_reads_only_the_samples_since_its_last_enumeration() {
+    let _counters = counters();
+    let fake = FakeNvml::new();
+    // Ticks a minute back, and samples stamped against them.
+    let t = system_now_ms() - 60_000;
+    let one_copy = format!(
+        "{}process 0 compute 1001 {GIB}\n\
+         sample 0 1001 90 at_ms={}\nsample 0 1001 10 at_ms={}\n",
+        devices(1),
+        t + 500,
+        t + 1500
+    );
+    fake.script(&one_copy);
+    let copies = ProcessCopies::default();
+    copies.publish(HashMap::from([(1001, 1)]));
+    let mut c = collector_with_copies(&fake, &copies);
+    for tick in [t, t + 1000] {
+        let reading = c.read(tick);
+        assert_eq!(
+            reading.devices[0].process_utilization,
+            ProcessUtilization::OneCopy
+        );
+    }
+    // A second copy arrives: the GPU is read again, over the time since the last enumeration
+    // (t + 1000) only; the 90 % at t + 500 is older (a stale stretch of the driver's buffer).
+    fake.script(&format!(
+        "{one_copy}process 0 compute 1002 {GIB}\nsample 0 1002 20 at_ms={}\n",
+        t + 1500
+    ));
+    copies.publish(HashMap::from([(1001, 1), (1002, 2)]));
+    let shared = c.read(t + 2000);
+    assert_eq!(
+        shared.devices[0].process_utilization,
+        ProcessUtilization::PerProcess
+    );
+    assert_eq!(
+        process(&shared, 0, 1001).unwrap().sm_utilization_percent,
+        Some(10.0)
+    );
+    assert_eq!(
+        process(&shared, 0, 1002).unwrap().sm_utilization_percent,
+        Some(20.0)
+    );
+}
+
+fn collector_with_copies(fake: &FakeNvml, copies: &ProcessCopies) -> NvmlCollector {
+    let mut options = GpuOptions::new(&fake.library_str(), INTERVAL_MS);
+    options.process_min_interval_ms = 0;
+    options.copies = copies.clone();
+    NvmlCollector::new(options)
+}
+
+/// What the end-to-end test scripts: per GPU, its device utilization and its processes (host
+/// PID, SM %), 1 GiB of memory each.
+fn copies_script(fake: &FakeNvml, gpus: &[(u32, Vec<(u32, u32)>)]) -> String {
+    let mut script = fake.calls_directive();
+    for (index, (util, processes)) in (0u32..).zip(gpus) {
+        script.push_str(&format!(
+            "device {index} uuid=GPU-copies-{index} util={util} mem_used={} mem_total={}\n",
+            8 * GIB,
+            80 * GIB
+        ));
+        for (pid, sm) in processes {
+            script.push_str(&format!(
+                "process {index} compute {pid} {GIB}\nsample {index} {pid} {sm}\n"
+            ));
+        }
+    }
+    script
+}
+
+/// Polls the fake library's call lines until `done` holds for the sample lines that listed
+/// processes; those lines. Fails after [`WAIT_LIMIT`].
+fn wait_for_calls(fake: &FakeNvml, what: &str, done: impl Fn(&[Calls]) -> bool) -> Vec<Calls> {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let lines: Vec<Calls> = fake.calls().into_iter().filter(Calls::enumerated).collect();
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The values of `metric` in the window starting at `window`, of the document with these
+/// `ContainerId` (None: no container) and `GpuId` dimensions.
+fn window_values(
+    docs: &[Value],
+    window: u64,
+    container: Option<&str>,
+    gpu: &str,
+    metric: &str,
+) -> Vec<f64> {
+    docs.iter()
+        .filter(|d| timestamp_ms(d) == window && d["GpuId"] == gpu)
+        .filter(|d| d.get("ContainerId").and_then(Value::as_str) == container)
+        .flat_map(|d| common::agent::values(d, metric))
+        .collect()
+}
+
+/// The first whole window that starts at or after `from_ms` and has per-copy GPU documents.
+fn window_from(agent: &Agent, from_ms: u64) -> u64 {
+    agent.wait_for("a window of per-copy GPU series", |docs| {
+        let mut starts: Vec<u64> = docs
+            .iter()
+            .filter(|d| namespace(d) == "/aws/sagemaker/InferenceComponents")
+            .filter(|d| d.get("GpuId").is_some())
+            .map(timestamp_ms)
+            .filter(|&t| t >= from_ms)
+            .collect();
+        starts.sort_unstable();
+        starts.first().copied()
+    })
+}
+
+/// Issue 19, point 3, end to end: real containers (their host PIDs scripted as the fake GPUs'
+/// processes) -> the built agent's attribution -> what its GPU reader calls. Four GPUs with one
+/// copy each: after the first samples (before discovery and attribution know the PIDs) no
+/// per-process utilization call at all, and each copy's utilization is its GPU's. Then a second
+/// copy's process on GPU 1 and a host process (this test) on GPU 2: the call is made on those
+/// two GPUs only, and the shares are the per-process ones.
+#[test]
+fn per_process_utilization_is_read_only_where_copies_share_a_gpu_end_to_end() {
+    if !docker_ready() {
+        return;
+    }
+    let label = format!("ema-nvml-calls-{}-{}", std::process::id(), system_now_ms());
+    let image = image();
+    let mut started = RemoveOnDrop(Vec::new());
+    let mut run_copy = |component: &str, gpu: u32| -> (String, u32) {
+        let id = docker_ok(&[
+            "run",
+            "-d",
+            "--label",
+            &format!("{label}={component}"),
+            "-e",
+            &format!("NVIDIA_VISIBLE_DEVICES={gpu}"),
+            &image,
+            "sleep",
+            "300",
+        ]);
+        started.0.push(id.clone());
+        let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+        (id[..12].to_string(), pid.parse().unwrap())
+    };
+    let copies: Vec<(String, u32)> = (0..4u32)
+        .map(|g| run_copy(&format!("model-{g}"), g))
+        .collect();
+    // A second copy allocated GPU 1, with no process on it until the second phase.
+    let (extra, extra_pid) = run_copy("model-extra", 1);
+    let one_each: Vec<(u32, Vec<(u32, u32)>)> = (0..4u32)
+        .map(|g| (20 + g, vec![(copies[g as usize].1, 20 + g)]))
+        .collect();
+    let fake = FakeNvml::new();
+    fake.script(&copies_script(&fake, &one_each));
+    let dir = Workdir::new();
+    let config = format!(
+        "[endpoint]\nname = \"ep\"\ninstance_id = \"test-host\"\n\
+         [metrics]\nenhanced = true\npublish_frequency_seconds = 10\n\
+         sample_interval_ms = {INTERVAL_MS}\ndata_points = \"every_sample\"\n\
+         [output]\nemf_destination = \"{}\"\n[admin]\nenabled = false\n\
+         [gpu]\nnvml_library = \"{}\"\nprocess_interval_ms = 1000\nhealth = []\n\
+         [docker]\nsocket = \"{}\"\ncomponent_label = \"{label}\"\ncomponent_env = \"EMA_CALLS_{}\"\n",
+        dir.emf_destination(),
+        fake.library_str(),
+        engine_socket(),
+        std::process::id()
+    );
+    // Health off: the XID thread's own nvmlDeviceGetCount_v2 would split a sample's line.
+    let agent = Agent::start(&dir, &config);
+
+    // Phase 1: one copy per GPU.
+    let lines = wait_for_calls(&fake, "enumerations without per-process reads", |lines| {
+        lines.len() >= 4
+            && lines[lines.len() - 2..]
+                .iter()
+                .all(|l| l.all(PROCESS_UTILIZATION) == 0)
+    });
+    let skipping_since = system_now_ms();
+    assert_eq!(
+        read_per_process(&lines[0], 4),
+        [true; 4],
+        "the first sample knows no PID yet: every GPU read"
+    );
+    let window = window_from(&agent, skipping_since);
+    let docs = agent.documents();
+    let util = "GPUUtilizationNormalized";
+    for (g, (copy, _)) in copies.iter().enumerate() {
+        let gpu = format!("gpu_{g}");
+        let shares = window_values(&docs, window, Some(copy), &gpu, util);
+        assert_all(
+            &shares,
+            20.0 + g as f64,
+            &format!("copy {g}'s share of its GPU"),
+        );
+        let rest = window_values(&docs, window, None, &gpu, "GPUUtilizationUnattributed");
+        assert_all(&rest, 0.0, &format!("GPU {g} unattributed"));
+    }
+    let idle = window_values(&docs, window, Some(&extra), "gpu_1", util);
+    assert_all(&idle, 0.0, "the second copy of GPU 1, no process yet");
+
+    // Phase 2: the second copy's process on GPU 1, this test's (no container's) on GPU 2.
+    let mut shared = one_each.clone();
+    shared[1] = (46, vec![(copies[1].1, 21), (extra_pid, 25)]);
+    shared[2] = (32, vec![(copies[2].1, 22), (std::process::id(), 10)]);
+    let before = fake.calls().into_iter().filter(Calls::enumerated).count();
+    fake.script(&copies_script(&fake, &shared));
+    let changed_at = system_now_ms();
+    let lines = wait_for_calls(&fake, "enumerations after the change", |lines| {
+        lines.len() >= before + 3
+    });
+    for line in &lines[lines.len() - 2..] {
+        assert_eq!(
+            read_per_process(line, 4),
+            [false, true, true, false],
+            "read where copies share a GPU or a host process is on it: {line:?}"
+        );
+    }
+    // A window from after the first enumeration of the new script.
+    let window = window_from(&agent, changed_at + 2 * 1000);
+    let docs = agent.documents();
+    let expected = [
+        (Some(copies[0].0.as_str()), "gpu_0", 20.0),
+        (Some(copies[1].0.as_str()), "gpu_1", 21.0),
+        (Some(extra.as_str()), "gpu_1", 25.0),
+        (Some(copies[2].0.as_str()), "gpu_2", 22.0),
+        (Some(copies[3].0.as_str()), "gpu_3", 23.0),
+    ];
+    for (copy, gpu, share) in expected {
+        let values = window_values(&docs, window, copy, gpu, util);
+        assert_all(&values, share, &format!("{copy:?} on {gpu}"));
+    }
+    let host = window_values(&docs, window, None, "gpu_2", "GPUUtilizationUnattributed");
+    assert_all(&host, 10.0, "the host process's share of GPU 2");
+    agent.stop();
 }
 
 // ---- Against a real driver (`--ignored`, on a GPU host) ----

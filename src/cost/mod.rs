@@ -426,6 +426,7 @@ pub(crate) fn placeholder_devices(n: u32) -> Vec<GpuDevice> {
             utilization_percent: None,
             memory_used_bytes: 0,
             memory_total_bytes: 0,
+            process_utilization: Default::default(),
         })
         .collect()
 }

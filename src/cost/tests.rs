@@ -12,6 +12,7 @@ fn gpus(n: u32) -> Vec<GpuDevice> {
             utilization_percent: Some(0.0),
             memory_used_bytes: 0,
             memory_total_bytes: 1,
+            process_utilization: Default::default(),
         })
         .collect()
 }

@@ -94,6 +94,28 @@ impl FakeNvml {
         self.library.to_string_lossy().into_owned()
     }
 
+    /// The file the `calls` directive of [`FakeNvml::calls_directive`] appends to.
+    pub fn calls_path(&self) -> PathBuf {
+        let mut path = self.library.clone().into_os_string();
+        path.push(".calls");
+        PathBuf::from(path)
+    }
+
+    /// A script line that has this copy count its calls into [`FakeNvml::calls_path`].
+    pub fn calls_directive(&self) -> String {
+        format!("calls {}\n", self.calls_path().display())
+    }
+
+    /// The calls counted so far, one entry per line the library wrote: each line is written at
+    /// an `nvmlDeviceGetCount_v2` (the start of a sample) and holds the calls since the previous
+    /// one, so a sample's calls are in the line written when the next sample starts.
+    pub fn calls(&self) -> Vec<Calls> {
+        let text = std::fs::read_to_string(self.calls_path()).unwrap_or_default();
+        // A line being written has no newline yet: not counted until it is whole.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole.lines().map(Calls::parse).collect()
+    }
+
     /// Replaces the script atomically (write then rename), so the library never reads half of it.
     pub fn script(&self, text: &str) {
         let mut target = self.library.clone().into_os_string();
@@ -117,4 +139,44 @@ pub fn devices(n: u32) -> String {
             )
         })
         .collect()
+}
+
+/// One line of the fake library's call counts: calls by "symbol" (not a device call) or
+/// "symbol/device".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Calls(pub HashMap<String, u64>);
+
+impl Calls {
+    fn parse(line: &str) -> Calls {
+        let counts = line
+            .split_whitespace()
+            .filter_map(|token| {
+                let (key, n) = token.split_once('=')?;
+                Some((key.to_string(), n.parse().ok()?))
+            })
+            .collect();
+        Calls(counts)
+    }
+
+    /// Calls of `symbol` on GPU `device`.
+    pub fn on(&self, symbol: &str, device: u32) -> u64 {
+        self.0
+            .get(&format!("{symbol}/{device}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls of `symbol` on any GPU, or not about one.
+    pub fn all(&self, symbol: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(key, _)| key.split('/').next() == Some(symbol))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// True for the line of a sample that listed processes.
+    pub fn enumerated(&self) -> bool {
+        self.all("nvmlDeviceGetComputeRunningProcesses_v3") > 0
+    }
 }

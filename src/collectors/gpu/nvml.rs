@@ -11,6 +11,11 @@
 //! - a process list whose entries cannot be right (a driver writing another entry layout) is
 //!   rejected for that sample, logged and counted, never misread.
 //!
+//! Per-process SM utilization, the dearest call by far, is read only where it is needed: not on
+//! a GPU without processes, nor on one whose processes all belong to one model copy (as
+//! attribution last published in [`ProcessCopies`]): that copy's utilization is the device's.
+//! A GPU that copies share, or with a process of no known copy, is read.
+//!
 //! With `[gpu] health` groups on, each GPU's health figures are read in the same device read
 //! (`health.rs`), and the XID event thread (`xid.rs`) is started at the first initialisation.
 
@@ -25,7 +30,7 @@ use nvml_wrapper::{Device, Nvml};
 
 use super::health::{self, DeviceFigures, HealthPlan, HealthState};
 use super::xid::XidWatch;
-use super::{GpuDevice, GpuHealth, GpuProcess, GpuReading};
+use super::{GpuDevice, GpuHealth, GpuProcess, GpuReading, ProcessCopies, ProcessUtilization};
 use crate::backoff::Backoff;
 use crate::collectors::worker::Collect;
 use crate::config::{GpuHealthGroup, DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS};
@@ -35,7 +40,8 @@ use crate::telemetry::{self, Counter};
 /// sample at the default 1 s interval, every 10th at 100 ms). Measured on an H100 with driver
 /// 580 (docs/gpu.md): listing compute and graphics processes costs about 50 us per GPU, but
 /// nvmlDeviceGetProcessUtilization about 1.4 ms per GPU (11 ms a sample for 8 GPUs), too much to
-/// run at 10 samples a second; the device calls themselves cost under 10 us per GPU.
+/// run at 10 samples a second (and read only on GPUs that copies share); the device calls
+/// themselves cost under 10 us per GPU.
 pub const PROCESS_ENUMERATION_MIN_INTERVAL_MS: u64 = 1000;
 
 /// Retry of a lost GPU (re-initialising NVML): from 1 s, doubling, up to 5 min, so a GPU that
@@ -72,6 +78,9 @@ pub struct GpuOptions {
     pub health: Vec<GpuHealthGroup>,
     /// The slow health reads (ECC group, MIG instance list) run at most once per this many ms.
     pub health_slow_interval_ms: u64,
+    /// Which copy each GPU process belongs to, from attribution (empty: every process unknown,
+    /// so every GPU with processes is read per process).
+    pub copies: ProcessCopies,
 }
 
 impl GpuOptions {
@@ -86,6 +95,7 @@ impl GpuOptions {
             process_min_interval_ms: PROCESS_ENUMERATION_MIN_INTERVAL_MS,
             health: Vec::new(),
             health_slow_interval_ms: DEFAULT_GPU_HEALTH_SLOW_INTERVAL_MS,
+            copies: ProcessCopies::default(),
         }
     }
 }
@@ -116,6 +126,8 @@ struct DeviceState {
     last_seen_us: Option<u64>,
     /// The processes of the last enumeration (reused between enumerations).
     processes: Vec<GpuProcess>,
+    /// Where their SM utilization comes from, as of the last enumeration.
+    process_utilization: ProcessUtilization,
     /// MIG mode, read once per initialisation: it changes only with a GPU reset, and the call
     /// costs about 80 us on an H100 (more than the rest of the device reads together).
     mig: Option<bool>,
@@ -223,9 +235,11 @@ impl NvmlCollector {
         if enumerate {
             self.last_enumeration_ms = Some(tick_ms);
         }
+        let copies = enumerate.then(|| self.options.copies.current());
         let mut reader = Reader {
             nvml,
             tick_ms,
+            copies: copies.as_deref(),
             sample_interval_ms: self.options.sample_interval_ms,
             memory_v1: &mut self.memory_v1,
             health: HealthPlan {
@@ -265,6 +279,7 @@ impl NvmlCollector {
                         *retry_at = tick_ms + duration_ms(backoff.next_delay());
                     }
                     state.processes.clear();
+                    state.process_utilization = ProcessUtilization::PerProcess;
                     state.last_seen_us = None;
                     state.health.reset(nvml);
                 }
@@ -351,6 +366,8 @@ fn duration_ms(d: Duration) -> u64 {
 struct Reader<'a> {
     nvml: &'a Nvml,
     tick_ms: u64,
+    /// Which copy each process belongs to (`ProcessCopies`), when processes are enumerated.
+    copies: Option<&'a HashMap<u32, u32>>,
     sample_interval_ms: u64,
     memory_v1: &'a mut bool,
     health: HealthPlan<'a>,
@@ -398,8 +415,17 @@ impl Reader<'_> {
         }
         if enumerate {
             // A failed process list costs the processes, not the GPU's own series.
-            match self.processes(&device, index, total, mig, state) {
-                Ok(processes) => state.processes = processes,
+            let gpu = GpuFacts {
+                index,
+                memory_total: total,
+                mig,
+                utilization_known: utilization_percent.is_some(),
+            };
+            match self.processes(&device, &gpu, state) {
+                Ok((processes, source)) => {
+                    state.processes = processes;
+                    state.process_utilization = source;
+                }
                 Err(DeviceError::Lost) => return Err(DeviceError::Lost),
                 Err(DeviceError::Failed(reason)) => {
                     telemetry::warn(
@@ -408,6 +434,7 @@ impl Reader<'_> {
                         &format!("GPU {index}: {reason}; no processes this sample"),
                     );
                     state.processes.clear();
+                    state.process_utilization = ProcessUtilization::PerProcess;
                 }
             }
         }
@@ -436,6 +463,7 @@ impl Reader<'_> {
             utilization_percent,
             memory_used_bytes: used,
             memory_total_bytes: total,
+            process_utilization: state.process_utilization,
         };
         Ok((device, health))
     }
@@ -465,15 +493,20 @@ impl Reader<'_> {
         memory_v1(self.nvml, device).map_err(DeviceError::from("nvmlDeviceGetMemoryInfo"))
     }
 
-    /// The compute and graphics processes with their memory and SM utilization.
+    /// The compute and graphics processes with their memory and SM utilization, and where that
+    /// utilization comes from.
     fn processes(
         &mut self,
         device: &Device,
-        index: u32,
-        memory_total: u64,
-        mig: bool,
+        gpu: &GpuFacts,
         state: &mut DeviceState,
-    ) -> Result<Vec<GpuProcess>, DeviceError> {
+    ) -> Result<(Vec<GpuProcess>, ProcessUtilization), DeviceError> {
+        let GpuFacts {
+            index,
+            memory_total,
+            mig,
+            ..
+        } = *gpu;
         let mut by_pid: HashMap<u32, Option<u64>> = HashMap::new();
         let lists = [
             (
@@ -509,10 +542,25 @@ impl Reader<'_> {
                 *entry = (*entry).max(used);
             }
         }
-        let sm = if mig {
-            SmUtilization::Unknown
+        let single_copy = gpu.utilization_known
+            && self
+                .copies
+                .is_some_and(|copies| one_copy(by_pid.keys().copied(), copies));
+        let (sm, source) = if mig {
+            // Not supported under MIG: the processes' values stay absent.
+            (SmUtilization::Unknown, ProcessUtilization::PerProcess)
+        } else if by_pid.is_empty() || single_copy {
+            // Not read: the next read covers the time from this enumeration on, never a stale
+            // stretch from before it.
+            state.last_seen_us = Some(self.tick_ms.saturating_mul(1000));
+            let source = match single_copy {
+                true => ProcessUtilization::OneCopy,
+                false => ProcessUtilization::PerProcess,
+            };
+            (SmUtilization::Unknown, source)
         } else {
-            self.sm_utilization(device, state)?
+            let sm = self.sm_utilization(device, state)?;
+            (sm, ProcessUtilization::PerProcess)
         };
         let mut processes: Vec<GpuProcess> = by_pid
             .into_iter()
@@ -524,7 +572,7 @@ impl Reader<'_> {
             })
             .collect();
         processes.sort_by_key(|p| p.pid);
-        Ok(processes)
+        Ok((processes, source))
     }
 
     /// Per-process SM utilization since the last seen sample of this GPU.
@@ -559,6 +607,29 @@ impl Reader<'_> {
             },
         }
     }
+}
+
+/// What a process enumeration needs to know of its GPU, from the device reads before it.
+struct GpuFacts {
+    index: u32,
+    memory_total: u64,
+    mig: bool,
+    /// The device utilization was read: it can stand for a single copy's.
+    utilization_known: bool,
+}
+
+/// True when every PID belongs to one same copy of `copies` (none unknown).
+fn one_copy(pids: impl IntoIterator<Item = u32>, copies: &HashMap<u32, u32>) -> bool {
+    let mut owner = None;
+    for pid in pids {
+        let Some(copy) = copies.get(&pid) else {
+            return false;
+        };
+        if *owner.get_or_insert(copy) != copy {
+            return false;
+        }
+    }
+    owner.is_some()
 }
 
 /// What NVML said about per-process SM utilization on one GPU for one sample.
@@ -705,6 +776,17 @@ mod tests {
         assert!(check_process_list(&[p(4_194_305, 10)], 100, false).is_err());
         assert!(check_process_list(&[p(5, 10), p(5, 10)], 100, false).is_err());
         assert!(check_process_list(&[p(5, 101)], 100, false).is_err());
+    }
+
+    #[test]
+    fn one_copy_means_every_pid_known_and_the_same_copy() {
+        let copies = HashMap::from([(10, 1), (11, 1), (20, 2)]);
+        assert!(one_copy([10], &copies));
+        assert!(one_copy([10, 11], &copies));
+        assert!(!one_copy([10, 20], &copies), "two copies share the GPU");
+        assert!(!one_copy([10, 99], &copies), "a process of no known copy");
+        assert!(!one_copy([99], &copies));
+        assert!(!one_copy([], &copies), "no process: no copy");
     }
 
     #[test]
