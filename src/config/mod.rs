@@ -611,6 +611,11 @@ impl OtlpConfig {
     fn validate(&self) -> Result<(), Invalid> {
         if let Some(endpoint) = &self.endpoint {
             validate_otlp_endpoint(endpoint).map_err(|r| invalid("output.otlp.endpoint", r))?;
+        } else if self.auth == OtlpAuth::None && self.region.is_none() {
+            return Err(invalid(
+                "output.otlp.endpoint",
+                "unset with auth = \"none\": nothing says where to send; allowed: an OTLP/HTTP URL, e.g. \"http://127.0.0.1:4318/v1/metrics\" (or region, for CloudWatch's endpoint)",
+            ));
         }
         if let Some(region) = &self.region {
             let ok = !region.is_empty()
@@ -1401,6 +1406,7 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nendpoint = \"ftp://x/v1/metrics\"\n", "output.otlp.endpoint", "http:// or https://"),
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nendpoint = \"not a url\"\n", "output.otlp.endpoint", "not a URL"),
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nauth = \"basic\"\n", "output.otlp.auth", "unknown variant"),
+            ("[endpoint]\nname = \"e\"\n[output.otlp]\nauth = \"none\"\n", "output.otlp.endpoint", "nothing says where"),
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nregion = \"US East\"\n", "output.otlp.region", "a Region name"),
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { Authorization = \"x\" }\n", "output.otlp.headers", "other than Host"),
             ("[endpoint]\nname = \"e\"\n[output.otlp]\nheaders = { X-Amz-Date = \"x\" }\n", "output.otlp.headers", "X-Amz-*"),
