@@ -10,6 +10,12 @@ use endpoint_metrics_agent::cli::{self, ShapeOverrides};
 use endpoint_metrics_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use endpoint_metrics_agent::{dashboard, logging, top};
 
+/// mimalloc instead of glibc's malloc: the front door allocates and frees a few dozen small
+/// blocks per request (header maps, buffers, futures), and glibc's malloc and free were 4-5 %
+/// of its CPU (docs/performance.md, "Front door against nginx").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "endpoint-metrics-agent",
