@@ -46,7 +46,8 @@ use upload::{Upload, UploadFault, UploadState};
 /// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// A client must send its request head within this (slowloris); hyper closes the connection.
+/// An HTTP/1 client must send its request head within this of connecting or of its last answer's
+/// end (slowloris); else the connection is closed (`conn::Wake::HeadTimeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle keep-alive connections kept to each copy: enough for 64 concurrent clients without
@@ -159,6 +160,7 @@ impl FrontDoor {
             connections: conn::Connections::new(
                 conn::capped_by_file_limit(config.max_connections),
                 Duration::from_millis(config.idle_timeout_ms),
+                HEADER_READ_TIMEOUT,
             ),
             stop_accepting: tokio::sync::Notify::new(),
             table: RwLock::new(Arc::new(first)),
@@ -307,10 +309,11 @@ async fn follow_inventory(
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The head deadline is the connection watchdog's (`conn`), one timer per connection rather
+    // than hyper's one per request.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -347,7 +350,8 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                 let state = state.clone();
                 let track = admitted.tracker();
                 hyper::service::service_fn(move |req| {
-                    let (state, active) = (state.clone(), track.request());
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let (state, active) = (state.clone(), track.request(h2));
                     async move {
                         let response = handle(state, req).await?;
                         Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, active)))
@@ -368,15 +372,19 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                 }
                 wake = admitted.wake() => wake,
             };
-            // No new requests; those in flight finish (the drain's end bounds them).
-            connection.as_mut().graceful_shutdown();
             match wake {
+                // No complete head in time (HTTP/1, nothing in flight): closed at once, as
+                // hyper's header-read timeout did.
+                conn::Wake::HeadTimeout => {}
+                // No new requests; those in flight finish (the drain's end bounds them).
                 conn::Wake::Drain => {
+                    connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
                 // Nothing in flight: a polite close (h2 GOAWAY), else dropped. A connection
                 // that never sent a byte does not notice the shutdown on its own.
                 conn::Wake::Idle => {
+                    connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
                 }
             }
@@ -422,8 +430,8 @@ fn count_connection_error(e: &(dyn StdError + 'static)) {
             "front door: malformed request (400)",
         );
     }
-    // A head not complete within HEADER_READ_TIMEOUT is not counted: hyper ends an idle
-    // keep-alive connection the same way, and that is no fault.
+    // A head not complete within HEADER_READ_TIMEOUT is counted by the connection's watchdog
+    // (`conn::Wake::HeadTimeout`) as an idle close: no fault, an idle keep-alive ends so too.
 }
 
 /// The front door's own answer to a request it could not route: not an invocation.
