@@ -17,6 +17,7 @@
 #   next port, measured in turn after nginx in the same run.
 #   ROUNDS (default 1): each connection count is measured this many times over, the targets in
 #   turn each round, so the spread shows (the machine's neighbours move the figures).
+#   CONNS (default "1 64"): the connection counts.
 #   PROFILE_SECONDS=N (default 0): afterwards, profiles the agent and nginx's worker in turn with
 #   `perf record` for N s each under the 64-connection load, and prints where each one's CPU went
 #   (needs perf, from linux-perf; scripts/perf-symbols.py resolves the release binary's symbols).
@@ -26,6 +27,7 @@ set -eu
 
 DURATION="${DURATION:-10s}"
 ROUNDS="${ROUNDS:-1}"
+CONNS="${CONNS:-1 64}"
 THREADS="${THREADS:-1}"
 BIN="${BIN:-target/release/endpoint-metrics-agent}"
 UP_PORT="${UP_PORT:-18081}"
@@ -140,7 +142,7 @@ agent_name() { # index
 
 printf '| target | connections | requests/s | p50 (µs) | p99 (µs) | p50 added (µs) | p99 added (µs) | CPU per request (µs) | of which front door threads (µs) |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
-for conns in 1 64; do
+for conns in $CONNS; do
     round=1
     while [ "$round" -le "$ROUNDS" ]; do
     for target in direct nginx $AGENTS; do

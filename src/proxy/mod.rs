@@ -310,10 +310,13 @@ async fn follow_inventory(
 async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // The head deadline is the connection watchdog's (`conn`), one timer per connection rather
-    // than hyper's one per request.
+    // than hyper's one per request. Writes flattened into one buffer: one write(2) of head and
+    // body instead of writev(2) of two pieces, measured cheaper for the small answers a model
+    // gives (a body chunk is copied once more in user space; the kernel copies it anyway).
     builder
         .http1()
         .header_read_timeout(None)
+        .writev(false)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()

@@ -167,7 +167,10 @@ async fn connect(authority: &str, timeout: Duration) -> Result<Sender, SendError
             Err(_elapsed) => return Err(SendError::ConnectTimeout),
         };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // Flattened writes, as on the client side (`super::serve`).
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Send)?;
     // Ends when the connection closes: the copy closed it, it failed, or its sender was dropped.
