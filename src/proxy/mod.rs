@@ -58,10 +58,13 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// keep-alive connections after 60-75 s, so close first.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many names [`HOP_BY_HOP`] lists.
+const HOP_BY_HOP_NAMES: usize = 9;
+
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
 /// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
 /// Kept as header names, so removing them parses nothing per request.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_NAMES] = [
     header::TRANSFER_ENCODING,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -528,9 +531,7 @@ async fn handle(
     match answer {
         Ok(Ok((response, sender))) => {
             let (mut parts, body) = response.into_parts();
-            if Scan::of(&parts.headers).hop_by_hop {
-                strip_hop_by_hop(&mut parts.headers);
-            }
+            strip_hop_by_hop(&mut parts.headers);
             guard.fate = Fate::Answered(parts.status.as_u16());
             if is_streamed(&parts, &body, head_request) {
                 guard.stream = Some(Stream::default());
@@ -721,23 +722,39 @@ const NEVER_HOP_BY_HOP: [HeaderName; 3] =
     [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
-    // send one, so the common case allocates nothing).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-            .filter(|s| !s.is_empty())
-            .filter(|s| !NEVER_HOP_BY_HOP.iter().any(|h| h.as_str() == s))
-            .collect();
-        for name in &named {
-            headers.remove(name.as_str());
+    // Headers the Connection header names are hop-by-hop too. Its usual tokens (keep-alive,
+    // close, upgrade) are hop-by-hop names already or name no header present, so the common
+    // case allocates nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let listed =
+                |names: &[HeaderName]| names.iter().any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if token.is_empty() || listed(&HOP_BY_HOP) || listed(&NEVER_HOP_BY_HOP) {
+                continue;
+            }
+            if headers.contains_key(token) {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in &named {
         headers.remove(name);
+    }
+    // One pass to see which hop-by-hop names are there, then a removal for each of those only.
+    let mut present = [false; HOP_BY_HOP_NAMES];
+    for key in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {
+            present[i] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -868,7 +885,7 @@ impl Drop for InFlight {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(connection) = self.connection.take() {
             if self.reusable {
-                self.upstream.pool.put(connection);
+                self.upstream.pool.put(connection, now);
             }
         }
     }
