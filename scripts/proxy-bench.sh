@@ -6,7 +6,8 @@
 # each with $THREADS worker(s). wrk drives each of direct / nginx / agent at 1 and 64 connections
 # for $DURATION, and the script reports p50 and p99 latency, the added latency over direct, and CPU
 # time per request of the proxy's own processes (utime + stime from /proc/<pid>/stat over the run;
-# for nginx its workers, for the agent the whole process, sampling loop included).
+# for nginx its workers, for the agent the whole process, sampling loop included), and each
+# agent's RSS after start and its peak (VmHWM) over the run.
 #
 # CPUs: the proxy under test (nginx's workers, the agent) runs on $PROXY_CPUS, the upstream and wrk
 # on $LOAD_CPUS, so both proxies see the same neighbours (default 1 and 0 on a 2-core machine).
@@ -114,6 +115,8 @@ sleep 1
 for port in "$UP_PORT" "$NGINX_PORT" $(seq "$AGENT_PORT" $((AGENT_PORT + AGENT_COUNT - 1))); do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "nothing on $port" >&2; cat "$DIR"/*.log >&2; exit 1; }
 done
+kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; } # pid, VmRSS / VmHWM
+for target in $AGENTS; do echo "${target#*:} $(kb "${target#*:}" VmRSS)" >> "$DIR/rss-start"; done
 
 proxy_thread_ticks() { # utime+stime of an agent's front door threads (named "proxy") only
     t=0
@@ -198,6 +201,12 @@ if [ "$profile_seconds" -gt 0 ]; then
         python3 "$(dirname "$0")/perf-symbols.py" "$binary" "$DIR/$target.perf.script" 40 60 || true
     done
 fi
+echo
+for target in $AGENTS; do
+    pid=${target#*:}
+    start=$(awk -v p="$pid" '$1 == p {print $2}' "$DIR/rss-start")
+    echo "$(agent_name "${target%%:*}"): RSS after start (one request) $(awk -v k="$start" 'BEGIN {printf "%.1f", k/1024}') MiB, peak $(awk -v k="$(kb "$pid" VmHWM)" 'BEGIN {printf "%.1f", k/1024}') MiB"
+done
 emf_bytes=$(cat "$DIR"/agent*.toml.emf.jsonl 2>/dev/null | wc -c)
 echo
 echo "(agent: $THREADS worker thread(s); nginx: $THREADS worker process(es); both on CPUs $PROXY_CPUS, upstream and wrk (1 thread) on $LOAD_CPUS; $DURATION per run, $ROUNDS round(s); the agents wrote $emf_bytes bytes of EMF)"
