@@ -56,7 +56,7 @@ def main():
         found = symbols[i][1] if i >= 0 else hex(address)
         return re.sub(r"::h[0-9a-f]{16}$", "", found)[:150]
 
-    own, inclusive = collections.Counter(), collections.Counter()
+    own, inclusive, objects = collections.Counter(), collections.Counter(), collections.Counter()
     total = 0
     stack = []
 
@@ -74,6 +74,13 @@ def main():
             else:
                 frames.append(dso.rsplit("/", 1)[-1] + " " + sym)
         own[frames[0]] += 1
+        top_dso = stack[0][2]
+        if top_dso.endswith(base):
+            objects[base] += 1
+        elif "kernel" in top_dso:
+            objects["kernel"] += 1
+        else:
+            objects[top_dso.rsplit("/", 1)[-1]] += 1
         for frame in set(frames):
             inclusive[frame] += 1
 
@@ -93,6 +100,7 @@ def main():
         print("no samples")
         return
     print(f"{total} samples")
+    print("self, by object: " + ", ".join(f"{o} {100 * n / total:.1f}%" for o, n in objects.most_common(6)))
     print("self:")
     for frame, n in own.most_common(self_rows):
         print(f"{100 * n / total:6.2f}%  {frame}")

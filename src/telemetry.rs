@@ -126,8 +126,8 @@ counters! {
     ProxyConnectionsRefused = "proxy_connections_refused", Error;
     /// Front door: accepting a connection failed (out of file descriptors and the like).
     ProxyAcceptErrors = "proxy_accept_errors", Error;
-    /// Front door: a client connection closed after `[proxy] idle_timeout_ms` with nothing in
-    /// flight.
+    /// Front door: a client connection closed with nothing in flight after `[proxy]
+    /// idle_timeout_ms`, or (HTTP/1) after `proxy::HEADER_READ_TIMEOUT` without a request head.
     ProxyConnectionsIdleClosed = "proxy_connections_idle_closed", Routine;
     /// Front door: requests still in flight when the drain at shutdown ended, cut.
     ProxyRequestsCut = "proxy_requests_cut", Error;

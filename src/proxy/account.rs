@@ -7,12 +7,13 @@
 //! rejections and the client's faults are counted in `telemetry` instead (see `super`).
 //!
 //! One short mutex guards the ledger: two lock/unlock pairs per request (start, finish), each a
-//! few increments and one map lookup. Latencies keep a bounded distribution: each value is
+//! few increments and one map lookup. A request is recorded once, in its copy's tally; the
+//! instance series are the copies' tallies merged once a tick (the same figures, without a
+//! second record per request). Latencies keep a bounded distribution: each value is
 //! quantised to a log-scale bucket (ratio [`LATENCY_BUCKET_RATIO`]) and published as the
 //! bucket's representative, within 1 % of the measured value (or 1 µs below 1 µs). From 1 µs to
 //! 10 minutes that is at most about 1,150 distinct values per series, whatever the load.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -110,9 +111,15 @@ pub fn quantize_us(us: f64) -> f64 {
 }
 
 /// A bounded latency distribution: exact minimum, maximum and sum, quantised values.
+///
+/// The buckets are counted in one array from the lowest bucket seen to the highest (an index
+/// instead of a tree search per value): latencies from 1 µs to a day span under 1,300 buckets,
+/// at most about 5 KB, and a tick's latencies usually far fewer.
 #[derive(Clone, Debug, Default)]
 struct Histogram {
-    buckets: BTreeMap<i32, u32>,
+    /// Counts of buckets `first ..`.
+    buckets: Vec<u32>,
+    first: i32,
     min: f64,
     max: f64,
     sum: f64,
@@ -131,8 +138,49 @@ impl Histogram {
         }
         self.sum += us;
         self.count += 1;
-        let n = self.buckets.entry(bucket(us)).or_insert(0);
-        *n = n.saturating_add(1);
+        self.add(bucket(us), 1);
+    }
+
+    /// `n` more values in bucket `index`.
+    fn add(&mut self, index: i32, n: u32) {
+        if self.buckets.is_empty() {
+            self.first = index;
+        } else if index < self.first {
+            let below = (self.first - index) as usize;
+            self.buckets.splice(0..0, std::iter::repeat_n(0, below));
+            self.first = index;
+        }
+        let at = (index - self.first) as usize;
+        if at >= self.buckets.len() {
+            self.buckets.resize(at + 1, 0);
+        }
+        self.buckets[at] = self.buckets[at].saturating_add(n);
+    }
+
+    /// The buckets in use, lowest first, with their counts.
+    fn counts(&self) -> impl Iterator<Item = (i32, u32)> + '_ {
+        (self.first..)
+            .zip(self.buckets.iter().copied())
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// Adds `other`'s values, as if each had been recorded here.
+    fn merge(&mut self, other: &Histogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            self.min = other.min;
+            self.max = other.max;
+        } else {
+            self.min = self.min.min(other.min);
+            self.max = self.max.max(other.max);
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+        for (index, n) in other.counts() {
+            self.add(index, n);
+        }
     }
 
     fn take(&mut self) -> Option<Stats> {
@@ -145,11 +193,7 @@ impl Histogram {
             max: h.max,
             sum: h.sum,
             count: h.count,
-            distribution: h
-                .buckets
-                .into_iter()
-                .map(|(i, n)| (representative(i), n))
-                .collect(),
+            distribution: h.counts().map(|(i, n)| (representative(i), n)).collect(),
         })
     }
 }
@@ -224,6 +268,16 @@ impl Tally {
         self.model_latency.record(outcome.model_us);
         self.overhead_latency
             .record((outcome.total_us - outcome.model_us).max(0.0));
+    }
+
+    /// Adds `other`'s invocations, as if each had been recorded here.
+    fn merge(&mut self, other: &Tally) {
+        self.invocations += other.invocations;
+        self.errors_4xx += other.errors_4xx;
+        self.errors_5xx += other.errors_5xx;
+        self.model_errors += other.model_errors;
+        self.model_latency.merge(&other.model_latency);
+        self.overhead_latency.merge(&other.overhead_latency);
     }
 
     /// Appends this tally's series (nothing when it saw no request) and starts it again.
@@ -389,13 +443,30 @@ pub struct CopyKey {
 
 #[derive(Default)]
 struct Ledger {
-    instance: Tally,
     streams: StreamTally,
     concurrency: Concurrency,
     components: HashMap<Arc<str>, ComponentLedger>,
     copies: HashMap<CopyKey, Tally>,
     /// When the current concurrency period ends (wall clock, ms); None before the first tick.
     concurrency_period_end_ms: Option<u64>,
+}
+
+impl Ledger {
+    /// Applies `f` to `name`'s ledger, made on its first request (one lookup, and the name is
+    /// cloned only then).
+    fn with_component<R>(
+        &mut self,
+        name: &Arc<str>,
+        f: impl FnOnce(&mut ComponentLedger) -> R,
+    ) -> R {
+        if let Some(component) = self.components.get_mut(name) {
+            return f(component);
+        }
+        let mut component = ComponentLedger::default();
+        let r = f(&mut component);
+        self.components.insert(name.clone(), component);
+        r
+    }
 }
 
 /// The front door's figures since the last tick.
@@ -421,9 +492,10 @@ impl Accounts {
     pub fn start(&self, copy: &CopyKey) {
         let mut ledger = self.ledger();
         ledger.concurrency.start();
-        let component = ledger.components.entry(copy.component.clone()).or_default();
-        component.concurrency.start();
-        component.active = true;
+        ledger.with_component(&copy.component, |component| {
+            component.concurrency.start();
+            component.active = true;
+        });
     }
 
     /// A request started with [`Accounts::start`] has ended: an invocation with its
@@ -431,11 +503,13 @@ impl Accounts {
     pub fn finish(&self, copy: &CopyKey, outcome: Option<&Outcome>) {
         let mut ledger = self.ledger();
         ledger.concurrency.finish();
-        let component = ledger.components.entry(copy.component.clone()).or_default();
-        component.concurrency.finish();
+        ledger.with_component(&copy.component, |component| {
+            component.concurrency.finish();
+            if outcome.is_some() {
+                component.invocations += 1;
+            }
+        });
         let Some(outcome) = outcome else { return };
-        component.invocations += 1;
-        ledger.instance.record(outcome);
         if let Some(stream) = &outcome.stream {
             ledger.streams.record(stream);
         }
@@ -483,8 +557,12 @@ impl Accounts {
         let mut out = Vec::new();
         let mut guard = self.ledger();
         let ledger = &mut *guard;
-        let n = ledger.instance.invocations;
-        ledger.instance.drain(&Scope::Invocations, &mut out);
+        let mut instance = Tally::default();
+        for tally in ledger.copies.values() {
+            instance.merge(tally);
+        }
+        let n = instance.invocations;
+        instance.drain(&Scope::Invocations, &mut out);
         if n > 0 {
             let share = 1.0 / f64::from(self.instance_count);
             push(
@@ -818,6 +896,34 @@ mod tests {
             .is_none(),
             "counted once"
         );
+    }
+
+    proptest::proptest! {
+        /// Latencies recorded in two tallies and merged give what one tally of them all gives:
+        /// how the instance series come from the copies' tallies.
+        #[test]
+        fn merged_histograms_equal_one_of_every_value(
+            first in proptest::collection::vec(0.0f64..1e9, 0..40),
+            second in proptest::collection::vec(0.0f64..1e9, 0..40),
+        ) {
+            let (mut all, mut a, mut b) = (Histogram::default(), Histogram::default(), Histogram::default());
+            for &us in &first {
+                all.record(us);
+                a.record(us);
+            }
+            for &us in &second {
+                all.record(us);
+                b.record(us);
+            }
+            a.merge(&b);
+            let (merged, direct) = (a.take(), all.take());
+            proptest::prop_assert_eq!(merged.is_some(), direct.is_some());
+            if let (Some(m), Some(d)) = (merged, direct) {
+                proptest::prop_assert_eq!((m.min, m.max, m.count), (d.min, d.max, d.count));
+                proptest::prop_assert_eq!(m.distribution, d.distribution);
+                proptest::prop_assert!((m.sum - d.sum).abs() <= 1e-9 * d.sum.max(1.0));
+            }
+        }
     }
 
     #[test]

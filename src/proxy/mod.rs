@@ -46,7 +46,8 @@ use upload::{Upload, UploadFault, UploadState};
 /// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// A client must send its request head within this (slowloris); hyper closes the connection.
+/// An HTTP/1 client must send its request head within this of connecting or of its last answer's
+/// end (slowloris); else the connection is closed (`conn::Wake::HeadTimeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle keep-alive connections kept to each copy: enough for 64 concurrent clients without
@@ -57,10 +58,13 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// keep-alive connections after 60-75 s, so close first.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many names [`HOP_BY_HOP`] lists.
+const HOP_BY_HOP_NAMES: usize = 9;
+
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
 /// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
 /// Kept as header names, so removing them parses nothing per request.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_NAMES] = [
     header::TRANSFER_ENCODING,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -159,6 +163,7 @@ impl FrontDoor {
             connections: conn::Connections::new(
                 conn::capped_by_file_limit(config.max_connections),
                 Duration::from_millis(config.idle_timeout_ms),
+                HEADER_READ_TIMEOUT,
             ),
             stop_accepting: tokio::sync::Notify::new(),
             table: RwLock::new(Arc::new(first)),
@@ -307,10 +312,14 @@ async fn follow_inventory(
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The head deadline is the connection watchdog's (`conn`), one timer per connection rather
+    // than hyper's one per request. Writes flattened into one buffer: one write(2) of head and
+    // body instead of writev(2) of two pieces, measured cheaper for the small answers a model
+    // gives (a body chunk is copied once more in user space; the kernel copies it anyway).
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
+        .writev(false)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -347,7 +356,8 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                 let state = state.clone();
                 let track = admitted.tracker();
                 hyper::service::service_fn(move |req| {
-                    let (state, active) = (state.clone(), track.request());
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let (state, active) = (state.clone(), track.request(h2));
                     async move {
                         let response = handle(state, req).await?;
                         Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, active)))
@@ -368,15 +378,19 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                 }
                 wake = admitted.wake() => wake,
             };
-            // No new requests; those in flight finish (the drain's end bounds them).
-            connection.as_mut().graceful_shutdown();
             match wake {
+                // No complete head in time (HTTP/1, nothing in flight): closed at once, as
+                // hyper's header-read timeout did.
+                conn::Wake::HeadTimeout => {}
+                // No new requests; those in flight finish (the drain's end bounds them).
                 conn::Wake::Drain => {
+                    connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
                 // Nothing in flight: a polite close (h2 GOAWAY), else dropped. A connection
                 // that never sent a byte does not notice the shutdown on its own.
                 conn::Wake::Idle => {
+                    connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
                 }
             }
@@ -422,8 +436,8 @@ fn count_connection_error(e: &(dyn StdError + 'static)) {
             "front door: malformed request (400)",
         );
     }
-    // A head not complete within HEADER_READ_TIMEOUT is not counted: hyper ends an idle
-    // keep-alive connection the same way, and that is no fault.
+    // A head not complete within HEADER_READ_TIMEOUT is counted by the connection's watchdog
+    // (`conn::Wake::HeadTimeout`) as an idle close: no fault, an idle keep-alive ends so too.
 }
 
 /// The front door's own answer to a request it could not route: not an invocation.
@@ -448,13 +462,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Metered>, Infallible> {
     let started = Instant::now();
-    if let Some((status, reason)) = refused_request(&req) {
+    let head = Scan::of(req.headers());
+    if let Some((status, reason)) = refused_request(&req, &head) {
         telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
         return Ok(local(None, status, format!("{reason}\n")));
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let declared = head
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.max_request_body_bytes) {
@@ -465,11 +479,12 @@ async fn handle(
         return Ok(local(None, 413, "request body too large\n".into()));
     }
     let table = state.table();
-    let upstream = match table.choose(req.headers().get(COMPONENT_HEADER).map(|v| v.as_bytes())) {
+    let upstream = match table.choose(head.component.map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
         Err(e) => return Ok(reject(&state, e)),
     };
     let mut guard = InFlight::new(state.clone(), upstream.clone(), started);
+    let (has_host, hop_by_hop) = (head.hosts > 0, head.hop_by_hop);
     let (mut parts, body) = req.into_parts();
     // Copies get origin-form (`/path?query`); the request's own authority (h2c, or an HTTP/1
     // absolute-form target) never picks a destination and is not passed on.
@@ -480,7 +495,7 @@ async fn handle(
         };
     }
     // The client's Host passes through; without one (h2c carries :authority instead), the copy's.
-    if !parts.headers.contains_key(header::HOST) {
+    if !has_host {
         match HeaderValue::from_str(&upstream.authority) {
             Ok(host) => {
                 parts.headers.insert(header::HOST, host);
@@ -498,7 +513,9 @@ async fn handle(
     // h2c requests come in as HTTP/2; copies are spoken to in HTTP/1.1.
     parts.version = http::Version::HTTP_11;
     let head_request = parts.method == Method::HEAD;
-    strip_hop_by_hop(&mut parts.headers);
+    if hop_by_hop {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     let upload = guard.upload.clone();
     let body = Upload::new(body, state.max_request_body_bytes, upload.clone());
     let upstream_req = Request::from_parts(parts, body);
@@ -657,14 +674,46 @@ fn chain(e: &dyn StdError) -> String {
 /// through it (`CONNECT` would reach the copy as `CONNECT /`), and two `Host` headers (RFC 9112
 /// section 3.2: a server must answer 400; forwarding both lets the copy and the front door
 /// disagree on the target).
-fn refused_request<B>(req: &Request<B>) -> Option<(u16, &'static str)> {
+fn refused_request<B>(req: &Request<B>, head: &Scan<'_>) -> Option<(u16, &'static str)> {
     if req.method() == http::Method::CONNECT {
         return Some((405, "CONNECT is not served by the front door"));
     }
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+    if head.hosts > 1 {
         return Some((400, "more than one Host header"));
     }
     None
+}
+
+/// The component header as a name: comparing it costs no parsing of the string per request.
+const COMPONENT: HeaderName = HeaderName::from_static(COMPONENT_HEADER);
+
+/// What the front door reads from a head, found in one pass over its headers instead of a
+/// hash lookup each (and nine more to remove hop-by-hop headers that are seldom there).
+#[derive(Debug, Default)]
+struct Scan<'a> {
+    hosts: usize,
+    content_length: Option<&'a HeaderValue>,
+    component: Option<&'a HeaderValue>,
+    /// A hop-by-hop header is present: [`strip_hop_by_hop`] has work to do.
+    hop_by_hop: bool,
+}
+
+impl<'a> Scan<'a> {
+    fn of(headers: &'a HeaderMap) -> Scan<'a> {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            if name == header::HOST {
+                scan.hosts += 1;
+            } else if name == header::CONTENT_LENGTH {
+                scan.content_length.get_or_insert(value);
+            } else if name == COMPONENT {
+                scan.component.get_or_insert(value);
+            } else if HOP_BY_HOP.contains(name) {
+                scan.hop_by_hop = true;
+            }
+        }
+        scan
+    }
 }
 
 /// End-to-end headers a `Connection` header may not remove: the copy needs them to read the
@@ -673,23 +722,39 @@ const NEVER_HOP_BY_HOP: [HeaderName; 3] =
     [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too (rare: HTTP/1.1 clients rarely
-    // send one, so the common case allocates nothing).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-            .filter(|s| !s.is_empty())
-            .filter(|s| !NEVER_HOP_BY_HOP.iter().any(|h| h.as_str() == s))
-            .collect();
-        for name in &named {
-            headers.remove(name.as_str());
+    // Headers the Connection header names are hop-by-hop too. Its usual tokens (keep-alive,
+    // close, upgrade) are hop-by-hop names already or name no header present, so the common
+    // case allocates nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let listed =
+                |names: &[HeaderName]| names.iter().any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if token.is_empty() || listed(&HOP_BY_HOP) || listed(&NEVER_HOP_BY_HOP) {
+                continue;
+            }
+            if headers.contains_key(token) {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in &named {
         headers.remove(name);
+    }
+    // One pass to see which hop-by-hop names are there, then a removal for each of those only.
+    let mut present = [false; HOP_BY_HOP_NAMES];
+    for key in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {
+            present[i] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -820,7 +885,7 @@ impl Drop for InFlight {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(connection) = self.connection.take() {
             if self.reusable {
-                self.upstream.pool.put(connection);
+                self.upstream.pool.put(connection, now);
             }
         }
     }
@@ -952,6 +1017,29 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_over_the_head_finds_hosts_length_component_and_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.append(COMPONENT_HEADER, HeaderValue::from_static("model-a"));
+        h.append(COMPONENT_HEADER, HeaderValue::from_static("model-b"));
+        let scan = Scan::of(&h);
+        assert_eq!(scan.hosts, 1);
+        assert_eq!(scan.content_length, Some(&HeaderValue::from_static("3")));
+        assert_eq!(
+            scan.component,
+            h.get(COMPONENT_HEADER),
+            "the first, as get() gives"
+        );
+        assert!(!scan.hop_by_hop);
+        h.append(header::HOST, HeaderValue::from_static("b"));
+        h.append("keep-alive", HeaderValue::from_static("timeout=5"));
+        let scan = Scan::of(&h);
+        assert_eq!(scan.hosts, 2);
+        assert!(scan.hop_by_hop);
+    }
+
+    #[test]
     fn local_answers_without_a_route_are_not_invocations() {
         let response = local(None, 404, "no\n".into());
         assert_eq!(response.status(), 404);
@@ -973,6 +1061,8 @@ mod tests {
             h.insert(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).unwrap());
             let before = h.clone();
             strip_hop_by_hop(&mut h);
+            // The front door strips only when the scan saw a hop-by-hop header.
+            proptest::prop_assert!(Scan::of(&before).hop_by_hop || h == before);
             let named: Vec<String> = named.iter().map(|n| n.to_ascii_lowercase()).collect();
             for name in before.keys() {
                 let hop = HOP_BY_HOP.contains(name);

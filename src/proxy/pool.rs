@@ -105,17 +105,15 @@ impl Pool {
         None
     }
 
-    /// Hands a connection back after its answer was read to the end.
-    pub fn put(&self, sender: Sender) {
+    /// Hands a connection back after its answer was read to the end (`now`: when; the caller
+    /// has just read the clock).
+    pub fn put(&self, sender: Sender, now: Instant) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
         if idle.len() < POOL_MAX_IDLE_PER_HOST {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 
@@ -167,7 +165,10 @@ async fn connect(authority: &str, timeout: Duration) -> Result<Sender, SendError
             Err(_elapsed) => return Err(SendError::ConnectTimeout),
         };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // Flattened writes, as on the server side (`super::serve`).
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Send)?;
     // Ends when the connection closes: the copy closed it, it failed, or its sender was dropped.
@@ -192,7 +193,7 @@ mod tests {
             let pool = Pool::default();
             for _ in 0..2 {
                 let sender = connect(&authority, Duration::from_secs(5)).await.unwrap();
-                pool.put(sender);
+                pool.put(sender, Instant::now());
             }
             assert_eq!(pool.idle_count(), 2);
             pool.reap(Instant::now());
