@@ -7,7 +7,9 @@
 //! - `ColdStartDuration`: container creation to its first 2xx invocation through the front door
 //!   (known to the tick it falls in: the sampling interval's resolution).
 //! - `ContainerRestarts`, `ContainerOOMKills`, `ContainerNonZeroExits`: 1 per event, summed per
-//!   period, each also logged (exits with their code).
+//!   period, each also logged (exits with their code). OOM kills count once per run of the
+//!   container: the engine sends an `oom` event for every process the kernel kills in its
+//!   cgroup (three for one shell pipeline on cgroup v1), one container death.
 //!
 //! Only what the agent saw: a copy already running when the agent started has no start
 //! durations, and one created before it has no cold start.
@@ -31,6 +33,9 @@ struct Copy {
     ran: bool,
     start_done: bool,
     cold_done: bool,
+    /// This run's OOM kill was counted (further `oom` events of the run are its other
+    /// processes).
+    oom_counted: bool,
 }
 
 /// The lifecycle of every copy the agent has seen.
@@ -110,6 +115,7 @@ impl Lifecycle {
                 copy.started_ms = Some(event.at_ms);
                 copy.health_check = health_check;
                 copy.start_done = false;
+                copy.oom_counted = false;
             }
             LifecycleKind::Healthy => start_done(copy, event.at_ms, samples),
             LifecycleKind::Died { exit_code } => {
@@ -121,7 +127,11 @@ impl Lifecycle {
                     tracing::info!(copy = ?copy.copy, "model copy exited with 0");
                 }
             }
+            LifecycleKind::OomKilled if copy.oom_counted => {
+                tracing::debug!(copy = ?copy.copy, "another process of the copy killed for memory (OOM) in the same run");
+            }
             LifecycleKind::OomKilled => {
+                copy.oom_counted = true;
                 tracing::warn!(copy = ?copy.copy, "model copy killed for memory (OOM)");
                 push(copy, Metric::ContainerOomKills, 1.0, samples);
             }
@@ -209,7 +219,10 @@ mod tests {
             vec![(Metric::ContainerStartDuration, 3.25)]
         );
 
+        // The kernel killed three processes of the copy: one OOM kill of the copy.
         for kind in [
+            LifecycleKind::OomKilled,
+            LifecycleKind::OomKilled,
             LifecycleKind::OomKilled,
             LifecycleKind::Died {
                 exit_code: Some(137),
@@ -232,6 +245,11 @@ mod tests {
                 (Metric::ContainerStartDuration, 0.4),
             ]
         );
+        // The next run's OOM kill counts again.
+        tx.try_send(event(LifecycleKind::OomKilled, 8_000)).unwrap();
+        let mut samples = Vec::new();
+        life.tick(9_000, &[], &[], &mut samples);
+        assert_eq!(figures(&samples), vec![(Metric::ContainerOomKills, 1.0)]);
     }
 
     #[test]
