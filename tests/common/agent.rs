@@ -353,18 +353,13 @@ impl Agent {
         what: &str,
         mut found: impl FnMut(&[Value]) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(t) = found(&self.documents()) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; stderr:\n{}",
-                self.logs().text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        poll_until(
+            limit,
+            Duration::from_millis(200),
+            what,
+            || found(&self.documents()),
+            || format!("stderr:\n{}", self.logs().text()),
+        )
     }
 
     /// Polls the EMF file until a document matches `pick`; that document.
@@ -418,6 +413,29 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Calls `attempt` every `every` until it returns something; fails after `limit`, saying `what`
+/// it waited for and `context()` (logs, records).
+pub fn poll_until<T>(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(t) = attempt() {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}; {}",
+            context()
+        );
+        std::thread::sleep(every);
     }
 }
 

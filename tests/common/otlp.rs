@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -237,19 +237,19 @@ impl OtlpReceiver {
         what: &str,
         mut found: impl FnMut(&[Value]) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(t) = found(&self.requests()) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; the receiver recorded {} requests; its log:\n{}",
-                self.requests().len(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::agent::poll_until(
+            limit,
+            Duration::from_millis(100),
+            what,
+            || found(&self.requests()),
+            || {
+                format!(
+                    "the receiver recorded {} requests; its log:\n{}",
+                    self.requests().len(),
+                    self.log()
+                )
+            },
+        )
     }
 
     /// Its stderr (one line per request with `--verbose`, which the harness passes).
