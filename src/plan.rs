@@ -249,58 +249,20 @@ fn otlp_volume(
     windows_per_month: u64,
     price_per_gb: f64,
 ) -> OtlpBill {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     use prost::Message as _;
-    let mut requests = Vec::new();
+    let mut built = Vec::new();
     let resource = otlp::resource(ctx, ctx.instance_type.as_deref());
-    otlp::encode(window, ctx, &resource, &mut requests);
+    otlp::build(window, ctx, &resource, &mut built);
+    let sent: Vec<otlp::Request> = built.iter().filter_map(otlp::compress).collect();
     let mut bill = OtlpBill {
-        requests_per_window: requests.len() as u64,
-        points_per_window: requests.iter().map(|r| r.points).sum(),
-        body_bytes_per_window: 0,
-        gzip_bytes_per_window: requests.iter().map(|r| r.body.len() as u64).sum(),
-        billable_bytes_per_window: 0,
+        requests_per_window: sent.len() as u64,
+        points_per_window: sent.iter().map(|r| r.points).sum(),
+        body_bytes_per_window: built.iter().map(|r| r.encoded_len() as u64).sum(),
+        gzip_bytes_per_window: sent.iter().map(|r| r.body.len() as u64).sum(),
+        billable_bytes_per_window: built.iter().map(otlp::billable_bytes).sum(),
         price_per_gb,
         ingestion_charge: 0.0,
     };
-    let resource_bytes = resource.encoded_len() as u64;
-    for r in &requests {
-        let Ok(body) = otlp::gunzip(&r.body) else {
-            continue;
-        };
-        bill.body_bytes_per_window += body.len() as u64;
-        let Ok(decoded) = ExportMetricsServiceRequest::decode(body.as_slice()) else {
-            continue;
-        };
-        for metric in decoded
-            .resource_metrics
-            .iter()
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-        {
-            let per_point = metric.name.len() as u64 + resource_bytes;
-            let points: u64 = match &metric.data {
-                Some(Data::Gauge(g)) => g
-                    .data_points
-                    .iter()
-                    .map(|p| p.encoded_len() as u64 + per_point)
-                    .sum(),
-                Some(Data::Sum(s)) => s
-                    .data_points
-                    .iter()
-                    .map(|p| p.encoded_len() as u64 + per_point)
-                    .sum(),
-                Some(Data::Histogram(h)) => h
-                    .data_points
-                    .iter()
-                    .map(|p| p.encoded_len() as u64 + per_point)
-                    .sum(),
-                _ => 0,
-            };
-            bill.billable_bytes_per_window += points;
-        }
-    }
     bill.ingestion_charge =
         (bill.billable_bytes_per_window * windows_per_month) as f64 / 1e9 * price_per_gb;
     bill

@@ -307,6 +307,33 @@ pub fn encode(
     resource: &Resource,
     out: &mut Vec<Request>,
 ) -> Report {
+    let mut built = Vec::new();
+    let mut report = build(window, ctx, resource, &mut built);
+    for request in &built {
+        match compress(request) {
+            Some(r) => out.push(r),
+            None => report.points_skipped += request_points(request),
+        }
+    }
+    report
+}
+
+/// A built request as sent and spooled: protobuf, gzip. None only if memory ran out.
+pub fn compress(request: &ExportMetricsServiceRequest) -> Option<Request> {
+    let body = gzip(&request.encode_to_vec()).ok()?;
+    Some(Request {
+        body,
+        points: request_points(request),
+    })
+}
+
+/// [`encode`] before protobuf and gzip: the requests as messages (`plan` measures them).
+pub fn build(
+    window: &Window,
+    ctx: &EncodeContext,
+    resource: &Resource,
+    out: &mut Vec<ExportMetricsServiceRequest>,
+) -> Report {
     let mut report = Report::default();
     let start_ns = window.start_ms.saturating_mul(1_000_000);
     let end_ns = window
@@ -461,7 +488,7 @@ fn bucket_of(bounds: &[f64], value: f64) -> usize {
 fn pack(
     metrics: impl Iterator<Item = OtelMetric>,
     resource: &Resource,
-    out: &mut Vec<Request>,
+    out: &mut Vec<ExportMetricsServiceRequest>,
     report: &mut Report,
 ) {
     let budget = MAX_REQUEST_BYTES - REQUEST_OVERHEAD_BYTES;
@@ -471,7 +498,7 @@ fn pack(
         for part in split(metric, budget, report) {
             let bytes = part.encoded_len() + 8;
             if current_bytes + bytes > budget && !current.is_empty() {
-                finish(std::mem::take(&mut current), resource, out, report);
+                out.push(request(std::mem::take(&mut current), resource));
                 current_bytes = 0;
             }
             current_bytes += bytes;
@@ -479,7 +506,7 @@ fn pack(
         }
     }
     if !current.is_empty() {
-        finish(current, resource, out, report);
+        out.push(request(current, resource));
     }
 }
 
@@ -549,14 +576,8 @@ fn split(metric: OtelMetric, budget: usize, report: &mut Report) -> Vec<OtelMetr
     parts
 }
 
-fn finish(
-    metrics: Vec<OtelMetric>,
-    resource: &Resource,
-    out: &mut Vec<Request>,
-    report: &mut Report,
-) {
-    let points = metrics.iter().map(point_count).sum();
-    let request = ExportMetricsServiceRequest {
+fn request(metrics: Vec<OtelMetric>, resource: &Resource) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
             scope_metrics: vec![ScopeMetrics {
@@ -570,11 +591,45 @@ fn finish(
             }],
             ..Default::default()
         }],
-    };
-    match gzip(&request.encode_to_vec()) {
-        Ok(body) => out.push(Request { body, points }),
-        Err(_) => report.points_skipped += points,
     }
+}
+
+fn metrics_of(request: &ExportMetricsServiceRequest) -> impl Iterator<Item = &OtelMetric> {
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+}
+
+fn request_points(request: &ExportMetricsServiceRequest) -> u64 {
+    metrics_of(request).map(point_count).sum()
+}
+
+/// The bytes CloudWatch bills for a request: "each OTLP data point contributes its serialized
+/// size": the point (labels, timestamps, value), its metric's name and its resource's attributes.
+pub fn billable_bytes(request: &ExportMetricsServiceRequest) -> u64 {
+    let mut bytes = 0u64;
+    for rm in &request.resource_metrics {
+        let resource = rm.resource.as_ref().map_or(0, |r| r.encoded_len()) as u64;
+        for metric in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let per_point = metric.name.len() as u64 + resource;
+            let points: Vec<usize> = match &metric.data {
+                Some(metric::Data::Gauge(g)) => {
+                    g.data_points.iter().map(|p| p.encoded_len()).collect()
+                }
+                Some(metric::Data::Sum(s)) => {
+                    s.data_points.iter().map(|p| p.encoded_len()).collect()
+                }
+                Some(metric::Data::Histogram(h)) => {
+                    h.data_points.iter().map(|p| p.encoded_len()).collect()
+                }
+                _ => Vec::new(),
+            };
+            bytes += points.iter().map(|&n| n as u64 + per_point).sum::<u64>();
+        }
+    }
+    bytes
 }
 
 fn point_count(metric: &OtelMetric) -> u64 {
@@ -594,7 +649,7 @@ fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish()
 }
 
-/// The uncompressed protobuf of a request body (tests, `plan`).
+/// The uncompressed protobuf of a request body (tests).
 pub fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut out = Vec::new();
