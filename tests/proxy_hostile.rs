@@ -1,7 +1,9 @@
 //! The front door against hostile or careless clients, through the built binary: idle
 //! connections are closed, a cap refuses what is past it, SIGTERM drains requests in flight (a
 //! streamed answer included) before it cuts what is left, and requests whose meaning a copy
-//! could misread are answered by the front door itself.
+//! could misread are answered by the front door itself. And against careless or hostile copies:
+//! what a copy sends is framed exactly or refused (502), an early answer is relayed without the
+//! rest of the upload, and a copy closing idle connections unannounced costs no request.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, Workdir};
-use common::copies::streaming_copy;
+use common::copies::{exchange, scripted_copy, streaming_copy, After};
 
 /// Within this a closed connection must read as closed.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
@@ -49,39 +51,6 @@ fn echo_copy() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Sends `request` on a new connection; the status code and the whole answer.
-fn exchange(front_door: SocketAddr, request: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(front_door).unwrap();
-    c.write_all(request.as_bytes()).unwrap();
-    c.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = c.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&seen);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end].lines().find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(|v| v.trim().parse::<usize>().unwrap())
-            });
-            if length.is_some_and(|n| seen.len() >= end + 4 + n) {
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&seen).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 fn start(dir: &Workdir, proxy: &str, copy: SocketAddr) -> (Agent, SocketAddr) {
@@ -281,4 +250,177 @@ fn requests_a_copy_could_misread_are_answered_by_the_front_door() {
     );
     let stopped = agent.stop().success();
     assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 2);
+}
+
+/// The body of an answer as the client got it (after the head; a chunked body decoded).
+fn body_of(answer: &str) -> String {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+#[test]
+fn what_a_copy_sends_is_framed_exactly_or_refused() {
+    let (copy, accepted) = scripted_copy(|head, _, conn| {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(70 * 1024)
+        );
+        let answer: &[u8] = match path.as_str() {
+            "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "/until-close" => b"HTTP/1.0 200 OK\r\n\r\nall of it",
+            "/continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "/malformed" => b"HTTP/1.1 2OO OK\r\n\r\n",
+            "/bad-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
+            "/huge-head" => huge.as_bytes(),
+            "/cut" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        let _ = conn.write_all(answer);
+        if matches!(path.as_str(), "/until-close" | "/cut") {
+            After::Close
+        } else {
+            After::Next
+        }
+    });
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "", copy);
+    let get = |path: &str| {
+        exchange(
+            front_door,
+            &format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for (path, status, body) in [
+        ("/chunked", 200, "hello world"),
+        ("/both", 200, "hello"),
+        ("/until-close", 200, "all of it"),
+        ("/continue", 200, "ok"),
+        ("/malformed", 502, "the model's answer was malformed\n"),
+        ("/bad-length", 502, "the model's answer was malformed\n"),
+        ("/huge-head", 502, "the model's answer was malformed\n"),
+    ] {
+        let (got, answer) = get(path);
+        assert_eq!(got, status, "{path}: {answer}");
+        assert_eq!(body_of(&answer), body, "{path}: {answer}");
+    }
+    // Cut short after its head: the client's answer is cut short too, never padded or ended
+    // as if whole.
+    let (got, answer) = get("/cut");
+    assert_eq!(got, 200, "{answer}");
+    assert_eq!(body_of(&answer), "hello", "{answer}");
+    // Connections: /chunked and /continue kept theirs alive, the next request reused it; /both
+    // (a smuggling shape), the close-delimited one, the refused answers and the cut one did not.
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get("/ok").0, 200);
+    assert_eq!(get("/ok").0, 200);
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) <= before + 1,
+        "two requests in a row share one connection"
+    );
+    let stopped = agent.stop().success();
+    // The three refused answers and the cut one.
+    assert_eq!(stopped.logs.final_counter("proxy_upstream_errors"), 4);
+}
+
+#[test]
+fn a_copy_closing_idle_connections_unannounced_costs_no_request() {
+    // Closes every connection after one answer, without `Connection: close`: the front door
+    // keeps it, and finds it closed when it next takes it (or on sending, for a GET it may
+    // resend).
+    let (copy, accepted) = scripted_copy(|_, _, conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        After::Close
+    });
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "", copy);
+    let mut c = TcpStream::connect(front_door).unwrap();
+    c.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    for i in 0..20 {
+        c.write_all(b"GET /ping HTTP/1.1\r\nHost: m\r\n\r\n")
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.ends_with(b"\r\n\r\nok") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "request {i}: closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 200"), "request {i}");
+        if i % 2 == 0 {
+            // Half the time the copy's close has arrived before the next request.
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_upstream_errors"), 0);
+}
+
+#[test]
+fn an_early_answer_is_relayed_without_the_rest_of_the_upload() {
+    // Refuses an upload after its head, reads none of the body and holds the connection: the
+    // front door, blocked writing the body, must still relay the answer.
+    let (copy, _) = scripted_copy(|_, _, conn| {
+        // By then the front door is blocked writing the body.
+        thread::sleep(Duration::from_secs(1));
+        let _ = conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!");
+        After::Hold(Duration::from_secs(30))
+    });
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "response_timeout_ms = 30000\n", copy);
+    // More than the loopback socket buffers on both sides hold, under the body limit.
+    let body_bytes = 24 << 20;
+    let mut c = TcpStream::connect(front_door).unwrap();
+    c.write_all(
+        format!("POST /invocations HTTP/1.1\r\nHost: m\r\nContent-Length: {body_bytes}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = c.try_clone().unwrap();
+    thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..body_bytes / chunk.len() {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"big!") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "relayed at once, not at the response timeout"
+    );
+    drop(c);
+    agent.stop().success();
 }

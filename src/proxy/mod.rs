@@ -9,6 +9,7 @@
 //! the connection, or the client went away.
 
 pub mod account;
+pub mod client;
 pub mod conn;
 pub mod pool;
 pub mod route;
@@ -38,7 +39,7 @@ use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
 use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
-use pool::{SendError, Sender};
+use client::{Answer, Answered, Connection, SendError};
 use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
 use upload::{Upload, UploadFault, UploadState};
 
@@ -517,26 +518,29 @@ async fn handle(
         strip_hop_by_hop(&mut parts.headers);
     }
     let upload = guard.upload.clone();
-    let body = Upload::new(body, state.max_request_body_bytes, upload.clone());
-    let upstream_req = Request::from_parts(parts, body);
+    let mut body = Upload::new(body, state.max_request_body_bytes, upload.clone());
 
     guard.model_started = Some(Instant::now());
     let answer = tokio::time::timeout(
         state.response_timeout,
-        upstream
-            .pool
-            .send(&upstream.authority, state.connect_timeout, upstream_req),
+        upstream.pool.send(
+            &upstream.authority,
+            state.connect_timeout,
+            &parts,
+            &mut body,
+        ),
     )
     .await;
     match answer {
-        Ok(Ok((response, sender))) => {
-            let (mut parts, body) = response.into_parts();
+        Ok(Ok(Answered {
+            head: mut parts,
+            body,
+        })) => {
             strip_hop_by_hop(&mut parts.headers);
             guard.fate = Fate::Answered(parts.status.as_u16());
             if is_streamed(&parts, &body, head_request) {
                 guard.stream = Some(Stream::default());
             }
-            guard.connection = Some(sender);
             Ok(Response::from_parts(
                 parts,
                 Metered {
@@ -610,7 +614,7 @@ async fn handle(
 /// (`Content-Type: text/event-stream`) however it is framed. An answer without a body (HEAD,
 /// 204, 304, `Content-Length: 0`) never streams. Copies speak HTTP/1.1, so an h2c client's
 /// stream is one of these too.
-fn is_streamed(head: &http::response::Parts, body: &Incoming, head_request: bool) -> bool {
+fn is_streamed(head: &http::response::Parts, body: &Answer, head_request: bool) -> bool {
     if head_request || body.is_end_stream() {
         return false;
     }
@@ -655,7 +659,12 @@ fn classify(e: &SendError) -> (u16, &'static str) {
     match e {
         SendError::ConnectTimeout => (504, "the model did not accept the connection in time\n"),
         SendError::Connect(_) => (502, "the model refused the connection\n"),
-        SendError::Send(_) => (502, "the model closed the connection without an answer\n"),
+        SendError::Closed | SendError::Io(_) => {
+            (502, "the model closed the connection without an answer\n")
+        }
+        SendError::BadAnswer(_) => (502, "the model's answer was malformed\n"),
+        // Answered as the client's fault before this is asked (`UploadState::fault`).
+        SendError::Upload(_) => (400, "the request body failed\n"),
     }
 }
 
@@ -806,10 +815,9 @@ struct InFlight {
     broke_off: bool,
     /// Some when the answer streams (`is_streamed`).
     stream: Option<Stream>,
-    /// The connection the answer came on; back to its copy's pool once the answer's body was
-    /// read to the end (`reusable`), else closed.
-    connection: Option<Sender>,
-    reusable: bool,
+    /// The connection the answer came on, once its body was read to the end and both sides keep
+    /// it alive: back to its copy's pool when the request is accounted.
+    connection: Option<Connection>,
 }
 
 impl InFlight {
@@ -826,7 +834,6 @@ impl InFlight {
             broke_off: false,
             stream: None,
             connection: None,
-            reusable: false,
         }
     }
 
@@ -884,16 +891,14 @@ impl Drop for InFlight {
             .outstanding
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(connection) = self.connection.take() {
-            if self.reusable {
-                self.upstream.pool.put(connection, now);
-            }
+            self.upstream.pool.put(connection, now);
         }
     }
 }
 
 enum Inner {
     /// The copy's answer, streamed through frame by frame.
-    Upstream(Incoming),
+    Upstream(Answer),
     /// The front door's own short answer.
     Local(Option<Bytes>),
 }
@@ -906,16 +911,16 @@ pub struct Metered {
 
 impl Body for Metered {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         match &mut this.inner {
             Inner::Upstream(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
+                let polled = Pin::new(&mut *body).poll_frame(cx);
                 if let (Poll::Ready(ready), Some(g)) = (&polled, this.guard.as_mut()) {
                     match ready {
                         Some(Ok(frame)) => {
@@ -928,7 +933,7 @@ impl Body for Metered {
                         }
                         None => {
                             g.model_ended = Some(Instant::now());
-                            g.reusable = true;
+                            g.connection = body.take_reusable();
                         }
                         Some(Err(e)) => broke_off(g, e),
                     }
@@ -956,7 +961,7 @@ impl Body for Metered {
 
 /// The copy's answer failed after its head: the copy's doing (a model error, and a mid-stream
 /// error once a streamed answer's first chunk went out), unless the client's upload broke it.
-fn broke_off(g: &mut InFlight, e: &hyper::Error) {
+fn broke_off(g: &mut InFlight, e: &std::io::Error) {
     g.model_ended = Some(Instant::now());
     let component = g.upstream.key.component.clone();
     if let Some(fault) = g.upload.fault() {
@@ -986,9 +991,9 @@ impl Drop for Metered {
     fn drop(&mut self) {
         // An answer with no body (or whose end the server did not poll for) is read to the end
         // too; an answer cut short leaves its connection unusable.
-        if let (Inner::Upstream(body), Some(g)) = (&self.inner, self.guard.as_mut()) {
-            if body.is_end_stream() {
-                g.reusable = true;
+        if let (Inner::Upstream(body), Some(g)) = (&mut self.inner, self.guard.as_mut()) {
+            if body.is_end_stream() && g.connection.is_none() {
+                g.connection = body.take_reusable();
             }
         }
     }

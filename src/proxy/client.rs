@@ -1,0 +1,846 @@
+//! HTTP/1.1 to the model copies, spoken in the request's own task.
+//!
+//! hyper's client ran each upstream connection as a task of its own: every request crossed from
+//! the front door's connection task to it and back (a channel send, a oneshot, a body channel and
+//! two task wake-ups), about a third of the front door's user-space time per request
+//! (`docs/performance.md`). Here the request's handler writes the request head and body on the
+//! copy's socket itself, parses the answer head with `httparse`, and the answer's body
+//! ([`Answer`]) reads the socket as hyper's server polls it: one task, no hand-off.
+//!
+//! What a copy sends is input like any other: an answer head over [`MAX_ANSWER_HEAD_BYTES`] or
+//! [`MAX_ANSWER_HEADERS`], malformed framing (RFC 9112 section 6: an invalid `Content-Length`, a
+//! broken chunked encoding, a chunk-size line over [`MAX_CHUNK_LINE_BYTES`], trailers over
+//! [`MAX_TRAILER_BYTES`]) is an error (502 before the head, a broken-off answer after), never a
+//! panic or unbounded memory. A connection goes back to its pool only after an answer whose end
+//! its framing states, with nothing after it, on a connection both sides keep alive.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+
+use super::upload::{Upload, UploadError};
+
+/// An answer head (status line and headers) longer than this is refused (502). The same as the
+/// request head limit ([`super::MAX_HEADER_BYTES`]); hyper's client allowed about 400 KiB.
+pub const MAX_ANSWER_HEAD_BYTES: usize = super::MAX_HEADER_BYTES;
+
+/// Headers in one answer head; more is refused (502). hyper's client allowed 100; model servers
+/// send about 5-10.
+pub const MAX_ANSWER_HEADERS: usize = 128;
+
+/// Informational (1xx) answers skipped before the final one; a copy that sends more is refused
+/// (502) rather than read forever.
+pub const MAX_INFORMATIONAL_ANSWERS: usize = 16;
+
+/// The longest chunk-size line (size and extensions) of a chunked answer; longer breaks the
+/// answer off. hyper allows extensions of up to 16 KiB in all; no model server sends any.
+pub const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
+
+/// Trailers of a chunked answer are read and dropped, at most this many bytes of them (as
+/// hyper's client did, which did not forward them either).
+pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Room made in the read buffer before each read: a small answer arrives in one read.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Hexadecimal digits in a chunk size: 16 fill a u64.
+const MAX_CHUNK_SIZE_DIGITS: usize = 16;
+
+/// Why a request got no answer head from the copy.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The copy did not accept the connection within `proxy.connect_timeout_ms`.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The copy refused the connection (or the address did not resolve).
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The connection closed before any of an answer arrived.
+    #[error("the connection closed before an answer")]
+    Closed,
+    /// Reading or writing the connection failed.
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    /// The answer head broke HTTP/1.1 or one of this module's limits.
+    #[error("bad answer: {0}")]
+    BadAnswer(&'static str),
+    /// The client's request body failed (its fault is in the upload's state).
+    #[error("{0}")]
+    Upload(#[source] UploadError),
+}
+
+/// One keep-alive connection to a copy: its socket, the bytes read and not yet used, and a
+/// buffer the next request head is written into (kept, so a request allocates nothing for it).
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+/// How an answer's body ends (RFC 9112 section 6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked: where in the encoding the reader is.
+    Chunked(Chunk),
+    /// The connection's end ends the body.
+    UntilClose,
+    /// The body has been read to its end.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one, this many bytes read so far.
+    Trailers(usize),
+}
+
+/// What [`Connection::send`] gives back: the answer head and its body, which owns the connection
+/// until the body's end.
+pub struct Answered {
+    pub head: response::Parts,
+    pub body: Answer,
+}
+
+/// Why [`Connection::send`] failed, and whether the request may go on another connection.
+pub struct Failed {
+    pub error: SendError,
+    /// Nothing of the request reached the copy, or the copy closed a reused connection without
+    /// answering a request that is safe to send twice (no body, an idempotent method: RFC 9110
+    /// section 9.2.2). The pool then tries another connection.
+    pub retry: bool,
+}
+
+impl Connection {
+    /// Opens a connection to `authority` ("ip:port").
+    pub async fn connect(authority: &str, timeout: Duration) -> Result<Connection, SendError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(SendError::ConnectTimeout)
+            }
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Err(_elapsed) => return Err(SendError::ConnectTimeout),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        })
+    }
+
+    /// Whether an idle connection can no longer take a request: the copy closed it, reset it,
+    /// or sent bytes nobody asked for. Costs a system call only when the socket reads as ready.
+    pub fn is_stale(&self) -> bool {
+        if !self.read.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readiness may be left over from the last answer's read: a read tells.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends the request (`head` as the front door prepared it, origin-form, hop-by-hop headers
+    /// removed; `body` the client's) and reads the answer head. `reused`: the connection served a
+    /// request before (a failure may then be the copy closing it while idle).
+    pub async fn send(
+        mut self,
+        head: &request::Parts,
+        body: &mut Upload,
+        reused: bool,
+    ) -> Result<Answered, Failed> {
+        let head_request = head.method == http::Method::HEAD;
+        let no_body = body.is_end_stream();
+        let framing = if no_body {
+            BodyFraming::None
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => BodyFraming::Length(n),
+                None => BodyFraming::Chunked,
+            }
+        };
+        self.write.clear();
+        encode_head(&mut self.write, head, framing);
+        // A body already here goes out with the head, in one write.
+        let mut body_done = no_body;
+        let mut body_taken = false;
+        if !no_body {
+            if let Some(frame) = ready_now(body) {
+                body_taken = true;
+                body_done = push_frame(&mut self.write, frame, framing).map_err(|e| Failed {
+                    error: e,
+                    retry: false,
+                })?;
+            }
+        }
+        let out = std::mem::take(&mut self.write);
+        let written = self.write_watching(&out).await;
+        self.write = out;
+        match written {
+            Ok(true) => body_done = false,
+            Ok(false) => {}
+            // Nothing reached the copy; the request can go elsewhere if its body is still whole.
+            Err(e) => {
+                return Err(Failed {
+                    error: SendError::Io(e),
+                    retry: !body_taken,
+                })
+            }
+        }
+        let mut answer_started = !self.read.is_empty();
+        if !body_done && !answer_started {
+            answer_started = self
+                .send_body(body, framing)
+                .await
+                .map_err(|error| Failed {
+                    error,
+                    retry: false,
+                })?;
+            body_done = !answer_started;
+        }
+        let idempotent = no_body && head.method.is_idempotent();
+        let (parts, framing, keep_alive) = match self.read_head(head_request).await {
+            Ok(read) => read,
+            Err(SendError::Closed) => {
+                return Err(Failed {
+                    error: SendError::Closed,
+                    retry: reused && idempotent,
+                })
+            }
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    retry: false,
+                })
+            }
+        };
+        Ok(Answered {
+            head: parts,
+            body: Answer {
+                connection: Some(self),
+                framing,
+                reusable: keep_alive && body_done,
+                returned: None,
+            },
+        })
+    }
+
+    /// Writes `data`, watching for an answer meanwhile (a copy may answer, 413 say, before
+    /// reading the whole request). Returns whether an answer began before all was written.
+    async fn write_watching(&mut self, mut data: &[u8]) -> io::Result<bool> {
+        while !data.is_empty() {
+            match self.stream.try_write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        ready = self.stream.writable() => ready?,
+                        ready = self.stream.readable() => {
+                            ready?;
+                            if self.answer_began()? {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// After the socket read as ready: whether the copy sent something (or closed). Readiness
+    /// left over from an earlier read is cleared instead.
+    fn answer_began(&mut self) -> io::Result<bool> {
+        self.read.reserve(READ_CHUNK_BYTES);
+        match self.stream.try_read_buf(&mut self.read) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams the rest of the client's body. Returns whether the copy began to answer first (the
+    /// rest of the body is then not sent, and the connection not reused).
+    async fn send_body(
+        &mut self,
+        body: &mut Upload,
+        framing: BodyFraming,
+    ) -> Result<bool, SendError> {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                ready = self.stream.readable() => {
+                    ready.map_err(SendError::Io)?;
+                    if self.answer_began().map_err(SendError::Io)? {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+            };
+            self.write.clear();
+            let done = push_frame(&mut self.write, frame, framing)?;
+            let out = std::mem::take(&mut self.write);
+            let written = self.write_watching(&out).await;
+            self.write = out;
+            if written.map_err(SendError::Io)? {
+                return Ok(true);
+            }
+            if done {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads until a final answer head is complete. Returns it, its body's framing, and whether
+    /// the copy keeps the connection alive after it.
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<(response::Parts, Framing, bool), SendError> {
+        let mut informational = 0;
+        loop {
+            if let Some(head) = parse_head(&mut self.read)? {
+                if head.status.is_informational() {
+                    // 101 would switch protocols; the front door never asks for it (Upgrade is
+                    // not forwarded).
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(SendError::BadAnswer("101 Switching Protocols unasked"));
+                    }
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL_ANSWERS {
+                        return Err(SendError::BadAnswer("too many informational answers"));
+                    }
+                    continue;
+                }
+                let (parts, framing, keep_alive) = finish_head(head, head_request)?;
+                return Ok((parts, framing, keep_alive));
+            }
+            if self.read.len() >= MAX_ANSWER_HEAD_BYTES {
+                return Err(SendError::BadAnswer("answer head over the limit"));
+            }
+            let n = std::future::poll_fn(|cx| self.poll_fill(cx))
+                .await
+                .map_err(SendError::Io)?;
+            if n == 0 {
+                return Err(if self.read.is_empty() && informational == 0 {
+                    SendError::Closed
+                } else {
+                    SendError::BadAnswer("the answer head was cut off")
+                });
+            }
+        }
+    }
+
+    /// Reads more into the buffer; 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_CHUNK_BYTES);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+    }
+}
+
+/// How the request body is framed on the way to the copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The next frame if the body has one without waiting.
+fn ready_now(body: &mut Upload) -> Option<Option<Result<Frame<Bytes>, UploadError>>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    }
+}
+
+/// Appends a body frame in the request's framing. Returns whether the body ended.
+fn push_frame(
+    out: &mut Vec<u8>,
+    frame: Option<Result<Frame<Bytes>, UploadError>>,
+    framing: BodyFraming,
+) -> Result<bool, SendError> {
+    match frame {
+        None => {
+            if framing == BodyFraming::Chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            Ok(true)
+        }
+        Some(Err(e)) => Err(SendError::Upload(e)),
+        Some(Ok(frame)) => {
+            // Trailers are not forwarded (a copy has no use for them; hyper's client dropped
+            // them too).
+            if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+                if framing == BodyFraming::Chunked {
+                    push_hex(out, data.len() as u64);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(data);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; MAX_CHUNK_SIZE_DIGITS];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The request head as the copy gets it. The method, target and header values are `http`'s
+/// validated types (no CR or LF can be in them); the body's framing header is the front
+/// door's own.
+fn encode_head(out: &mut Vec<u8>, head: &request::Parts, framing: BodyFraming) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
+    for (name, value) in &head.headers {
+        if name == header::CONTENT_LENGTH {
+            // The body's own length rules; a client's header that disagrees is not passed on.
+            if framing != BodyFraming::None || has_length {
+                continue;
+            }
+            has_length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed answer head before its framing is worked out.
+struct RawHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Takes a complete answer head off the front of `buf`, if it is all there. Header values share
+/// the head's bytes (one allocation for all of them, as hyper does); it is parsed once.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Where each header's name and value lie in the head: the parser borrows `buf`, which is
+    // split off and frozen once the parse is done.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_ANSWER_HEADERS];
+    let (len, code, version, count) = {
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
+        let mut answer = httparse::Response::new(&mut parsed);
+        let len = match answer.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(SendError::BadAnswer("too many headers in the answer"))
+            }
+            Err(_) => return Err(SendError::BadAnswer("malformed answer head")),
+        };
+        let base = buf.as_ptr() as usize;
+        for (span, h) in spans.iter_mut().zip(answer.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        (len, answer.code, answer.version, answer.headers.len())
+    };
+    let bytes = buf.split_to(len).freeze();
+    let status = code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(SendError::BadAnswer("bad status code"))?;
+    let version = if version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&bytes[name_start..name_end])
+            .map_err(|_| SendError::BadAnswer("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
+            .map_err(|_| SendError::BadAnswer("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(RawHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// Works out the body's framing (RFC 9112 section 6.3) and whether the connection stays open,
+/// and removes the framing headers hyper's server sets itself.
+fn finish_head(
+    mut head: RawHead,
+    head_request: bool,
+) -> Result<(response::Parts, Framing, bool), SendError> {
+    let mut keep_alive = head.version == Version::HTTP_11;
+    for value in head.headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                keep_alive = false;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") && head.version == Version::HTTP_10
+            {
+                keep_alive = true;
+            }
+        }
+    }
+    // Some(whether chunked is the last coding) when the answer has a Transfer-Encoding.
+    let chunked = head
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .map(|last| {
+            last.as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        });
+    let no_body = head_request
+        || head.status.is_informational()
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Done
+    } else if let Some(chunked) = chunked {
+        // Transfer-Encoding overrides Content-Length, and an answer with both may be an attempt
+        // to smuggle: its connection is not reused (RFC 9112 section 6.3, point 3).
+        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
+        }
+    } else if head.headers.contains_key(header::CONTENT_LENGTH) {
+        match content_length(&head.headers) {
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => return Err(SendError::BadAnswer("invalid Content-Length")),
+        }
+    } else {
+        Framing::UntilClose
+    };
+    if framing == Framing::UntilClose {
+        keep_alive = false;
+    }
+    head.headers.remove(header::TRANSFER_ENCODING);
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.version = head.version;
+    parts.headers = head.headers;
+    Ok((parts, framing, keep_alive))
+}
+
+/// The answer's `Content-Length`: every value (and every comma-separated item of one) the same
+/// run of digits, else none (RFC 9110 section 8.6).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// The copy's answer body, read from its connection as hyper's server polls it. At its end the
+/// connection can be taken back ([`Answer::take_reusable`]).
+#[derive(Debug)]
+pub struct Answer {
+    connection: Option<Connection>,
+    framing: Framing,
+    /// The connection may serve another request once the body is read to its end.
+    reusable: bool,
+    /// Set at the end: the connection, if it can be reused.
+    returned: Option<Connection>,
+}
+
+impl Answer {
+    /// The connection, once the body has been read to its end and both sides keep it alive.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        if matches!(self.framing, Framing::Done | Framing::Length(0)) && self.returned.is_none() {
+            self.finish();
+        }
+        self.returned.take()
+    }
+
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(connection) = self.connection.take() {
+            // Bytes after the answer's end were never asked for: the connection is not reused.
+            if self.reusable && connection.read.is_empty() {
+                self.returned = Some(connection);
+            }
+        }
+    }
+
+    fn broken(&mut self, what: &'static str) -> io::Error {
+        self.framing = Framing::Done;
+        self.connection = None;
+        self.reusable = false;
+        io::Error::new(io::ErrorKind::InvalidData, what)
+    }
+}
+
+/// What the buffered bytes give next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// A piece of the body.
+    Data(Bytes),
+    /// The body's end.
+    End,
+    /// More must be read first.
+    NeedMore,
+}
+
+/// Decodes the next piece of the body from `buf` in `framing` (advancing both), or says why the
+/// framing is broken.
+fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(Step::End),
+            Framing::Length(0) => *framing = Framing::Done,
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                *framing = Framing::Length(left - n as u64);
+                return Ok(Step::Data(buf.split_to(n).freeze()));
+            }
+            Framing::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                return Ok(Step::Data(buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let end = match line_end(buf, MAX_CHUNK_LINE_BYTES) {
+                    Line::Ends(end) => end,
+                    Line::Bad => return Err("chunk-size line not ended by CRLF"),
+                    Line::Incomplete if buf.len() >= MAX_CHUNK_LINE_BYTES + 2 => {
+                        return Err("chunk-size line over the limit")
+                    }
+                    Line::Incomplete => return Ok(Step::NeedMore),
+                };
+                let size = chunk_size(&buf[..end]).ok_or("malformed chunk size")?;
+                let _ = buf.split_to(end + 2);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - n as u64;
+                *framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                return Ok(Step::Data(buf.split_to(n).freeze()));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF");
+                }
+                let _ = buf.split_to(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let room = MAX_TRAILER_BYTES.saturating_sub(seen);
+                let end = match line_end(buf, room) {
+                    Line::Ends(end) => end,
+                    Line::Bad => return Err("trailer line not ended by CRLF"),
+                    Line::Incomplete if buf.len() >= room + 2 => {
+                        return Err("trailers over the limit")
+                    }
+                    Line::Incomplete => return Ok(Step::NeedMore),
+                };
+                let _ = buf.split_to(end + 2);
+                *framing = if end == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Chunked(Chunk::Trailers(seen + end + 2))
+                };
+            }
+        }
+    }
+}
+
+/// Where a line at the start of a buffer stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// No line end yet.
+    Incomplete,
+    /// The line's CRLF starts at this index.
+    Ends(usize),
+    /// A bare LF ends it (RFC 9112 allows it to be refused; hyper refuses it in chunk sizes).
+    Bad,
+}
+
+/// Finds the end of the line at the start of `buf`, looking at most `limit` bytes of line in.
+fn line_end(buf: &[u8], limit: usize) -> Line {
+    let window = &buf[..buf.len().min(limit.saturating_add(2))];
+    match window.iter().position(|&b| b == b'\n') {
+        None => Line::Incomplete,
+        Some(lf) if lf > 0 && window[lf - 1] == b'\r' => Line::Ends(lf - 1),
+        Some(_) => Line::Bad,
+    }
+}
+
+/// A chunk-size line's size: 1-16 hex digits, then optional extensions after `;` (ignored),
+/// with optional whitespace before them.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > MAX_CHUNK_SIZE_DIGITS {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') || rest.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return None;
+    }
+    let text = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                this.framing = Framing::Done;
+                return Poll::Ready(None);
+            };
+            match step(&mut this.framing, &mut connection.read) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Err(what) => return Poll::Ready(Some(Err(this.broken(what)))),
+                Ok(Step::NeedMore) => {}
+            }
+            match ready!(connection.poll_fill(cx)) {
+                Err(e) => {
+                    this.framing = Framing::Done;
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.framing = Framing::Done;
+                    this.connection = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(this.broken("the answer was cut off")))),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Chunked(_) | Framing::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+use super::*;
+
+/// Decodes all of `wire` fed in pieces of `piece` bytes; the data, or the framing error.
+fn decode(framing: Framing, wire: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+    let mut framing = framing;
+    let mut buf = BytesMut::new();
+    let mut data = Vec::new();
+    let mut fed = 0;
+    loop {
+        match step(&mut framing, &mut buf)? {
+            Step::Data(d) => data.extend_from_slice(&d),
+            Step::End => return Ok((data, buf.to_vec())),
+            Step::NeedMore => {
+                if fed == wire.len() {
+                    return Err("ran out");
+                }
+                let n = piece.min(wire.len() - fed);
+                buf.extend_from_slice(&wire[fed..fed + n]);
+                fed += n;
+            }
+        }
+    }
+}
+
+const CHUNKED: Framing = Framing::Chunked(Chunk::Size);
+
+#[test]
+fn a_chunked_answer_decodes_whole_in_any_pieces_and_leaves_what_follows() {
+    let wire = b"5\r\nhello\r\n1;ext=1\r\n \r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+    for piece in 1..wire.len() {
+        let (data, rest) = decode(CHUNKED, wire, piece).unwrap();
+        assert_eq!(data, b"hello ", "piece {piece}");
+        // What follows the answer stays in the buffer (or unread): the connection then closes.
+        assert!(b"NEXT".starts_with(&rest), "piece {piece}: {rest:?}");
+    }
+}
+
+#[test]
+fn a_length_answer_stops_at_its_length() {
+    let (data, rest) = decode(Framing::Length(5), b"helloEXTRA", 64).unwrap();
+    assert_eq!(data, b"hello");
+    assert_eq!(rest, b"EXTRA");
+}
+
+#[test]
+fn broken_chunked_framing_is_an_error_not_a_panic() {
+    for (wire, why) in [
+        (&b"zz\r\nhello\r\n0\r\n\r\n"[..], "malformed chunk size"),
+        (
+            b"5\nhello\r\n0\r\n\r\n",
+            "chunk-size line not ended by CRLF",
+        ),
+        (b"5\r\nhelloXX0\r\n\r\n", "chunk data not followed by CRLF"),
+        (b"11111111111111111\r\n", "malformed chunk size"),
+        (b"5 x\r\nhello\r\n", "malformed chunk size"),
+        (b"-5\r\nhello\r\n", "malformed chunk size"),
+    ] {
+        assert_eq!(
+            decode(CHUNKED, wire, 3),
+            Err(why),
+            "{:?}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+}
+
+#[test]
+fn a_chunk_line_or_trailers_past_their_limits_are_refused_before_they_are_held() {
+    let mut line = b"5;".to_vec();
+    line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE_BYTES + 10));
+    assert_eq!(
+        decode(CHUNKED, &line, 1024),
+        Err("chunk-size line over the limit")
+    );
+    let mut trailers = b"0\r\n".to_vec();
+    for _ in 0..MAX_TRAILER_BYTES / 10 + 1 {
+        trailers.extend_from_slice(b"x-t: 1234\r\n");
+    }
+    assert_eq!(
+        decode(CHUNKED, &trailers, 1024),
+        Err("trailers over the limit")
+    );
+    // One line just under the limit is fine.
+    let mut ok = b"5;".to_vec();
+    ok.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE_BYTES - 2));
+    ok.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(decode(CHUNKED, &ok, 1000).unwrap().0, b"hello");
+}
+
+#[test]
+fn content_length_must_be_one_run_of_digits() {
+    let cl = |values: &[&str]| {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+        }
+        content_length(&h)
+    };
+    assert_eq!(cl(&["42"]), Some(42));
+    assert_eq!(cl(&["42", "42"]), Some(42));
+    assert_eq!(cl(&["42, 42"]), Some(42));
+    assert_eq!(cl(&["42", "43"]), None);
+    assert_eq!(cl(&["+42"]), None);
+    assert_eq!(cl(&["-1"]), None);
+    assert_eq!(cl(&[""]), None);
+    assert_eq!(cl(&["4 2"]), None);
+    assert_eq!(cl(&["99999999999999999999"]), None, "over u64");
+    assert_eq!(cl(&["18446744073709551615"]), None, "20 digits");
+}
+
+fn head(wire: &str, head_request: bool) -> Result<(response::Parts, Framing, bool), SendError> {
+    let mut buf = BytesMut::from(wire.as_bytes());
+    let raw = parse_head(&mut buf)?.expect("a complete head");
+    assert!(buf.is_empty(), "the head is taken off the buffer");
+    finish_head(raw, head_request)
+}
+
+#[test]
+fn framing_follows_rfc_9112_section_6_3() {
+    let (parts, framing, keep) = head(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!((framing, keep), (Framing::Length(5), true));
+    assert_eq!(parts.headers["x-a"], "b");
+    // HEAD, 204 and 304 have no body whatever they declare.
+    assert_eq!(
+        head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .unwrap()
+            .1,
+        Framing::Done
+    );
+    assert_eq!(
+        head("HTTP/1.1 204 No Content\r\n\r\n", false).unwrap().1,
+        Framing::Done
+    );
+    assert_eq!(
+        head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false
+        )
+        .unwrap()
+        .1,
+        Framing::Done
+    );
+    // Transfer-Encoding wins over Content-Length; both: the connection is not reused, and
+    // neither header is passed to hyper's server, which frames the client's answer itself.
+    let (parts, framing, keep) = head(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!((framing, keep), (CHUNKED, false));
+    assert!(!parts.headers.contains_key(header::CONTENT_LENGTH));
+    assert!(!parts.headers.contains_key(header::TRANSFER_ENCODING));
+    // A coding other than chunked last: the body runs to the close.
+    assert_eq!(
+        head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false
+        )
+        .unwrap()
+        .1,
+        Framing::UntilClose
+    );
+    let (_, framing, keep) = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+    assert_eq!((framing, keep), (Framing::UntilClose, false));
+    assert!(matches!(
+        head("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", false),
+        Err(SendError::BadAnswer("invalid Content-Length"))
+    ));
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_connection_header() {
+    let keep = |wire: &str| head(wire, false).unwrap().2;
+    assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    assert!(!keep(
+        "HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    assert!(keep(
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+    ));
+}
+
+#[test]
+fn answer_heads_over_the_limits_are_refused() {
+    let mut many = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..=MAX_ANSWER_HEADERS {
+        many.push_str(&format!("x-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let parse = |wire: &[u8]| parse_head(&mut BytesMut::from(wire));
+    assert!(matches!(
+        parse(many.as_bytes()),
+        Err(SendError::BadAnswer("too many headers in the answer"))
+    ));
+    assert!(matches!(
+        parse(b"HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n"),
+        Err(SendError::BadAnswer(_))
+    ));
+    assert!(matches!(parse(b"HTTP/1.1 200 OK\r\nX: v"), Ok(None)));
+    assert!(matches!(
+        parse(b"HTTP/1.1 999999 OK\r\n\r\n"),
+        Err(SendError::BadAnswer(_))
+    ));
+}
+
+#[test]
+fn the_request_head_carries_the_front_door_s_framing_only() {
+    let (mut parts, ()) = http::Request::post("/invocations?x=1")
+        .header("host", "h")
+        .header("content-length", "999")
+        .header("x-a", "b")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let mut out = Vec::new();
+    encode_head(&mut out, &parts, BodyFraming::Length(3));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "POST /invocations?x=1 HTTP/1.1\r\nhost: h\r\nx-a: b\r\ncontent-length: 3\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    encode_head(&mut out, &parts, BodyFraming::Chunked);
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .ends_with("x-a: b\r\ntransfer-encoding: chunked\r\n\r\n"));
+    // No body: the client's own Content-Length (0 for an empty POST) passes, once.
+    parts
+        .headers
+        .append("content-length", HeaderValue::from_static("0"));
+    let mut out = Vec::new();
+    encode_head(&mut out, &parts, BodyFraming::None);
+    assert_eq!(
+        String::from_utf8(out)
+            .unwrap()
+            .matches("content-length")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn chunk_sizes_and_lengths_are_written_as_numbers() {
+    for n in [0u64, 1, 9, 10, 15, 16, 255, 4096, u64::MAX] {
+        let (mut hex, mut dec) = (Vec::new(), Vec::new());
+        push_hex(&mut hex, n);
+        push_decimal(&mut dec, n);
+        assert_eq!(String::from_utf8(hex).unwrap(), format!("{n:x}"));
+        assert_eq!(String::from_utf8(dec).unwrap(), n.to_string());
+    }
+}
+
+proptest::proptest! {
+    /// Any bytes as a chunked or length-framed answer, fed in any pieces: an answer, an error,
+    /// or a wait for more, never a panic; and the data never exceeds what was sent.
+    #[test]
+    fn any_bytes_decode_or_fail_cleanly(
+        wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        piece in 1usize..64,
+        length in 0u64..600,
+    ) {
+        for framing in [CHUNKED, Framing::Length(length), Framing::UntilClose] {
+            if let Ok((data, _)) = decode(framing, &wire, piece) {
+                proptest::prop_assert!(data.len() <= wire.len());
+            }
+        }
+    }
+
+    /// A chunked encoding of any data, cut anywhere, gives the data back.
+    #[test]
+    fn chunked_data_round_trips(
+        chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40), 0..8),
+        piece in 1usize..32,
+    ) {
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for chunk in &chunks {
+            push_frame(&mut wire, Some(Ok(Frame::data(Bytes::copy_from_slice(chunk)))), BodyFraming::Chunked).unwrap();
+            want.extend_from_slice(chunk);
+        }
+        push_frame(&mut wire, None, BodyFraming::Chunked).unwrap();
+        let (data, rest) = decode(CHUNKED, &wire, piece).unwrap();
+        proptest::prop_assert_eq!(data, want);
+        proptest::prop_assert!(rest.is_empty());
+    }
+}
