@@ -1105,7 +1105,8 @@ pub struct ProxyConfig {
     pub worker_threads: usize,
     /// Connecting to a copy may take this long; past it the client gets 504.
     pub connect_timeout_ms: u64,
-    /// A copy must answer (response headers) within this; past it the client gets 504.
+    /// A copy must answer (response headers) within this; past it the client gets 504 (at most
+    /// 1/16 of it, and 1 s, later: `proxy::client::Due`).
     pub response_timeout_ms: u64,
     /// Largest request body accepted; larger ones get 413.
     pub max_request_body_bytes: u64,

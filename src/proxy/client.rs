@@ -75,15 +75,58 @@ pub enum SendError {
     /// The client's request body failed (its fault is in the upload's state).
     #[error("{0}")]
     Upload(#[source] UploadError),
+    /// No answer head by the request's [`Due`] time (`proxy.response_timeout_ms`).
+    #[error("no answer in time")]
+    Timeout,
 }
 
-/// One keep-alive connection to a copy: its socket, the bytes read and not yet used, and a
-/// buffer the next request head is written into (kept, so a request allocates nothing for it).
+/// How late a connection's response timer may be set past a request's due time and still be
+/// kept for it, rather than moved (a timer wheel update per request: measured in
+/// `docs/performance.md`). A timer is set this much past the due time when it is moved, so the
+/// requests of the next slack's time keep it: an answer head is waited for at least
+/// `proxy.response_timeout_ms`, and at most this longer.
+pub const MAX_RESPONSE_TIMER_SLACK: Duration = Duration::from_secs(1);
+
+/// ... and at most this fraction of the response timeout (1/16: a 500 ms timeout fires within
+/// 500-531 ms).
+const RESPONSE_TIMER_SLACK_DIVISOR: u32 = 16;
+
+/// When a request's answer head is due: `proxy.response_timeout_ms` after the request was sent
+/// on its way, plus the slack a connection's timer may be kept with.
+#[derive(Clone, Copy, Debug)]
+pub struct Due {
+    at: tokio::time::Instant,
+    slack: Duration,
+}
+
+impl Due {
+    pub fn after(start: std::time::Instant, timeout: Duration) -> Due {
+        Due {
+            at: tokio::time::Instant::from_std(start + timeout),
+            slack: (timeout / RESPONSE_TIMER_SLACK_DIVISOR).min(MAX_RESPONSE_TIMER_SLACK),
+        }
+    }
+
+    /// Sets `timer` for this request, unless it is already set within the slack after its due
+    /// time; never before it.
+    fn arm(self, timer: Pin<&mut tokio::time::Sleep>) {
+        let set = timer.deadline();
+        if set < self.at || set > self.at + self.slack {
+            timer.reset(self.at + self.slack);
+        }
+    }
+}
+
+/// One keep-alive connection to a copy: its socket, the bytes read and not yet used, a buffer
+/// the next request head is written into, and the timer its requests' answers race (all kept,
+/// so a request allocates nothing for them).
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// Made at the first request; one timer for the connection's life (see [`Due`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How an answer's body ends (RFC 9112 section 6.3).
@@ -114,8 +157,11 @@ enum Chunk {
 /// What [`Connection::send`] gives back: the answer head and its body, which owns the connection
 /// until the body's end.
 pub struct Answered {
+    /// End-to-end headers only, unless a `Connection` header named others: then it is kept,
+    /// and `names_hop_by_hop` says `strip_hop_by_hop` must run.
     pub head: response::Parts,
     pub body: Answer,
+    pub names_hop_by_hop: bool,
 }
 
 /// Why [`Connection::send`] failed, and whether the request may go on another connection.
@@ -143,6 +189,7 @@ impl Connection {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
+            timer: None,
         })
     }
 
@@ -165,14 +212,49 @@ impl Connection {
     }
 
     /// Sends the request (`head` as the front door prepared it, origin-form, hop-by-hop headers
-    /// removed; `body` the client's) and reads the answer head. `reused`: the connection served a
-    /// request before (a failure may then be the copy closing it while idle).
+    /// removed; `body` the client's) and reads the answer head, which must come by `due`.
+    /// `reused`: the connection served a request before (a failure may then be the copy closing
+    /// it while idle).
     pub async fn send(
         mut self,
         head: &request::Parts,
         body: &mut Upload,
         reused: bool,
+        due: Due,
     ) -> Result<Answered, Failed> {
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(due.at)));
+        due.arm(timer.as_mut());
+        let exchanged = tokio::select! {
+            biased;
+            exchanged = self.exchange(head, body, reused) => exchanged,
+            () = timer.as_mut() => Err(Failed { error: SendError::Timeout, retry: false }),
+        };
+        self.timer = Some(timer);
+        let (head, framing, reusable, names_hop_by_hop) = exchanged?;
+        Ok(Answered {
+            head,
+            body: Answer {
+                connection: Some(self),
+                framing,
+                reusable,
+                failed: None,
+            },
+            names_hop_by_hop,
+        })
+    }
+
+    /// [`Connection::send`] without the timer: the answer head, its body's framing, whether the
+    /// connection may serve another request after it, and whether a `Connection` header named
+    /// others.
+    async fn exchange(
+        &mut self,
+        head: &request::Parts,
+        body: &mut Upload,
+        reused: bool,
+    ) -> Result<(response::Parts, Framing, bool, bool), Failed> {
         let head_request = head.method == http::Method::HEAD;
         let no_body = body.is_end_stream();
         let framing = if no_body {
@@ -223,30 +305,23 @@ impl Connection {
             body_done = !answer_started;
         }
         let idempotent = no_body && head.method.is_idempotent();
-        let (parts, framing, keep_alive) = match self.read_head(head_request).await {
-            Ok(read) => read,
-            Err(SendError::Closed) => {
-                return Err(Failed {
-                    error: SendError::Closed,
-                    retry: reused && idempotent,
-                })
-            }
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    retry: false,
-                })
-            }
-        };
-        Ok(Answered {
-            head: parts,
-            body: Answer {
-                connection: Some(self),
-                framing,
-                reusable: keep_alive && body_done,
-                returned: None,
-            },
-        })
+        let (parts, framing, keep_alive, names_hop_by_hop) =
+            match self.read_head(head_request).await {
+                Ok(read) => read,
+                Err(SendError::Closed) => {
+                    return Err(Failed {
+                        error: SendError::Closed,
+                        retry: reused && idempotent,
+                    })
+                }
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        retry: false,
+                    })
+                }
+            };
+        Ok((parts, framing, keep_alive && body_done, names_hop_by_hop))
     }
 
     /// Writes `data`, watching for an answer meanwhile (a copy may answer, 413 say, before
@@ -315,12 +390,11 @@ impl Connection {
         }
     }
 
-    /// Reads until a final answer head is complete. Returns it, its body's framing, and whether
-    /// the copy keeps the connection alive after it.
+    /// Reads until a final answer head is complete: what [`finish_head`] returns.
     async fn read_head(
         &mut self,
         head_request: bool,
-    ) -> Result<(response::Parts, Framing, bool), SendError> {
+    ) -> Result<(response::Parts, Framing, bool, bool), SendError> {
         let mut informational = 0;
         loop {
             if let Some(head) = parse_head(&mut self.read)? {
@@ -336,8 +410,7 @@ impl Connection {
                     }
                     continue;
                 }
-                let (parts, framing, keep_alive) = finish_head(head, head_request)?;
-                return Ok((parts, framing, keep_alive));
+                return finish_head(head, head_request);
             }
             if self.read.len() >= MAX_ANSWER_HEAD_BYTES {
                 return Err(SendError::BadAnswer("answer head over the limit"));
@@ -479,8 +552,63 @@ fn encode_head(out: &mut Vec<u8>, head: &request::Parts, framing: BodyFraming) {
 struct RawHead {
     status: StatusCode,
     version: Version,
+    /// End-to-end headers only: hop-by-hop ones are left out as the map is built (a
+    /// `Connection` header that names other headers stays, for `strip_hop_by_hop`).
     headers: HeaderMap,
+    facts: Facts,
 }
+
+/// What an answer's hop-by-hop and framing headers say, read as its header map is built.
+#[derive(Debug, Default)]
+struct Facts {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive` (meaningful for an HTTP/1.0 answer).
+    keep_alive: bool,
+    /// A `Connection` header names other headers, which the front door must remove too.
+    names_others: bool,
+    /// With a `Transfer-Encoding`: whether chunked is its last coding.
+    chunked: Option<bool>,
+    /// With a `Content-Length`: the length, or None if a value is invalid or they disagree.
+    length: Option<Option<u64>>,
+}
+
+impl Facts {
+    /// Reads a hop-by-hop or framing header; false for an end-to-end one (kept in the map).
+    fn read(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() {
+                    self.names_others = true;
+                }
+            }
+            // Kept when it names other headers: `strip_hop_by_hop` removes them and it.
+            return !self.names_others;
+        }
+        if name == header::TRANSFER_ENCODING {
+            // The last header's last coding decides (RFC 9112 section 6.1).
+            self.chunked = Some(
+                value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+            return true;
+        }
+        if name == header::CONTENT_LENGTH {
+            self.length = Some(merge_length(self.length, value));
+            return false;
+        }
+        super::HOP_BY_HOP.contains(name)
+    }
+}
+
+/// Headers an answer head is parsed into before any is placed: most answers have a handful.
+const INLINE_HEADER_SPANS: usize = 16;
 
 /// Takes a complete answer head off the front of `buf`, if it is all there. Header values share
 /// the head's bytes (one allocation for all of them, as hyper does); it is parsed once.
@@ -489,12 +617,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
         return Ok(None);
     }
     // Where each header's name and value lie in the head: the parser borrows `buf`, which is
-    // split off and frozen once the parse is done.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_ANSWER_HEADERS];
+    // split off and frozen once the parse is done. Past the inline ones, a vector.
+    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE_HEADER_SPANS];
+    let mut spilled = Vec::new();
     let (len, code, version, count) = {
-        let mut parsed = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
-        let mut answer = httparse::Response::new(&mut parsed);
-        let len = match answer.parse(buf) {
+        let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_ANSWER_HEADERS];
+        let mut answer = httparse::Response::new(&mut []);
+        let parse = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut answer,
+            buf,
+            &mut parsed,
+        );
+        let len = match parse {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -502,11 +636,24 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
             }
             Err(_) => return Err(SendError::BadAnswer("malformed answer head")),
         };
+        if len > u32::MAX as usize {
+            return Err(SendError::BadAnswer("answer head over the limit"));
+        }
         let base = buf.as_ptr() as usize;
-        for (span, h) in spans.iter_mut().zip(answer.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+        for (i, h) in answer.headers.iter().enumerate() {
+            // Offsets within a head of at most u32::MAX bytes (checked above).
+            let name = (h.name.as_ptr() as usize - base) as u32;
+            let value = (h.value.as_ptr() as usize - base) as u32;
+            let span = (
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            );
+            match inline.get_mut(i) {
+                Some(slot) => *slot = span,
+                None => spilled.push(span),
+            }
         }
         (len, answer.code, answer.version, answer.headers.len())
     };
@@ -520,10 +667,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
         Version::HTTP_11
     };
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&bytes[name_start..name_end])
+    let mut facts = Facts::default();
+    let spans = inline[..count.min(INLINE_HEADER_SPANS)]
+        .iter()
+        .chain(&spilled);
+    for &(name_start, name_end, value_start, value_end) in spans {
+        let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
             .map_err(|_| SendError::BadAnswer("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end))
+        let value = bytes.slice(value_start as usize..value_end as usize);
+        if facts.read(&name, &value) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| SendError::BadAnswer("bad header value"))?;
         headers.append(name, value);
     }
@@ -531,49 +686,34 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
         status,
         version,
         headers,
+        facts,
     }))
 }
 
-/// Works out the body's framing (RFC 9112 section 6.3) and whether the connection stays open,
-/// and removes the framing headers hyper's server sets itself.
+/// Works out the body's framing (RFC 9112 section 6.3) and whether the connection stays open.
+/// Returns the head hyper's server gets (it frames the client's answer itself), the framing,
+/// whether the connection may be reused, and whether a `Connection` header named other headers
+/// (for `strip_hop_by_hop`).
 fn finish_head(
     mut head: RawHead,
     head_request: bool,
-) -> Result<(response::Parts, Framing, bool), SendError> {
-    let mut keep_alive = head.version == Version::HTTP_11;
-    for value in head.headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && head.version == Version::HTTP_10
-            {
-                keep_alive = true;
-            }
-        }
-    }
-    // Some(whether chunked is the last coding) when the answer has a Transfer-Encoding.
-    let chunked = head
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|last| {
-            last.as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        });
+) -> Result<(response::Parts, Framing, bool, bool), SendError> {
+    let facts = &head.facts;
+    let mut keep_alive = match head.version {
+        Version::HTTP_10 => facts.keep_alive && !facts.close,
+        _ => !facts.close,
+    };
     let no_body = head_request
         || head.status.is_informational()
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Done
-    } else if let Some(chunked) = chunked {
+    } else if let Some(chunked) = facts.chunked {
         // Transfer-Encoding overrides Content-Length, and an answer with both may be an attempt
         // to smuggle: its connection is not reused (RFC 9112 section 6.3, point 3).
-        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
+        if facts.length.is_some() {
+            head.headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
         if chunked {
@@ -581,42 +721,43 @@ fn finish_head(
         } else {
             Framing::UntilClose
         }
-    } else if head.headers.contains_key(header::CONTENT_LENGTH) {
-        match content_length(&head.headers) {
-            Some(0) => Framing::Done,
-            Some(n) => Framing::Length(n),
-            None => return Err(SendError::BadAnswer("invalid Content-Length")),
-        }
     } else {
-        Framing::UntilClose
+        match facts.length {
+            None => Framing::UntilClose,
+            Some(Some(0)) => Framing::Done,
+            Some(Some(n)) => Framing::Length(n),
+            Some(None) => return Err(SendError::BadAnswer("invalid Content-Length")),
+        }
     };
     if framing == Framing::UntilClose {
         keep_alive = false;
     }
-    head.headers.remove(header::TRANSFER_ENCODING);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = head.status;
     parts.version = head.version;
     parts.headers = head.headers;
-    Ok((parts, framing, keep_alive))
+    Ok((parts, framing, keep_alive, head.facts.names_others))
 }
 
-/// The answer's `Content-Length`: every value (and every comma-separated item of one) the same
-/// run of digits, else none (RFC 9110 section 8.6).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
+/// Folds one `Content-Length` value into what earlier ones said: every value (and every
+/// comma-separated item of one) must be the same run of digits, else None (RFC 9110 section
+/// 8.6).
+fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<u64> {
+    let mut length = match so_far {
+        Some(None) => return None,
+        Some(Some(n)) => Some(n),
+        None => None,
+    };
+    for item in value.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return None;
         }
+        let n: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
     }
     length
 }
@@ -629,26 +770,29 @@ pub struct Answer {
     framing: Framing,
     /// The connection may serve another request once the body is read to its end.
     reusable: bool,
-    /// Set at the end: the connection, if it can be reused.
-    returned: Option<Connection>,
+    /// A failure found and not yet reported: it is reported one poll later, so that hyper's
+    /// server first writes out what the client was already given (it drops its unwritten
+    /// buffer when a body fails), and the client sees the cut where the copy made it.
+    failed: Option<io::Error>,
 }
 
 impl Answer {
     /// The connection, once the body has been read to its end and both sides keep it alive.
     pub fn take_reusable(&mut self) -> Option<Connection> {
-        if matches!(self.framing, Framing::Done | Framing::Length(0)) && self.returned.is_none() {
-            self.finish();
+        if !matches!(self.framing, Framing::Done | Framing::Length(0)) {
+            return None;
         }
-        self.returned.take()
+        self.finish();
+        self.connection.take()
     }
 
+    /// The body's end: the connection stays only if it can serve another request.
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let Some(connection) = self.connection.take() {
-            // Bytes after the answer's end were never asked for: the connection is not reused.
-            if self.reusable && connection.read.is_empty() {
-                self.returned = Some(connection);
-            }
+        // Bytes after the answer's end were never asked for: the connection is not reused.
+        let clean = self.connection.as_ref().is_some_and(|c| c.read.is_empty());
+        if !(self.reusable && clean) {
+            self.connection = None;
         }
     }
 
@@ -798,7 +942,10 @@ impl Body for Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        loop {
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let failure = loop {
             let Some(connection) = this.connection.as_mut() else {
                 this.framing = Framing::Done;
                 return Poll::Ready(None);
@@ -809,28 +956,31 @@ impl Body for Answer {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Err(what) => return Poll::Ready(Some(Err(this.broken(what)))),
+                Err(what) => break this.broken(what),
                 Ok(Step::NeedMore) => {}
             }
             match ready!(connection.poll_fill(cx)) {
                 Err(e) => {
                     this.framing = Framing::Done;
                     this.connection = None;
-                    return Poll::Ready(Some(Err(e)));
+                    break e;
                 }
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.framing = Framing::Done;
                     this.connection = None;
                     return Poll::Ready(None);
                 }
-                Ok(0) => return Poll::Ready(Some(Err(this.broken("the answer was cut off")))),
+                Ok(0) => break this.broken("the answer was cut off"),
                 Ok(_) => {}
             }
-        }
+        };
+        this.failed = Some(failure);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
+        self.failed.is_none() && matches!(self.framing, Framing::Done | Framing::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -39,7 +39,7 @@ use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
 use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
-use client::{Answer, Answered, Connection, SendError};
+use client::{Answer, Answered, Connection, Due, SendError};
 use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
 use upload::{Upload, UploadFault, UploadState};
 
@@ -520,23 +520,29 @@ async fn handle(
     let upload = guard.upload.clone();
     let mut body = Upload::new(body, state.max_request_body_bytes, upload.clone());
 
-    guard.model_started = Some(Instant::now());
-    let answer = tokio::time::timeout(
-        state.response_timeout,
-        upstream.pool.send(
+    let model_started = Instant::now();
+    guard.model_started = Some(model_started);
+    let answer = upstream
+        .pool
+        .send(
             &upstream.authority,
             state.connect_timeout,
+            Due::after(model_started, state.response_timeout),
             &parts,
             &mut body,
-        ),
-    )
-    .await;
+        )
+        .await;
     match answer {
-        Ok(Ok(Answered {
+        Ok(Answered {
             head: mut parts,
             body,
-        })) => {
-            strip_hop_by_hop(&mut parts.headers);
+            names_hop_by_hop,
+        }) => {
+            // The client's framing and connection headers are hyper's; the copy's were left out
+            // as its head was read, but for the ones its Connection header names.
+            if names_hop_by_hop {
+                strip_hop_by_hop(&mut parts.headers);
+            }
             guard.fate = Fate::Answered(parts.status.as_u16());
             if is_streamed(&parts, &body, head_request) {
                 guard.stream = Some(Stream::default());
@@ -549,30 +555,7 @@ async fn handle(
                 },
             ))
         }
-        Ok(Err(e)) => {
-            guard.model_ended = Some(Instant::now());
-            if let Some(fault) = upload.fault() {
-                return Ok(client_fault(guard, fault));
-            }
-            let (status, message) = classify(&e);
-            guard.fate = Fate::Failed(status);
-            let counter = if status == 504 {
-                Counter::ProxyUpstreamTimeouts
-            } else {
-                Counter::ProxyUpstreamErrors
-            };
-            telemetry::warn_sampled(
-                counter,
-                &format!(
-                    "front door: {} {}: {}",
-                    upstream.key.component,
-                    upstream.authority,
-                    chain(&e)
-                ),
-            );
-            Ok(local(Some(guard), status, message.into()))
-        }
-        Err(_elapsed) => {
+        Err(SendError::Timeout) => {
             guard.model_ended = Some(Instant::now());
             if upload.waiting_on_client() {
                 guard.fate = Fate::NotInvocation;
@@ -605,6 +588,29 @@ async fn handle(
                 504,
                 "the model did not answer in time\n".into(),
             ))
+        }
+        Err(e) => {
+            guard.model_ended = Some(Instant::now());
+            if let Some(fault) = upload.fault() {
+                return Ok(client_fault(guard, fault));
+            }
+            let (status, message) = classify(&e);
+            guard.fate = Fate::Failed(status);
+            let counter = if status == 504 {
+                Counter::ProxyUpstreamTimeouts
+            } else {
+                Counter::ProxyUpstreamErrors
+            };
+            telemetry::warn_sampled(
+                counter,
+                &format!(
+                    "front door: {} {}: {}",
+                    upstream.key.component,
+                    upstream.authority,
+                    chain(&e)
+                ),
+            );
+            Ok(local(Some(guard), status, message.into()))
         }
     }
 }
@@ -663,6 +669,8 @@ fn classify(e: &SendError) -> (u16, &'static str) {
             (502, "the model closed the connection without an answer\n")
         }
         SendError::BadAnswer(_) => (502, "the model's answer was malformed\n"),
+        // Answered with 504 (or 408, the client's stall) before this is asked.
+        SendError::Timeout => (504, "the model did not answer in time\n"),
         // Answered as the client's fault before this is asked (`UploadState::fault`).
         SendError::Upload(_) => (400, "the request body failed\n"),
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http::request;
 
-use super::client::{Answered, Connection, SendError};
+use super::client::{Answered, Connection, Due, SendError};
 use super::upload::Upload;
 use super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 
@@ -78,7 +78,8 @@ impl Pool {
     }
 
     /// Sends the request to the copy at `authority` on an idle connection, or a new one, and
-    /// returns the answer head with its body (which owns the connection until its end).
+    /// returns the answer head (due by `due`) with its body, which owns the connection until its
+    /// end.
     ///
     /// A request that did not reach the copy (an idle connection the copy had closed), or one
     /// safe to send twice that a reused connection closed on without an answer, goes on another
@@ -87,11 +88,12 @@ impl Pool {
         &self,
         authority: &str,
         connect_timeout: Duration,
+        due: Due,
         head: &request::Parts,
         body: &mut Upload,
     ) -> Result<Answered, SendError> {
         while let Some(connection) = self.take() {
-            match connection.send(head, body, true).await {
+            match connection.send(head, body, true, due).await {
                 Ok(answered) => return Ok(answered),
                 Err(failed) if failed.retry => continue,
                 Err(failed) => return Err(failed.error),
@@ -99,7 +101,7 @@ impl Pool {
         }
         let connection = Connection::connect(authority, connect_timeout).await?;
         connection
-            .send(head, body, false)
+            .send(head, body, false, due)
             .await
             .map_err(|failed| failed.error)
     }

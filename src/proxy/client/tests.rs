@@ -90,11 +90,11 @@ fn a_chunk_line_or_trailers_past_their_limits_are_refused_before_they_are_held()
 #[test]
 fn content_length_must_be_one_run_of_digits() {
     let cl = |values: &[&str]| {
-        let mut h = HeaderMap::new();
+        let mut length = None;
         for v in values {
-            h.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            length = Some(merge_length(length, v.as_bytes()));
         }
-        content_length(&h)
+        length.flatten()
     };
     assert_eq!(cl(&["42"]), Some(42));
     assert_eq!(cl(&["42", "42"]), Some(42));
@@ -112,7 +112,7 @@ fn head(wire: &str, head_request: bool) -> Result<(response::Parts, Framing, boo
     let mut buf = BytesMut::from(wire.as_bytes());
     let raw = parse_head(&mut buf)?.expect("a complete head");
     assert!(buf.is_empty(), "the head is taken off the buffer");
-    finish_head(raw, head_request)
+    finish_head(raw, head_request).map(|(parts, framing, keep, _)| (parts, framing, keep))
 }
 
 #[test]
@@ -170,6 +170,47 @@ fn framing_follows_rfc_9112_section_6_3() {
         head("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", false),
         Err(SendError::BadAnswer("invalid Content-Length"))
     ));
+}
+
+#[test]
+fn hop_by_hop_headers_are_left_out_as_the_head_is_read() {
+    let wire = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                Content-Length: 2\r\nX-A: 1\r\nUpgrade: h2c\r\nTrailer: x\r\n\r\n";
+    let mut buf = BytesMut::from(wire.as_bytes());
+    let (parts, _, keep, names) =
+        finish_head(parse_head(&mut buf).unwrap().unwrap(), false).unwrap();
+    let mut left: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, ["content-length", "x-a"]);
+    assert!(keep && !names);
+    // A Connection header naming another header stays, for the front door's strip to use.
+    let wire = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n";
+    let mut buf = BytesMut::from(wire.as_bytes());
+    let (parts, _, _, names) = finish_head(parse_head(&mut buf).unwrap().unwrap(), false).unwrap();
+    assert!(names && parts.headers.contains_key(header::CONNECTION));
+    // More headers than are placed inline are all kept, in order.
+    let mut wire = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+    for i in 0..INLINE_HEADER_SPANS * 2 {
+        wire.push_str(&format!("x-h: {i}\r\n"));
+    }
+    wire.push_str("\r\n");
+    let (parts, ..) = finish_head(
+        parse_head(&mut BytesMut::from(wire.as_bytes()))
+            .unwrap()
+            .unwrap(),
+        false,
+    )
+    .unwrap();
+    let values: Vec<String> = parts
+        .headers
+        .get_all("x-h")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..INLINE_HEADER_SPANS * 2)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(values, want);
 }
 
 #[test]
@@ -287,4 +328,31 @@ proptest::proptest! {
         proptest::prop_assert_eq!(data, want);
         proptest::prop_assert!(rest.is_empty());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_s_timer_is_kept_within_the_slack_and_never_set_before_a_request_is_due() {
+    let now = tokio::time::Instant::now();
+    let slack = Duration::from_millis(100);
+    let due = |ms: u64| Due {
+        at: now + Duration::from_millis(ms),
+        slack,
+    };
+    let mut timer = Box::pin(tokio::time::sleep_until(now));
+    let mut moved = 0;
+    // Requests 10 ms apart, then a shorter timeout (a reload), then one far later.
+    let dues: Vec<u64> = (0..50).map(|i| 1000 + i * 10).chain([700, 5000]).collect();
+    for ms in dues {
+        let before = timer.deadline();
+        due(ms).arm(timer.as_mut());
+        let set = timer.deadline();
+        if set != before {
+            moved += 1;
+        }
+        assert!(set >= due(ms).at, "{ms}: never before the request is due");
+        assert!(set <= due(ms).at + slack, "{ms}: at most the slack after");
+    }
+    // 500 ms of requests with a 100 ms slack: the timer moved about every 100 ms, not 50 times;
+    // plus the reload and the late one.
+    assert!((5..=9).contains(&moved), "moved {moved} times");
 }
