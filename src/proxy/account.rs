@@ -441,12 +441,17 @@ pub struct CopyKey {
     pub container_id: Arc<str>,
 }
 
+/// The ledger's maps are looked up three times per request; their keys are component names and
+/// container IDs from the upstream table (never a client's bytes), so a fast hash (foldhash,
+/// seeded per process) replaces std's SipHash, which was 0.6 % of the front door's CPU.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Ledger {
     streams: StreamTally,
     concurrency: Concurrency,
-    components: HashMap<Arc<str>, ComponentLedger>,
-    copies: HashMap<CopyKey, Tally>,
+    components: FastMap<Arc<str>, ComponentLedger>,
+    copies: FastMap<CopyKey, Tally>,
     /// When the current concurrency period ends (wall clock, ms); None before the first tick.
     concurrency_period_end_ms: Option<u64>,
 }

@@ -39,7 +39,7 @@ use crate::config::{ProxyConfig, StaticUpstream};
 use crate::discovery::Inventory;
 use crate::telemetry::{self, Counter};
 use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
-use client::{Answer, Answered, Connection, Due, SendError};
+use client::{Answer, Answered, Due, SendError};
 use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
 use upload::{Upload, UploadFault, UploadState};
 
@@ -823,9 +823,6 @@ struct InFlight {
     broke_off: bool,
     /// Some when the answer streams (`is_streamed`).
     stream: Option<Stream>,
-    /// The connection the answer came on, once its body was read to the end and both sides keep
-    /// it alive: back to its copy's pool when the request is accounted.
-    connection: Option<Connection>,
 }
 
 impl InFlight {
@@ -841,7 +838,6 @@ impl InFlight {
             fate: Fate::Unsettled,
             broke_off: false,
             stream: None,
-            connection: None,
         }
     }
 
@@ -874,7 +870,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = Instant::now();
+        // The answer's end, when it came (the same poll that hands its last frame over).
+        let now = self.model_ended.unwrap_or_else(Instant::now);
         let outcome = match self.fate {
             Fate::Answered(status) => Some(self.outcome(status, false, now)),
             Fate::Failed(status) => Some(self.outcome(status, true, now)),
@@ -898,9 +895,6 @@ impl Drop for InFlight {
         self.upstream
             .outstanding
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(connection) = self.connection.take() {
-            self.upstream.pool.put(connection, now);
-        }
     }
 }
 
@@ -940,8 +934,11 @@ impl Body for Metered {
                             }
                         }
                         None => {
-                            g.model_ended = Some(Instant::now());
-                            g.connection = body.take_reusable();
+                            let now = Instant::now();
+                            g.model_ended = Some(now);
+                            if let Some(connection) = body.take_reusable() {
+                                g.upstream.pool.put(connection, now);
+                            }
                         }
                         Some(Err(e)) => broke_off(g, e),
                     }
@@ -1000,8 +997,11 @@ impl Drop for Metered {
         // An answer with no body (or whose end the server did not poll for) is read to the end
         // too; an answer cut short leaves its connection unusable.
         if let (Inner::Upstream(body), Some(g)) = (&mut self.inner, self.guard.as_mut()) {
-            if body.is_end_stream() && g.connection.is_none() {
-                g.connection = body.take_reusable();
+            if body.is_end_stream() {
+                if let Some(connection) = body.take_reusable() {
+                    let now = *g.model_ended.get_or_insert_with(Instant::now);
+                    g.upstream.pool.put(connection, now);
+                }
             }
         }
     }
