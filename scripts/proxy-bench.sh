@@ -23,6 +23,8 @@
 #   `perf record` for N s each under the 64-connection load, and prints where each one's CPU went
 #   (needs perf, from linux-perf; scripts/perf-symbols.py resolves the release binary's symbols).
 #   KEEP=1 keeps the work folder (configs, logs, EMF, profiles) and prints its path.
+#   scripts/proxy-bench-summary.py reads this script's output: each round against nginx's in the
+#   same round, and the medians over the rounds.
 # Run: sh scripts/proxy-bench.sh
 set -eu
 
