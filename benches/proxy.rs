@@ -2,6 +2,9 @@
 //! The front door's per-request accounting: one start and one finish (two short lock holds, a
 //! few increments, two latency buckets), and a tick's drain after 10,000 requests.
 //!
+//! The copy side's HTTP/1.1 codec (`proxy::client`): a small answer's head and body, as nginx
+//! and most model servers send one, and a streamed chunked answer of 64 tokens.
+//!
 //! And the EMF a 10 s window of invocation series takes at 1, 1,000 and 50,000 requests/s
 //! (printed, and checked against `EMF_MAX_VALUES_PER_SERIES`): the time measured is encoding
 //! that window; the bytes are what matters.
@@ -23,6 +26,7 @@ use endpoint_metrics_agent::encode::{emf, groups, EncodeContext};
 use endpoint_metrics_agent::proxy::account::{
     Accounts, CopyKey, FirstChunk, Outcome, StreamOutcome,
 };
+use endpoint_metrics_agent::proxy::client::read_whole_answer;
 
 fn outcome(i: u32) -> Outcome {
     let model_us = 800.0 + f64::from(i % 997) * 37.0;
@@ -114,6 +118,33 @@ fn encode(w: &Window, ctx: &EncodeContext) -> Vec<String> {
     out
 }
 
+fn codec(c: &mut Criterion) {
+    let small: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 02:00:00 GMT\r\n\
+        Content-Type: application/octet-stream\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\nhello\n";
+    let mut streamed =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for i in 0..64 {
+        let data = format!("data: {{\"token\": {i}, \"text\": \"word\"}}\n\n");
+        streamed.extend_from_slice(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes());
+    }
+    streamed.extend_from_slice(b"0\r\n\r\n");
+    for (name, wire) in [
+        ("read a small answer (6 headers, 6-byte body)", small),
+        ("read a streamed answer (64 chunks)", &streamed[..]),
+    ] {
+        let mut buf = bytes::BytesMut::with_capacity(wire.len());
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                buf.extend_from_slice(wire);
+                let (head, body) = read_whole_answer(&mut buf).unwrap();
+                assert!(head.status.is_success() && body > 0);
+            })
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let accounts = Accounts::new(1);
     let copy = CopyKey {
@@ -172,5 +203,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, codec);
 criterion_main!(benches);

@@ -356,3 +356,16 @@ async fn a_connection_s_timer_is_kept_within_the_slack_and_never_set_before_a_re
     // plus the reload and the late one.
     assert!((5..=9).contains(&moved), "moved {moved} times");
 }
+
+#[test]
+fn a_whole_answer_reads_to_its_framing_s_end() {
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\nNEXT"[..]);
+    let (parts, body) = read_whole_answer(&mut buf).unwrap();
+    assert_eq!((parts.status.as_u16(), body), (200, 6));
+    assert_eq!(&buf[..], b"NEXT");
+    let mut cut = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhel"[..]);
+    assert!(matches!(
+        read_whole_answer(&mut cut),
+        Err(SendError::BadAnswer(_))
+    ));
+}
