@@ -11,14 +11,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::agent::{admin_metric, free_port, get, run_to_exit, Agent, Launch, Workdir};
-use common::copies::streaming_copy;
+use common::copies::{echo_copy, exchange, streaming_copy};
 
 /// A guard against a hang while waiting for the agent to close a connection: far above the
 /// timeouts the tests configure (1 s), not a claim about speed.
@@ -135,20 +134,6 @@ impl FrontDoor {
             admin_port,
         }
     }
-}
-
-/// One request on a new connection with `Connection: close`: the status and the whole response.
-fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(request.as_bytes()).unwrap();
-    let response =
-        String::from_utf8_lossy(&read_until_closed(&mut c, CLOSE_LIMIT).unwrap()).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    (status, response)
 }
 
 /// The HTTP/2 connection preface and an empty SETTINGS frame: what an h2c client sends first.
@@ -359,46 +344,6 @@ fn idle_clients_holding_every_admin_slot_do_not_fail_the_healthcheck() {
         stopped.logs.text()
     );
     drop(idle);
-}
-
-/// A copy that answers every request with the request head it received as its body, and
-/// remembers how many requests reached it.
-fn echo_copy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let heads = seen.clone();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let heads = heads.clone();
-            thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    heads.lock().unwrap().push(head.clone());
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
-                        head.len()
-                    );
-                    if conn.write_all(response.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
 }
 
 /// Two Host headers (RFC 9112: 400), `Connection: host` (Host must still reach the copy) and

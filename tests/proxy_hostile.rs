@@ -1,7 +1,7 @@
 //! The front door against hostile or careless clients, through the built binary: idle
 //! connections are closed, a cap refuses what is past it, SIGTERM drains requests in flight (a
-//! streamed answer included) before it cuts what is left, and requests whose meaning a copy
-//! could misread are answered by the front door itself. And against careless or hostile copies:
+//! streamed answer included) before it cuts what is left (requests whose meaning a copy could
+//! misread: `tests/hostile.rs`). And against careless or hostile copies:
 //! what a copy sends is framed exactly or refused (502), an early answer is relayed without the
 //! rest of the upload, and a copy closing idle connections unannounced costs no request.
 #![allow(
@@ -15,7 +15,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,34 +24,6 @@ use common::copies::{exchange, scripted_copy, streaming_copy, After};
 
 /// Within this a closed connection must read as closed.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
-/// A copy that answers every request with the request head it received, as its body.
-fn echo_copy() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&seen).to_string();
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                    head.len()
-                );
-                let _ = conn.write_all(answer.as_bytes());
-            });
-        }
-    });
-    addr
-}
 
 fn start(dir: &Workdir, proxy: &str, copy: SocketAddr) -> (Agent, SocketAddr) {
     let config = format!(
@@ -214,42 +186,6 @@ fn a_stream_longer_than_the_drain_is_cut_counted_and_the_agent_exits() {
     assert_eq!(stopped.logs.final_counter("proxy_requests_cut"), 1);
     let rest = rest_of(&mut c, CLOSE_WITHIN);
     assert!(!rest.ends_with("0\r\n\r\n"), "cut, not ended: {rest:?}");
-}
-
-#[test]
-fn requests_a_copy_could_misread_are_answered_by_the_front_door() {
-    let dir = Workdir::new();
-    let (agent, front_door) = start(&dir, "", echo_copy());
-    // Two Host headers: 400, the copy never asked.
-    let (status, text) = exchange(
-        front_door,
-        "GET /ping HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 400, "{text}");
-    assert!(!text.contains("GET /ping"), "not forwarded: {text}");
-    // CONNECT: 405, never forwarded as `CONNECT /`.
-    let (status, text) = exchange(
-        front_door,
-        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
-    );
-    assert_eq!(status, 405, "{text}");
-    assert!(!text.contains("CONNECT /"), "{text}");
-    // `Connection: host` may not strip the Host header on the way to the copy.
-    let (status, text) = exchange(
-        front_door,
-        "GET /ping HTTP/1.1\r\nHost: model.example\r\nConnection: host, close\r\n\r\n",
-    );
-    assert_eq!(status, 200, "{text}");
-    let forwarded = &text[text.find("\r\n\r\n").unwrap() + 4..];
-    assert!(forwarded.starts_with("GET /ping HTTP/1.1"), "{forwarded}");
-    assert!(
-        forwarded
-            .to_ascii_lowercase()
-            .contains("host: model.example"),
-        "the copy got its Host: {forwarded}"
-    );
-    let stopped = agent.stop().success();
-    assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 2);
 }
 
 /// The body of an answer as the client got it (after the head; a chunked body decoded).

@@ -415,11 +415,15 @@ impl Connection {
             if self.read.len() >= MAX_ANSWER_HEAD_BYTES {
                 return Err(SendError::BadAnswer("answer head over the limit"));
             }
-            let n = std::future::poll_fn(|cx| self.poll_fill(cx))
-                .await
-                .map_err(SendError::Io)?;
+            let nothing_yet = self.read.is_empty() && informational == 0;
+            let n = match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(n) => n,
+                // A copy that had closed the connection resets it when the request arrives.
+                Err(e) if nothing_yet && closed_by_peer(&e) => return Err(SendError::Closed),
+                Err(e) => return Err(SendError::Io(e)),
+            };
             if n == 0 {
-                return Err(if self.read.is_empty() && informational == 0 {
+                return Err(if nothing_yet {
                     SendError::Closed
                 } else {
                     SendError::BadAnswer("the answer head was cut off")
@@ -433,6 +437,17 @@ impl Connection {
         self.read.reserve(READ_CHUNK_BYTES);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
+}
+
+/// Whether a read failed because the copy had closed the connection (a reset, as a closed
+/// socket answers data it is sent).
+fn closed_by_peer(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// How the request body is framed on the way to the copy.
@@ -837,13 +852,14 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str>
                 return Ok(Step::Data(buf.split().freeze()));
             }
             Framing::Chunked(Chunk::Size) => {
-                let end = match line_end(buf, MAX_CHUNK_LINE_BYTES) {
-                    Line::Ends(end) => end,
-                    Line::Bad => return Err("chunk-size line not ended by CRLF"),
-                    Line::Incomplete if buf.len() >= MAX_CHUNK_LINE_BYTES + 2 => {
-                        return Err("chunk-size line over the limit")
-                    }
-                    Line::Incomplete => return Ok(Step::NeedMore),
+                let Some(end) = complete_line(
+                    buf,
+                    MAX_CHUNK_LINE_BYTES,
+                    "chunk-size line not ended by CRLF",
+                    "chunk-size line over the limit",
+                )?
+                else {
+                    return Ok(Step::NeedMore);
                 };
                 let size = chunk_size(&buf[..end]).ok_or("malformed chunk size")?;
                 let _ = buf.split_to(end + 2);
@@ -878,13 +894,14 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str>
             }
             Framing::Chunked(Chunk::Trailers(seen)) => {
                 let room = MAX_TRAILER_BYTES.saturating_sub(seen);
-                let end = match line_end(buf, room) {
-                    Line::Ends(end) => end,
-                    Line::Bad => return Err("trailer line not ended by CRLF"),
-                    Line::Incomplete if buf.len() >= room + 2 => {
-                        return Err("trailers over the limit")
-                    }
-                    Line::Incomplete => return Ok(Step::NeedMore),
+                let Some(end) = complete_line(
+                    buf,
+                    room,
+                    "trailer line not ended by CRLF",
+                    "trailers over the limit",
+                )?
+                else {
+                    return Ok(Step::NeedMore);
                 };
                 let _ = buf.split_to(end + 2);
                 *framing = if end == 0 {
@@ -914,24 +931,21 @@ pub fn read_whole_answer(buf: &mut BytesMut) -> Result<(response::Parts, usize),
     }
 }
 
-/// Where a line at the start of a buffer stands.
-#[derive(Debug, PartialEq, Eq)]
-enum Line {
-    /// No line end yet.
-    Incomplete,
-    /// The line's CRLF starts at this index.
-    Ends(usize),
-    /// A bare LF ends it (RFC 9112 allows it to be refused; hyper refuses it in chunk sizes).
-    Bad,
-}
-
-/// Finds the end of the line at the start of `buf`, looking at most `limit` bytes of line in.
-fn line_end(buf: &[u8], limit: usize) -> Line {
+/// Where the line at the start of `buf` ends (the index of its CRLF), or None until all of it
+/// is here. A line of more than `limit` bytes is the error `over`, one ended by a bare LF the
+/// error `bad` (RFC 9112 allows refusing it; hyper refuses it in chunk sizes).
+fn complete_line(
+    buf: &[u8],
+    limit: usize,
+    bad: &'static str,
+    over: &'static str,
+) -> Result<Option<usize>, &'static str> {
     let window = &buf[..buf.len().min(limit.saturating_add(2))];
     match window.iter().position(|&b| b == b'\n') {
-        None => Line::Incomplete,
-        Some(lf) if lf > 0 && window[lf - 1] == b'\r' => Line::Ends(lf - 1),
-        Some(_) => Line::Bad,
+        Some(lf) if lf > 0 && window[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err(bad),
+        None if buf.len() >= limit.saturating_add(2) => Err(over),
+        None => Ok(None),
     }
 }
 

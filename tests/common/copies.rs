@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -10,37 +12,40 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// A copy that streams a chunked answer: `chunks` chunks, one every `every`.
 pub fn streaming_copy(chunks: usize, every: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
-                );
-                for i in 0..chunks {
-                    let data = format!("data: token {i}\n\n");
-                    if write!(conn, "{:x}\r\n{data}\r\n", data.len()).is_err() {
-                        return;
-                    }
-                    thread::sleep(every);
-                }
-                let _ = conn.write_all(b"0\r\n\r\n");
-            });
+    let (addr, _) = scripted_copy(move |_, _, conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for i in 0..chunks {
+            let data = format!("data: token {i}\n\n");
+            if write!(conn, "{:x}\r\n{data}\r\n", data.len()).is_err() {
+                return After::Close;
+            }
+            thread::sleep(every);
         }
+        let _ = conn.write_all(b"0\r\n\r\n");
+        After::Close
     });
     addr
+}
+
+/// A copy that answers every request with the request head it received (request line and
+/// headers) as its body, keeping the connection, and remembers every head.
+pub fn echo_copy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let heads = seen.clone();
+    let (addr, _) = scripted_copy(move |head, _, conn| {
+        heads.lock().unwrap().push(head.to_string());
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        match conn.write_all(answer.as_bytes()) {
+            Ok(()) => After::Next,
+            Err(_) => After::Close,
+        }
+    });
+    (addr, seen)
 }
 
 /// What a scripted copy does after answering.
@@ -56,18 +61,18 @@ pub enum After {
 /// A copy that answers each request with whatever `script` writes, given the request head (the
 /// request line and headers, without the blank line); the body, if any, is left unread for the
 /// script to read or ignore. Returns its address and the count of connections it accepted.
-pub fn scripted_copy<F>(script: F) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+pub fn scripted_copy<F>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
     F: Fn(&str, &mut BufReader<TcpStream>, &mut TcpStream) -> After + Send + Sync + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let counted = accepted.clone();
-    let script = std::sync::Arc::new(script);
+    let script = Arc::new(script);
     thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            counted.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
             thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
