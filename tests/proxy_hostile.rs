@@ -218,6 +218,14 @@ fn what_a_copy_sends_is_framed_exactly_or_refused() {
             "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
             "a".repeat(70 * 1024)
         );
+        // The 16 informational answers skipped, and one past them, before a final one.
+        let continues = |n| {
+            format!(
+                "{}HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                "HTTP/1.1 100 Continue\r\n\r\n".repeat(n)
+            )
+        };
+        let (sixteen, seventeen) = (continues(16), continues(17));
         let answer: &[u8] = match path.as_str() {
             "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
             "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -226,6 +234,9 @@ fn what_a_copy_sends_is_framed_exactly_or_refused() {
             "/malformed" => b"HTTP/1.1 2OO OK\r\n\r\n",
             "/bad-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
             "/huge-head" => huge.as_bytes(),
+            "/16-continues" => sixteen.as_bytes(),
+            "/many-continues" => seventeen.as_bytes(),
+            "/switching" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
             "/cut" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
@@ -249,9 +260,12 @@ fn what_a_copy_sends_is_framed_exactly_or_refused() {
         ("/both", 200, "hello"),
         ("/until-close", 200, "all of it"),
         ("/continue", 200, "ok"),
+        ("/16-continues", 200, "ok"),
         ("/malformed", 502, "the model's answer was malformed\n"),
         ("/bad-length", 502, "the model's answer was malformed\n"),
         ("/huge-head", 502, "the model's answer was malformed\n"),
+        ("/many-continues", 502, "the model's answer was malformed\n"),
+        ("/switching", 502, "the model's answer was malformed\n"),
     ] {
         let (got, answer) = get(path);
         assert_eq!(got, status, "{path}: {answer}");
@@ -272,8 +286,8 @@ fn what_a_copy_sends_is_framed_exactly_or_refused() {
         "two requests in a row share one connection"
     );
     let stopped = agent.stop().success();
-    // The three refused answers and the cut one.
-    assert_eq!(stopped.logs.final_counter("proxy_upstream_errors"), 4);
+    // The five refused answers and the cut one.
+    assert_eq!(stopped.logs.final_counter("proxy_upstream_errors"), 6);
 }
 
 #[test]
