@@ -279,10 +279,7 @@ impl Connection {
                 })?;
             }
         }
-        let out = std::mem::take(&mut self.write);
-        let written = self.write_watching(&out).await;
-        self.write = out;
-        match written {
+        match self.flush_watching().await {
             Ok(true) => body_done = false,
             Ok(false) => {}
             // Nothing reached the copy; the request can go elsewhere if its body is still whole.
@@ -324,12 +321,14 @@ impl Connection {
         Ok((parts, framing, keep_alive && body_done, names_hop_by_hop))
     }
 
-    /// Writes `data`, watching for an answer meanwhile (a copy may answer, 413 say, before
-    /// reading the whole request). Returns whether an answer began before all was written.
-    async fn write_watching(&mut self, mut data: &[u8]) -> io::Result<bool> {
-        while !data.is_empty() {
-            match self.stream.try_write(data) {
-                Ok(n) => data = &data[n..],
+    /// Writes the write buffer, watching for an answer meanwhile (a copy may answer, 413 say,
+    /// before reading the whole request). Returns whether an answer began before all was
+    /// written.
+    async fn flush_watching(&mut self) -> io::Result<bool> {
+        let mut written = 0;
+        while written < self.write.len() {
+            match self.stream.try_write(&self.write[written..]) {
+                Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tokio::select! {
                         ready = self.stream.writable() => ready?,
@@ -378,10 +377,7 @@ impl Connection {
             };
             self.write.clear();
             let done = push_frame(&mut self.write, frame, framing)?;
-            let out = std::mem::take(&mut self.write);
-            let written = self.write_watching(&out).await;
-            self.write = out;
-            if written.map_err(SendError::Io)? {
+            if self.flush_watching().await.map_err(SendError::Io)? {
                 return Ok(true);
             }
             if done {
@@ -486,8 +482,7 @@ fn push_frame(
             // them too).
             if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                 if framing == BodyFraming::Chunked {
-                    push_hex(out, data.len() as u64);
-                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                     out.extend_from_slice(data);
                     out.extend_from_slice(b"\r\n");
                 } else {
@@ -497,35 +492,6 @@ fn push_frame(
             Ok(false)
         }
     }
-}
-
-fn push_hex(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; MAX_CHUNK_SIZE_DIGITS];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The request head as the copy gets it. The method, target and header values are `http`'s
@@ -555,7 +521,7 @@ fn encode_head(out: &mut Vec<u8>, head: &request::Parts, framing: BodyFraming) {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

@@ -841,6 +841,16 @@ impl InFlight {
         }
     }
 
+    /// The answer's connection back to its copy's pool, if the answer was read to its end and
+    /// the connection can serve another request ([`Answer::take_reusable`]); the answer ends
+    /// now if its end was not seen before (one without a body the server never polled).
+    fn hand_back(&mut self, body: &mut Answer) {
+        if let Some(connection) = body.take_reusable() {
+            let now = *self.model_ended.get_or_insert_with(Instant::now);
+            self.upstream.pool.put(connection, now);
+        }
+    }
+
     fn outcome(&self, status: u16, copy_failed: bool, now: Instant) -> Outcome {
         let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
         let model_us = self.model_started.map_or(0.0, |start| {
@@ -934,11 +944,8 @@ impl Body for Metered {
                             }
                         }
                         None => {
-                            let now = Instant::now();
-                            g.model_ended = Some(now);
-                            if let Some(connection) = body.take_reusable() {
-                                g.upstream.pool.put(connection, now);
-                            }
+                            g.model_ended = Some(Instant::now());
+                            g.hand_back(body);
                         }
                         Some(Err(e)) => broke_off(g, e),
                     }
@@ -997,12 +1004,7 @@ impl Drop for Metered {
         // An answer with no body (or whose end the server did not poll for) is read to the end
         // too; an answer cut short leaves its connection unusable.
         if let (Inner::Upstream(body), Some(g)) = (&mut self.inner, self.guard.as_mut()) {
-            if body.is_end_stream() {
-                if let Some(connection) = body.take_reusable() {
-                    let now = *g.model_ended.get_or_insert_with(Instant::now);
-                    g.upstream.pool.put(connection, now);
-                }
-            }
+            g.hand_back(body);
         }
     }
 }

@@ -284,17 +284,6 @@ fn the_request_head_carries_the_front_door_s_framing_only() {
     );
 }
 
-#[test]
-fn chunk_sizes_and_lengths_are_written_as_numbers() {
-    for n in [0u64, 1, 9, 10, 15, 16, 255, 4096, u64::MAX] {
-        let (mut hex, mut dec) = (Vec::new(), Vec::new());
-        push_hex(&mut hex, n);
-        push_decimal(&mut dec, n);
-        assert_eq!(String::from_utf8(hex).unwrap(), format!("{n:x}"));
-        assert_eq!(String::from_utf8(dec).unwrap(), n.to_string());
-    }
-}
-
 proptest::proptest! {
     /// Any bytes as a chunked or length-framed answer, fed in any pieces: an answer, an error,
     /// or a wait for more, never a panic; and the data never exceeds what was sent.
