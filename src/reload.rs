@@ -102,6 +102,7 @@ reload_table! {
     Restart proxy.response_timeout_ms;
     Restart proxy.max_request_body_bytes;
     Restart proxy.idle_timeout_ms;
+    Restart proxy.send_timeout_ms;
     Restart proxy.max_connections;
     Restart proxy.drain_timeout_ms;
     Restart proxy.upstream;

@@ -118,6 +118,10 @@ counters! {
     /// Front door: the client's upload stalled past `proxy.response_timeout_ms` (the front door
     /// was waiting for its bytes, not for the copy), answered 408; not an invocation.
     ProxyClientStalled = "proxy_client_stalled", Routine;
+    /// Front door: a client took none of its answer for `proxy.send_timeout_ms` while the answer
+    /// had more for it (it stopped reading): its connection was cut. The invocation counts as
+    /// its answer stood.
+    ProxyClientNotReading = "proxy_client_not_reading", Routine;
     /// Front door: a copy refused or reset the connection, or broke off its answer (502).
     ProxyUpstreamErrors = "proxy_upstream_errors", Routine;
     /// Front door: a copy did not accept or answer in time (504).

@@ -1,7 +1,8 @@
 //! The front door against hostile or careless clients, through the built binary: idle
 //! connections are closed, a cap refuses what is past it, SIGTERM drains requests in flight (a
 //! streamed answer included) before it cuts what is left (requests whose meaning a copy could
-//! misread: `tests/hostile.rs`). And against careless or hostile copies:
+//! misread: `tests/hostile.rs`), and a client that stops reading its answer is cut. And against
+//! careless or hostile copies:
 //! what a copy sends is framed exactly or refused (502), an early answer is relayed without the
 //! rest of the upload, and a copy closing idle connections unannounced costs no request.
 #![allow(
@@ -186,6 +187,67 @@ fn a_stream_longer_than_the_drain_is_cut_counted_and_the_agent_exits() {
     assert_eq!(stopped.logs.final_counter("proxy_requests_cut"), 1);
     let rest = rest_of(&mut c, CLOSE_WITHIN);
     assert!(!rest.ends_with("0\r\n\r\n"), "cut, not ended: {rest:?}");
+}
+
+/// The send deadline: a client that takes none of a flood for `send_timeout_ms` is cut, and the
+/// copy's connection with it (the copy's blocked write fails); a copy that pauses three times
+/// that long mid-stream, to a client that reads, is not (its answer waits for the copy).
+#[test]
+fn a_client_that_stops_reading_is_cut_and_a_copy_that_pauses_is_not() {
+    const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+    let (copy_cut, cut) = std::sync::mpsc::channel::<Duration>();
+    let copy_cut = std::sync::Mutex::new(copy_cut);
+    let (copy, _) = scripted_copy(move |head, _, conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        if head.starts_with("GET /flood ") {
+            // 64 KiB chunks until the front door closes the connection.
+            let chunk = [b'x'; 64 * 1024];
+            let started = Instant::now();
+            loop {
+                let wrote = write!(conn, "{:x}\r\n", chunk.len())
+                    .and_then(|()| conn.write_all(&chunk))
+                    .and_then(|()| conn.write_all(b"\r\n"));
+                if wrote.is_err() {
+                    let _ = copy_cut.lock().unwrap().send(started.elapsed());
+                    return After::Close;
+                }
+            }
+        }
+        let _ = conn.write_all(b"9\r\ndata: a\n\n\r\n");
+        thread::sleep(3 * SEND_TIMEOUT);
+        let _ = conn.write_all(b"9\r\ndata: b\n\n\r\n0\r\n\r\n");
+        After::Close
+    });
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "send_timeout_ms = 500\n", copy);
+
+    // Asks for the flood and never reads.
+    let mut stalled = TcpStream::connect(front_door).unwrap();
+    stalled
+        .write_all(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let took = cut
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the copy's connection stays open behind a client that does not read");
+    assert!(
+        took >= SEND_TIMEOUT,
+        "cut before the send timeout: {took:?}"
+    );
+
+    // Reads everything, across the copy's pause.
+    let mut reader = TcpStream::connect(front_door).unwrap();
+    reader
+        .write_all(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = rest_of(&mut reader, Duration::from_secs(10));
+    assert_eq!(body_of(&answer), "data: a\n\ndata: b\n\n", "{answer:?}");
+
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_client_not_reading"), 1);
+    assert_eq!(stopped.logs.final_counter("proxy_client_left"), 0);
+    drop(stalled);
 }
 
 /// The body of an answer as the client got it (after the head; a chunked body decoded).

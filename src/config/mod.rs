@@ -1073,6 +1073,8 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// A client connection with no request in flight is closed after this (silent TCP, idle
 /// keep-alive, an h2 preface and nothing else). nginx's keepalive_timeout is 75 s.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// A client that takes none of its answer for this long is cut off (nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 60_000;
 /// Client connections held at once; past it new ones are closed at once, counted. A keep-alive
 /// connection that has served a request holds about 24 KB (hyper's read and write buffers and
 /// its task; docs/reliability.md): 4,096 keep the worst case near 110 MB, inside the unit's
@@ -1112,6 +1114,9 @@ pub struct ProxyConfig {
     pub max_request_body_bytes: u64,
     /// A client connection with no request in flight is closed after this long.
     pub idle_timeout_ms: u64,
+    /// A client that takes none of its answer for this long (while the answer has more for it)
+    /// has its connection cut, counted: after 1 to 1.5 times this (`proxy::conn`).
+    pub send_timeout_ms: u64,
     /// Client connections held at once; past it new ones are closed at once, counted.
     pub max_connections: usize,
     /// On SIGTERM, requests in flight may finish for this long before they are cut, counted.
@@ -1143,6 +1148,7 @@ impl Default for ProxyConfig {
             response_timeout_ms: DEFAULT_RESPONSE_TIMEOUT_MS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            send_timeout_ms: DEFAULT_SEND_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             upstream: Vec::new(),
@@ -1179,6 +1185,9 @@ impl ProxyConfig {
         }
         if self.idle_timeout_ms == 0 {
             return Err(invalid("proxy.idle_timeout_ms", "allowed: 1 or more"));
+        }
+        if self.send_timeout_ms == 0 {
+            return Err(invalid("proxy.send_timeout_ms", "allowed: 1 or more"));
         }
         if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
             return Err(invalid(
@@ -1440,6 +1449,7 @@ mod tests {
             ("[endpoint]\nname = \"e\"\n[proxy]\nworker_threads = 0\n", "proxy.worker_threads", "1 to 64"),
             ("[endpoint]\nname = \"e\"\n[proxy]\nmax_connections = 0\n", "proxy.max_connections", "1 to 60000"),
             ("[endpoint]\nname = \"e\"\n[proxy]\nidle_timeout_ms = 0\n", "proxy.idle_timeout_ms", "1 or more"),
+            ("[endpoint]\nname = \"e\"\n[proxy]\nsend_timeout_ms = 0\n", "proxy.send_timeout_ms", "1 or more"),
             ("[endpoint]\nname = \"e\"\n[proxy]\ndrain_timeout_ms = 40001\n", "proxy.drain_timeout_ms", "0 to 40000"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"https://x:1\"\n", "proxy.upstream[0].url", "not plain http"),
             ("[endpoint]\nname = \"e\"\n[[proxy.upstream]]\ncomponent = \"a\"\nurl = \"http://x:1\"\n[[proxy.upstream]]\ncomponent = \" \"\nurl = \"http://x:2\"\n", "proxy.upstream[1].component", "1 to 1024 characters"),

@@ -13,6 +13,14 @@
 //! `header_read_timeout` did this with a timer armed and dropped for every request (an allocation
 //! and two timer-wheel updates each); here one sleep per connection is re-armed only when it
 //! fires, at most once per timeout while the connection is busy.
+//!
+//! And the send deadline (`[proxy] send_timeout_ms`, nginx's `send_timeout`): a client that takes
+//! none of its answer for that long, while the answer has more for it, has its connection cut.
+//! Each answer body ([`Guarded`]) counts the frames it hands over and says whether it waits for
+//! the connection to take the last one; the watchdog, looking at least every half timeout while
+//! busy, cuts a connection on which an answer waited and no frame moved between two looks at
+//! least the timeout apart (so a stall is cut after 1 to 1.5 times the timeout). A copy that
+//! pauses is not a stall: its answer waits for the copy, not for the client.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -94,16 +102,23 @@ pub struct Connections {
     draining: watch::Sender<bool>,
     idle_timeout: Duration,
     head_timeout: Duration,
+    send_timeout: Duration,
+}
+
+/// A connection's three deadlines.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// Nothing in flight for this long: the connection is shut down.
+    pub idle: Duration,
+    /// An HTTP/1 connection with nothing in flight is closed once this has passed since its
+    /// accept or its last answer without a complete request head.
+    pub head: Duration,
+    /// A client that takes none of its waiting answer for this long is cut off.
+    pub send: Duration,
 }
 
 impl Connections {
-    /// `head_timeout`: an HTTP/1 connection with nothing in flight is closed once this has
-    /// passed since its accept or its last answer without a complete request head.
-    pub fn new(
-        max_connections: usize,
-        idle_timeout: Duration,
-        head_timeout: Duration,
-    ) -> Connections {
+    pub fn new(max_connections: usize, deadlines: Deadlines) -> Connections {
         Connections {
             max_connections,
             peak_open: AtomicUsize::new(0),
@@ -111,8 +126,9 @@ impl Connections {
             permits: Arc::new(Semaphore::new(max_connections)),
             in_flight: Arc::default(),
             draining: watch::channel(false).0,
-            idle_timeout,
-            head_timeout,
+            idle_timeout: deadlines.idle,
+            head_timeout: deadlines.head,
+            send_timeout: deadlines.send,
         }
     }
 
@@ -130,11 +146,14 @@ impl Connections {
                     active: AtomicUsize::new(0),
                     last_change_ms: AtomicU64::new(now_ms()),
                     h2: AtomicBool::new(false),
+                    handed: AtomicU64::new(0),
+                    waiting: AtomicUsize::new(0),
                 }),
                 in_flight: self.in_flight.clone(),
                 draining: self.draining.subscribe(),
                 idle_timeout: self.idle_timeout,
                 head_timeout: self.head_timeout,
+                send_timeout: self.send_timeout,
             }),
             Err(_) => {
                 telemetry::warn_sampled(
@@ -202,6 +221,11 @@ struct Activity {
     /// A request came as HTTP/2: the head deadline is HTTP/1's (h2 has its own framing, and
     /// hyper never timed its heads either). Unknown before the first request: HTTP/1's rule.
     h2: AtomicBool,
+    /// Frames the answers on this connection handed over.
+    handed: AtomicU64,
+    /// Answers whose last frame was handed over and that were not asked for the next since:
+    /// they wait for the connection to take it.
+    waiting: AtomicUsize,
 }
 
 /// One admitted client connection.
@@ -214,6 +238,7 @@ pub struct Connection {
     draining: watch::Receiver<bool>,
     idle_timeout: Duration,
     head_timeout: Duration,
+    send_timeout: Duration,
 }
 
 impl Drop for Connection {
@@ -233,6 +258,9 @@ pub enum Wake {
     HeadTimeout,
     /// The front door drains: shut it down gracefully.
     Drain,
+    /// An answer waited for the client to take its next part for the send timeout: cut the
+    /// connection (counted by the caller).
+    NotReading,
 }
 
 /// Starts request guards for one connection (its service holds it).
@@ -266,8 +294,11 @@ impl Connection {
     }
 
     /// Waits until the connection has been idle for the idle timeout, an HTTP/1 connection
-    /// has gone the head timeout without a request, or the front door drains.
+    /// has gone the head timeout without a request, a client has taken none of its answer for
+    /// the send timeout, or the front door drains.
     pub async fn wake(&mut self) -> Wake {
+        // Frames handed over when an answer was first seen waiting, and when.
+        let mut stalled: Option<(u64, u64)> = None;
         loop {
             if *self.draining.borrow() {
                 return Wake::Drain;
@@ -282,6 +313,22 @@ impl Connection {
                 u64::MAX
             };
             let now = now_ms();
+            if active > 0 && self.activity.waiting.load(Ordering::Acquire) > 0 {
+                let handed = self.activity.handed.load(Ordering::Acquire);
+                match stalled {
+                    Some((seen, since))
+                        if seen == handed
+                            && now.saturating_sub(since)
+                                >= self.send_timeout.as_millis() as u64 =>
+                    {
+                        return Wake::NotReading;
+                    }
+                    Some((seen, _)) if seen == handed => {}
+                    _ => stalled = Some((handed, now)),
+                }
+            } else {
+                stalled = None;
+            }
             if active == 0 && now >= idle_due_ms.min(head_due_ms) {
                 telemetry::add(Counter::ProxyConnectionsIdleClosed, 1);
                 if idle_due_ms <= head_due_ms {
@@ -290,7 +337,8 @@ impl Connection {
                 return Wake::HeadTimeout;
             }
             // Busy: look again one timeout later (a request that ends meanwhile is due no
-            // sooner than that); idle: when it would be due.
+            // sooner than that); idle: when it would be due. And at least every half send
+            // timeout either way (a request starting does not wake this).
             let wait = if active > 0 {
                 if h1 {
                     self.idle_timeout.min(self.head_timeout)
@@ -298,8 +346,11 @@ impl Connection {
                     self.idle_timeout
                 }
             } else {
-                Duration::from_millis(idle_due_ms.min(head_due_ms).saturating_sub(now).max(1))
+                Duration::from_millis(idle_due_ms.min(head_due_ms).saturating_sub(now))
             };
+            let wait = wait
+                .min(self.send_timeout / 2)
+                .max(Duration::from_millis(1));
             tokio::select! {
                 _ = tokio::time::sleep_until(Instant::now() + wait) => {}
                 _ = self.draining.changed() => {}
@@ -325,17 +376,29 @@ impl Drop for Active {
     }
 }
 
-/// A response body that keeps its request's [`Active`] guard until it is done or dropped.
+/// A response body that keeps its request's [`Active`] guard until it is done or dropped, and
+/// tells the connection's watchdog when it waits for the client to take a frame.
 pub struct Guarded<B> {
     body: B,
-    _active: Active,
+    active: Active,
+    /// Its last frame was handed over and the next was not asked for yet.
+    waiting: bool,
 }
 
 impl<B> Guarded<B> {
     pub fn new(body: B, active: Active) -> Guarded<B> {
         Guarded {
             body,
-            _active: active,
+            active,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Drop for Guarded<B> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.active.activity.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -348,7 +411,20 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let activity = &this.active.activity;
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            activity.handed.fetch_add(1, Ordering::AcqRel);
+            if !this.waiting {
+                this.waiting = true;
+                activity.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+        } else if this.waiting {
+            this.waiting = false;
+            activity.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -364,11 +440,23 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Guarded<B> {
 mod tests {
     use super::*;
 
+    /// Idle and head deadlines as given, a send deadline out of the way.
+    fn deadlines(idle: Duration, head: Duration) -> Deadlines {
+        Deadlines {
+            idle,
+            head,
+            send: Duration::from_secs(3600),
+        }
+    }
+
     #[tokio::test]
     async fn past_the_cap_a_connection_is_refused_and_counted() {
         let _counters = crate::testing::counters().await;
         let before = telemetry::get(Counter::ProxyConnectionsRefused);
-        let c = Connections::new(2, Duration::from_secs(60), Duration::from_secs(60));
+        let c = Connections::new(
+            2,
+            deadlines(Duration::from_secs(60), Duration::from_secs(60)),
+        );
         let (a, _b) = (c.admit().unwrap(), c.admit().unwrap());
         assert!(c.admit().is_none());
         assert_eq!(telemetry::get(Counter::ProxyConnectionsRefused), before + 1);
@@ -378,7 +466,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_idle_only_with_nothing_in_flight() {
-        let c = Connections::new(4, Duration::from_millis(50), Duration::from_secs(60));
+        let c = Connections::new(
+            4,
+            deadlines(Duration::from_millis(50), Duration::from_secs(60)),
+        );
         let mut conn = c.admit().unwrap();
         let active = conn.tracker().request(false);
         assert_eq!(c.in_flight(), 1);
@@ -394,7 +485,10 @@ mod tests {
     async fn an_http1_connection_without_a_request_head_in_time_is_closed_and_counted() {
         let _counters = crate::testing::counters().await;
         let idle_closed = telemetry::get(Counter::ProxyConnectionsIdleClosed);
-        let c = Connections::new(4, Duration::from_secs(60), Duration::from_millis(50));
+        let c = Connections::new(
+            4,
+            deadlines(Duration::from_secs(60), Duration::from_millis(50)),
+        );
         let mut conn = c.admit().unwrap();
         let woke = tokio::time::timeout(Duration::from_secs(2), conn.wake()).await;
         assert!(
@@ -413,7 +507,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_head_deadline_spares_a_busy_connection_and_http2() {
-        let c = Connections::new(4, Duration::from_secs(60), Duration::from_millis(50));
+        let c = Connections::new(
+            4,
+            deadlines(Duration::from_secs(60), Duration::from_millis(50)),
+        );
         let mut busy = c.admit().unwrap();
         let _active = busy.tracker().request(false);
         let woke = tokio::time::timeout(Duration::from_millis(200), busy.wake()).await;
@@ -431,7 +528,10 @@ mod tests {
     async fn the_shorter_of_the_idle_and_head_timeouts_closes_an_http1_connection() {
         let _counters = crate::testing::counters().await;
         let idle_closed = telemetry::get(Counter::ProxyConnectionsIdleClosed);
-        let c = Connections::new(4, Duration::from_millis(50), Duration::from_secs(60));
+        let c = Connections::new(
+            4,
+            deadlines(Duration::from_millis(50), Duration::from_secs(60)),
+        );
         let mut conn = c.admit().unwrap();
         let woke = tokio::time::timeout(Duration::from_secs(2), conn.wake()).await;
         assert!(matches!(woke, Ok(Wake::Idle)));
@@ -445,8 +545,7 @@ mod tests {
     async fn memory_is_trimmed_once_many_connections_closed() {
         let c = Connections::new(
             4 * TRIM_AFTER_CLOSED,
-            Duration::from_secs(60),
-            Duration::from_secs(60),
+            deadlines(Duration::from_secs(60), Duration::from_secs(60)),
         );
         let open: Vec<Connection> = (0..TRIM_AFTER_CLOSED + 1)
             .map(|_| c.admit().unwrap())
@@ -458,9 +557,65 @@ mod tests {
         assert!(!c.trim_if_many_closed(), "once per drop");
     }
 
+    /// Hands over one frame, then is never ready again (a copy that went quiet).
+    struct OneFrameThenQuiet(bool);
+
+    impl Body for OneFrameThenQuiet {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_client_does_not_take_cuts_the_connection_and_a_quiet_copy_does_not() {
+        let send = Duration::from_millis(50);
+        let c = Connections::new(
+            4,
+            Deadlines {
+                idle: Duration::from_secs(60),
+                head: Duration::from_secs(60),
+                send,
+            },
+        );
+        let mut conn = c.admit().unwrap();
+        let mut body = Guarded::new(OneFrameThenQuiet(false), conn.tracker().request(false));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // A frame handed over and never the next asked for: the client is not taking it.
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        let started = std::time::Instant::now();
+        let woke = tokio::time::timeout(Duration::from_secs(2), conn.wake()).await;
+        assert!(matches!(woke, Ok(Wake::NotReading)));
+        assert!(started.elapsed() >= send, "{:?}", started.elapsed());
+        // Asked for the next and waiting for the copy: not the client's stall.
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        let woke = tokio::time::timeout(8 * send, conn.wake()).await;
+        assert!(woke.is_err(), "a quiet copy cut its client's connection");
+        // A body dropped while waiting leaves nothing waiting behind it.
+        let mut other = Guarded::new(OneFrameThenQuiet(false), conn.tracker().request(false));
+        assert!(Pin::new(&mut other).poll_frame(&mut cx).is_ready());
+        drop(other);
+        assert_eq!(conn.activity.waiting.load(Ordering::Acquire), 0);
+    }
+
     #[tokio::test]
     async fn a_drain_wakes_every_connection() {
-        let c = Connections::new(4, Duration::from_secs(60), Duration::from_secs(60));
+        let c = Connections::new(
+            4,
+            deadlines(Duration::from_secs(60), Duration::from_secs(60)),
+        );
         let mut conn = c.admit().unwrap();
         let _active = conn.tracker().request(false);
         c.drain();

@@ -163,8 +163,11 @@ impl FrontDoor {
             accounts: Arc::new(Accounts::new(config.instance_count)),
             connections: conn::Connections::new(
                 conn::capped_by_file_limit(config.max_connections),
-                Duration::from_millis(config.idle_timeout_ms),
-                HEADER_READ_TIMEOUT,
+                conn::Deadlines {
+                    idle: Duration::from_millis(config.idle_timeout_ms),
+                    head: HEADER_READ_TIMEOUT,
+                    send: Duration::from_millis(config.send_timeout_ms),
+                },
             ),
             stop_accepting: tokio::sync::Notify::new(),
             table: RwLock::new(Arc::new(first)),
@@ -383,6 +386,12 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
                 // No complete head in time (HTTP/1, nothing in flight): closed at once, as
                 // hyper's header-read timeout did.
                 conn::Wake::HeadTimeout => {}
+                // The client stopped taking its answer: cut (the request is accounted as its
+                // answer stood; the copy's connection closes with it).
+                conn::Wake::NotReading => telemetry::warn_sampled(
+                    Counter::ProxyClientNotReading,
+                    "front door: a client took none of its answer for proxy.send_timeout_ms: connection cut",
+                ),
                 // No new requests; those in flight finish (the drain's end bounds them).
                 conn::Wake::Drain => {
                     connection.as_mut().graceful_shutdown();
