@@ -29,6 +29,27 @@ pub(crate) async fn http_endpoint(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    serve_fixed(answer, false).await
+}
+
+/// [`http_endpoint`] that holds the connection open after writing `answer` (an answer whose
+/// body stops short of its length: the rest never comes).
+pub(crate) async fn http_endpoint_holding(
+    answer: Vec<u8>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    serve_fixed(Some(answer), true).await
+}
+
+async fn serve_fixed(
+    answer: Option<Vec<u8>>,
+    hold: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,12 +82,13 @@ pub(crate) async fn http_endpoint(
                     }
                 }
                 counted.fetch_add(1, Ordering::SeqCst);
-                match answer {
-                    Some(a) => {
-                        let _ = conn.write_all(&a).await;
+                if let Some(a) = answer {
+                    let _ = conn.write_all(&a).await;
+                    if !hold {
+                        return;
                     }
-                    None => tokio::time::sleep(std::time::Duration::from_secs(3600)).await,
                 }
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             });
         }
     });

@@ -4,8 +4,9 @@
 //!
 //! Answers follow the OTLP/HTTP specification ("Failures"): 429, 502, 503 and 504 may succeed
 //! later (retried by `delivery` with backoff and jitter, the request waiting in the spool), as do
-//! timeouts and network errors; any other 4xx or 5xx will not, and the request is dropped,
-//! logged and counted. A 2xx with a `partial_success` that rejected points is logged and counted:
+//! timeouts and network errors before the status; any other 4xx or 5xx will not, and the request
+//! is dropped, logged and counted. A 2xx is a success even when its body is cut or slower than
+//! the timeout (sending again would count the points twice). A 2xx with a `partial_success` that rejected points is logged and counted:
 //! the backend refused those points for good.
 
 use std::time::{Duration, SystemTime};
@@ -134,31 +135,30 @@ impl OtlpTarget {
     /// Sends one request; see the module documentation for what is retried.
     pub async fn send(&self, request: &OtlpRequest) -> Result<(), SendError> {
         let http_request = self.build(request).await?;
-        let answer = tokio::time::timeout(self.timeout, async {
-            let response = self
-                .client
-                .request(http_request)
-                .await
-                .map_err(|e| SendError::Retryable(format!("OTLP request failed: {e}")))?;
-            let status = response.status();
-            // The status decides; the body is read within its cap only for the partial
-            // success or the error's text. An answer past the cap (or cut) leaves the body
-            // empty: a 2xx is still a success, never sent again.
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, SendError>((status, body))
-        })
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = tokio::time::timeout_at(deadline, self.client.request(http_request))
+            .await
+            .map_err(|_| {
+                SendError::Retryable(format!(
+                    "OTLP request took more than {} s",
+                    self.timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| SendError::Retryable(format!("OTLP request failed: {e}")))?;
+        let status = response.status();
+        // The status decides; the body is read within its cap and what is left of the timeout
+        // only for the partial success or the error's text. An answer past the cap, cut, or
+        // slower than the timeout leaves the body empty: a 2xx is still a success, never sent
+        // again (the backend took the points).
+        let body = tokio::time::timeout_at(
+            deadline,
+            Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect(),
+        )
         .await
-        .map_err(|_| {
-            SendError::Retryable(format!(
-                "OTLP request took more than {} s",
-                self.timeout.as_secs()
-            ))
-        })??;
-        let (status, body) = answer;
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         if status.is_success() {
             self.partial_success(&body);
             return Ok(());
@@ -377,6 +377,35 @@ mod tests {
         let addr = endpoint(Some(answer("400 Bad Request", &huge))).await;
         let got = target(addr, 5).await.send(&request()).await;
         assert!(matches!(got, Err(SendError::Permanent(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_2xx_whose_body_never_ends_is_a_success_and_an_error_keeps_its_status() {
+        // The head and 2 of the 100 body bytes it declares, then nothing: the backend took the
+        // points, so sending them again would count them twice.
+        let (addr, calls) = crate::testing::http_endpoint_holding(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nab".to_vec(),
+        )
+        .await;
+        let got = target(addr, 1).await.send(&request()).await;
+        assert!(got.is_ok(), "{got:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A retryable status whose body never ends is still retried, one that is not dropped.
+        for (status, retryable) in [
+            ("503 Service Unavailable", true),
+            ("400 Bad Request", false),
+        ] {
+            let (addr, _) = crate::testing::http_endpoint_holding(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 100\r\n\r\nab").into_bytes(),
+            )
+            .await;
+            let got = target(addr, 1).await.send(&request()).await;
+            match got {
+                Err(SendError::Retryable(reason)) => assert!(retryable, "{status}: {reason}"),
+                Err(SendError::Permanent(reason)) => assert!(!retryable, "{status}: {reason}"),
+                Ok(()) => panic!("{status} taken as success"),
+            }
+        }
     }
 
     #[tokio::test]
