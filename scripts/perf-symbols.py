@@ -5,6 +5,11 @@ addresses for lld's segment layout. This resolves the binary's frames with `nm` 
 offsets; the symbols are at virtual addresses) and keeps perf's names for the kernel and libraries.
 
     python3 scripts/perf-symbols.py BINARY PERF_SCRIPT_OUTPUT [SELF_ROWS] [INCLUSIVE_ROWS]
+    python3 scripts/perf-symbols.py --by-crate BINARY PERF_SCRIPT_OUTPUT
+
+`--by-crate` gives each sample to the kernel when it was in the kernel, else to the crate of its
+innermost frame in the binary (so a libc call or a memcpy counts for the crate that made it);
+frames of a C binary count as the binary.
 """
 
 import bisect
@@ -37,7 +42,18 @@ def load_segments(binary):
     return segments
 
 
+def crate(frame):
+    """`tokio` of `tokio::runtime::...` and of `<tokio::net::TcpStream as ...>::poll`."""
+    m = re.match(r"<*([a-z_][a-z_0-9]*)::", frame)
+    return m.group(1) if m else None
+
+
 def main():
+    args = sys.argv[1:]
+    by_crate = args[:1] == ["--by-crate"]
+    if by_crate:
+        args = args[1:]
+    sys.argv = [sys.argv[0]] + args
     binary, script = sys.argv[1], sys.argv[2]
     self_rows = int(sys.argv[3]) if len(sys.argv) > 3 else 40
     inclusive_rows = int(sys.argv[4]) if len(sys.argv) > 4 else 60
@@ -57,6 +73,7 @@ def main():
         return re.sub(r"::h[0-9a-f]{16}$", "", found)[:150]
 
     own, inclusive, objects = collections.Counter(), collections.Counter(), collections.Counter()
+    crates = collections.Counter()
     total = 0
     stack = []
 
@@ -74,6 +91,11 @@ def main():
             else:
                 frames.append(dso.rsplit("/", 1)[-1] + " " + sym)
         own[frames[0]] += 1
+        if "kernel" in stack[0][2]:
+            crates["kernel"] += 1
+        else:
+            inner = next((f for f, (_, _, dso) in zip(frames, stack) if dso.endswith(base)), None)
+            crates[(crate(inner) or base) if inner else stack[0][2].rsplit("/", 1)[-1]] += 1
         top_dso = stack[0][2]
         if top_dso.endswith(base):
             objects[base] += 1
@@ -100,6 +122,10 @@ def main():
         print("no samples")
         return
     print(f"{total} samples")
+    if by_crate:
+        print("by crate (kernel, else the innermost frame in the binary):")
+        print(", ".join(f"{c} {100 * n / total:.1f}%" for c, n in crates.most_common(12)))
+        return
     print("self, by object: " + ", ".join(f"{o} {100 * n / total:.1f}%" for o, n in objects.most_common(6)))
     print("self:")
     for frame, n in own.most_common(self_rows):

@@ -20,7 +20,8 @@
 #   turn each round, so the spread shows (the machine's neighbours move the figures).
 #   CONNS (default "1 64"): the connection counts.
 #   PROFILE_SECONDS=N (default 0): afterwards, profiles the agent and nginx's worker in turn with
-#   `perf record` for N s each under the 64-connection load, and prints where each one's CPU went
+#   `perf record` for N s each under a load of PROFILE_CONNS (default 64) connections, and
+#   prints where each one's CPU went
 #   (needs perf, from linux-perf; scripts/perf-symbols.py resolves the release binary's symbols).
 #   KEEP=1 keeps the work folder (configs, logs, EMF, profiles) and prints its path.
 #   scripts/proxy-bench-summary.py reads this script's output: each round against nginx's in the
@@ -183,13 +184,14 @@ for conns in $CONNS; do
     done
 done
 profile_seconds="${PROFILE_SECONDS:-0}"
+PROFILE_CONNS="${PROFILE_CONNS:-64}"
 if [ "$profile_seconds" -gt 0 ]; then
     for target in agent nginx; do
         case $target in
             nginx) port=$NGINX_PORT; pid="$(pgrep -P "$NGINX_MASTER" | head -n1)" ;;
             agent) port=$AGENT_PORT; pid="${AGENTS#* 0:}"; pid="${pid%% *}" ;;
         esac
-        taskset -c "$LOAD_CPUS" wrk -t1 -c64 -d"$((profile_seconds + 3))s" "http://127.0.0.1:$port/" >/dev/null &
+        taskset -c "$LOAD_CPUS" wrk -t1 -c"$PROFILE_CONNS" -d"$((profile_seconds + 3))s" "http://127.0.0.1:$port/" >"$DIR/$target.wrk" &
         WRK=$!
         sleep 1
         # DWARF call stacks: the release binary has no frame pointers.
@@ -198,9 +200,18 @@ if [ "$profile_seconds" -gt 0 ]; then
         wait "$WRK" || true
         perf script -i "$DIR/$target.perf.data" -F ip,sym,dso 2>/dev/null >"$DIR/$target.perf.script" || true
         echo
-        echo "$target profile, 64 connections, ${profile_seconds} s (perf record -e cpu-clock -c 50000 --call-graph dwarf):"
+        echo "$target profile, $PROFILE_CONNS connection(s), ${profile_seconds} s (perf record -e cpu-clock -c 50000 --call-graph dwarf):"
         binary="${BIN%% *}"; [ "$target" = nginx ] && binary="$(command -v nginx)"
         python3 "$(dirname "$0")/perf-symbols.py" "$binary" "$DIR/$target.perf.script" 40 60 || true
+        # One sample per 50 µs on the CPU: samples x 50 µs over the requests wrk made in the
+        # recorded seconds (at its mean rate over its whole run), perf's own cost included.
+        python3 "$(dirname "$0")/perf-symbols.py" --by-crate "$binary" "$DIR/$target.perf.script" \
+            > "$DIR/$target.crates" || true
+        tail -n +2 "$DIR/$target.crates"
+        rps=$(awk '/Requests\/sec/ {print $2}' "$DIR/$target.wrk")
+        samples=$(awk '/ samples$/ {print $1}' "$DIR/$target.crates")
+        awk -v s="${samples:-0}" -v r="${rps:-0}" -v t="$profile_seconds" \
+            'BEGIN { if (r > 0) printf "%.0f requests/s under the profile: about %.2f µs of CPU per request\n", r, s * 50 / (r * t) }'
     done
 fi
 echo
