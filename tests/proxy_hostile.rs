@@ -190,8 +190,9 @@ fn a_stream_longer_than_the_drain_is_cut_counted_and_the_agent_exits() {
 }
 
 /// The send deadline: a client that takes none of a flood for `send_timeout_ms` is cut, and the
-/// copy's connection with it (the copy's blocked write fails); a copy that pauses three times
-/// that long mid-stream, to a client that reads, is not (its answer waits for the copy).
+/// copy's connection with it (the copy's blocked write fails), over HTTP/1.1 and h2c; a copy
+/// that pauses three times that long mid-stream, to a client that reads, is not (its answer
+/// waits for the copy).
 #[test]
 fn a_client_that_stops_reading_is_cut_and_a_copy_that_pauses_is_not() {
     const SEND_TIMEOUT: Duration = Duration::from_millis(500);
@@ -236,6 +237,29 @@ fn a_client_that_stops_reading_is_cut_and_a_copy_that_pauses_is_not() {
         "cut before the send timeout: {took:?}"
     );
 
+    // The same over h2c: the client takes the head and leaves the body unread, its stream's
+    // flow-control window fills, and the connection is cut.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let h2c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let unread = runtime
+        .block_on(h2c.get(format!("http://{front_door}/flood").parse().unwrap()))
+        .unwrap();
+    assert_eq!(unread.status(), 200);
+    let took = cut
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the copy's connection stays open behind an h2c client that does not read");
+    assert!(
+        took >= SEND_TIMEOUT,
+        "h2c: cut before the send timeout: {took:?}"
+    );
+    drop((unread, h2c, runtime));
+
     // Reads everything, across the copy's pause.
     let mut reader = TcpStream::connect(front_door).unwrap();
     reader
@@ -245,7 +269,7 @@ fn a_client_that_stops_reading_is_cut_and_a_copy_that_pauses_is_not() {
     assert_eq!(body_of(&answer), "data: a\n\ndata: b\n\n", "{answer:?}");
 
     let stopped = agent.stop().success();
-    assert_eq!(stopped.logs.final_counter("proxy_client_not_reading"), 1);
+    assert_eq!(stopped.logs.final_counter("proxy_client_not_reading"), 2);
     assert_eq!(stopped.logs.final_counter("proxy_client_left"), 0);
     drop(stalled);
 }
