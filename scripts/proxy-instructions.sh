@@ -137,6 +137,11 @@ for conns in $CONNS; do
         callgrind_control -d "$pid" >/dev/null 2>&1
         sleep 0.5
         requests=$(echo "$out" | awk '/requests in/ {print $1}')
+        # Only answers the upstream gave count: an error answer is a cheaper request.
+        if echo "$out" | grep -q "Non-2xx"; then
+            echo "$name: answers that are not 2xx: $(echo "$out" | grep Non-2xx)" >&2
+            exit 1
+        fi
         # The newest dump of this process (one file for all its threads).
         dump=$(ls -t "$DIR"/*.cg."$pid".* | head -n1)
         instructions=$(awk '/^summary:/ {print $2}' "$dump")
