@@ -54,62 +54,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-nginx_conf() { # name, worker count, server block
-    cat > "$DIR/$1.conf" <<EOF
-worker_processes $2;
-daemon off;
-pid $DIR/$1.pid;
-error_log $DIR/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $DIR/$1-body;
-    proxy_temp_path $DIR/$1-proxy;
-    fastcgi_temp_path $DIR/$1-fcgi;
-    uwsgi_temp_path $DIR/$1-uwsgi;
-    scgi_temp_path $DIR/$1-scgi;
-    keepalive_requests 1000000;
-    $3
-}
-EOF
-}
-
-nginx_conf upstream 1 "server { listen 127.0.0.1:$UP_PORT; location / { return 200 'hello\n'; } }"
-nginx_conf proxy "$THREADS" "upstream model { server 127.0.0.1:$UP_PORT; keepalive 128; }
-    server { listen 127.0.0.1:$NGINX_PORT; location / {
-        proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection \"\";
-        proxy_buffering off; } }"
-agent_conf() { # file, port
-    cat > "$1" <<EOF
-[endpoint]
-name = "bench"
-instance_id = "bench-host"
-[metrics]
-publish_frequency_seconds = 10
-[output]
-emf_destination = "file:$1.emf.jsonl"
-[gpu]
-enabled = false
-[docker]
-enabled = false
-[admin]
-enabled = false
-[proxy]
-enabled = true
-listen = "127.0.0.1:$2"
-worker_threads = $THREADS
-[[proxy.upstream]]
-component = "bench"
-url = "http://127.0.0.1:$UP_PORT"
-EOF
-}
+. "$(dirname "$0")/proxy-bench-confs.sh"
+bench_nginx "$DIR" "$UP_PORT" "$NGINX_PORT" "$THREADS" on
 
 taskset -c "$LOAD_CPUS" nginx -c "$DIR/upstream.conf" -p "$DIR" & PIDS="$PIDS $!"
 taskset -c "$PROXY_CPUS" nginx -c "$DIR/proxy.conf" -p "$DIR" & NGINX_MASTER=$!; PIDS="$PIDS $NGINX_MASTER"
 # One agent per binary in BIN, on consecutive ports: "agent" alone, else "agent N (name)".
 AGENTS=""; i=0
 for bin in $BIN; do
-    agent_conf "$DIR/agent$i.toml" $((AGENT_PORT + i))
+    bench_agent "$DIR/agent$i.toml" $((AGENT_PORT + i)) "$UP_PORT" "$THREADS" 10
     taskset -c "$PROXY_CPUS" "$bin" run --config "$DIR/agent$i.toml" 2> "$DIR/agent$i.log" & PIDS="$PIDS $!"
     AGENTS="$AGENTS $i:$!"; i=$((i + 1))
 done

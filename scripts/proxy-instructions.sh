@@ -50,31 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-nginx_conf() { # name, server block
-    cat > "$DIR/$1.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $DIR/$1.pid;
-error_log $DIR/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $DIR/$1-body;
-    proxy_temp_path $DIR/$1-proxy;
-    fastcgi_temp_path $DIR/$1-fcgi;
-    uwsgi_temp_path $DIR/$1-uwsgi;
-    scgi_temp_path $DIR/$1-scgi;
-    keepalive_requests 1000000;
-    $2
-}
-EOF
-}
-nginx_conf upstream "server { listen 127.0.0.1:$UP_PORT; location / { return 200 'hello\n'; } }"
-nginx_conf proxy "upstream model { server 127.0.0.1:$UP_PORT; keepalive 128; }
-    server { listen 127.0.0.1:$NGINX_PORT; location / {
-        proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection \"\";
-        proxy_buffering off; } }"
+. "$(dirname "$0")/proxy-bench-confs.sh"
+bench_nginx "$DIR" "$UP_PORT" "$NGINX_PORT" 1 off
 
 nginx -c "$DIR/upstream.conf" -p "$DIR" & PIDS="$PIDS $!"
 valgrind --tool=callgrind --callgrind-out-file="$DIR/nginx.cg.%p" \
@@ -83,30 +60,9 @@ TARGETS="nginx:$NGINX_PORT:$NGINX"
 i=0
 for bin in $BIN; do
     port=$((AGENT_PORT + i))
-    cat > "$DIR/agent$i.toml" <<EOF
-[endpoint]
-name = "bench"
-instance_id = "bench-host"
-[metrics]
-publish_frequency_seconds = 300
-[output]
-emf_destination = "file:$DIR/agent$i.emf.jsonl"
-[gpu]
-enabled = false
-[docker]
-enabled = false
-[admin]
-enabled = false
-[proxy]
-enabled = true
-listen = "127.0.0.1:$port"
-worker_threads = 1
-[[proxy.upstream]]
-component = "bench"
-url = "http://127.0.0.1:$UP_PORT"
-EOF
+    bench_agent "$DIR/agent$i.toml" "$port" "$UP_PORT" 1 300
     valgrind --tool=callgrind --callgrind-out-file="$DIR/agent$i.cg.%p" \
-        "$bin" run --config "$DIR/agent$i.toml" 2> "$DIR/agent$i.log" & pid=$!; PIDS="$PIDS $pid"
+        "$bin" run --config "$DIR/agent$i.toml" 2> "$DIR/agent$i.valgrind.log" & pid=$!; PIDS="$PIDS $pid"
     name="agent"; [ "$(echo $BIN | wc -w)" -gt 1 ] && name="agent-$(basename "$bin")"
     TARGETS="$TARGETS $name:$port:$pid"
     i=$((i + 1))
