@@ -1,6 +1,20 @@
 # The configurations the front-door benches share: sourced by scripts/proxy-bench.sh and
 # scripts/proxy-instructions.sh, so that both measure the same nginx and the same agent.
 
+# bench_workdir: DIR, a new work folder, and PIDS, the processes to stop; both go when the
+# script exits (KEEP=1 keeps the folder and prints its path).
+bench_workdir() {
+    DIR="$(mktemp -d)"
+    PIDS=""
+    trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+    sleep 0.5
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $DIR" >&2; else rm -rf "$DIR"; fi
+}
+
 # bench_nginx DIR UP_PORT PROXY_PORT WORKERS MASTER: DIR/upstream.conf, an nginx answering
 # `200 hello` from memory on UP_PORT (1 worker), and DIR/proxy.conf, nginx as a reverse proxy on
 # PROXY_PORT to it (WORKERS workers, keep-alive to the upstream, no buffering; MASTER "off" runs

@@ -45,16 +45,8 @@ command -v nginx >/dev/null || { echo "needs nginx (apt-get install -y nginx)" >
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 for bin in $BIN; do [ -x "$bin" ] || { echo "needs $bin (cargo build --release)" >&2; exit 1; }; done
 
-DIR="$(mktemp -d)"
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $DIR" >&2; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT INT TERM
-
 . "$(dirname "$0")/proxy-bench-confs.sh"
+bench_workdir
 bench_nginx "$DIR" "$UP_PORT" "$NGINX_PORT" "$THREADS" on
 
 taskset -c "$LOAD_CPUS" nginx -c "$DIR/upstream.conf" -p "$DIR" & PIDS="$PIDS $!"

@@ -41,16 +41,8 @@ for tool in valgrind callgrind_control nginx wrk; do
 done
 for bin in $BIN; do [ -x "$bin" ] || { echo "needs $bin (cargo build --release)" >&2; exit 1; }; done
 
-DIR="$(mktemp -d)"
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $DIR" >&2; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT INT TERM
-
 . "$(dirname "$0")/proxy-bench-confs.sh"
+bench_workdir
 bench_nginx "$DIR" "$UP_PORT" "$NGINX_PORT" 1 off
 
 nginx -c "$DIR/upstream.conf" -p "$DIR" & PIDS="$PIDS $!"
