@@ -19,37 +19,27 @@ pub(crate) fn counters_blocking() -> MutexGuard<'static, ()> {
     COUNTERS.blocking_lock()
 }
 
+/// A test endpoint's address and the count of requests it read.
+pub(crate) type Endpoint = (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
 /// An HTTP/1.1 endpoint on loopback for the sinks' tests: reads each request whole (head and
 /// `content-length` body), counts it, and writes `answer` (None: never answers, the connection
 /// held). Misbehaving endpoints (silent, oversized) are what it stands for; real services have
 /// their own tests (LocalStack, the OTLP receiver).
-pub(crate) async fn http_endpoint(
-    answer: Option<Vec<u8>>,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+pub(crate) async fn http_endpoint(answer: Option<Vec<u8>>) -> Endpoint {
     serve_fixed(answer, false).await
 }
 
 /// [`http_endpoint`] that holds the connection open after writing `answer` (an answer whose
 /// body stops short of its length: the rest never comes).
-pub(crate) async fn http_endpoint_holding(
-    answer: Vec<u8>,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+pub(crate) async fn http_endpoint_holding(answer: Vec<u8>) -> Endpoint {
     serve_fixed(Some(answer), true).await
 }
 
-async fn serve_fixed(
-    answer: Option<Vec<u8>>,
-    hold: bool,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
+async fn serve_fixed(answer: Option<Vec<u8>>, hold: bool) -> Endpoint {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -582,9 +582,8 @@ mod tests {
         let c = Connections::new(
             4,
             Deadlines {
-                idle: Duration::from_secs(60),
-                head: Duration::from_secs(60),
                 send,
+                ..deadlines(Duration::from_secs(60), Duration::from_secs(60))
             },
         );
         let mut conn = c.admit().unwrap();

@@ -6,8 +6,8 @@
 //! later (retried by `delivery` with backoff and jitter, the request waiting in the spool), as do
 //! timeouts and network errors before the status; any other 4xx or 5xx will not, and the request
 //! is dropped, logged and counted. A 2xx is a success even when its body is cut or slower than
-//! the timeout (sending again would count the points twice). A 2xx with a `partial_success` that rejected points is logged and counted:
-//! the backend refused those points for good.
+//! the timeout (sending again would count the points twice). A 2xx with a `partial_success` that
+//! rejected points is logged and counted: the backend refused those points for good.
 
 use std::time::{Duration, SystemTime};
 
