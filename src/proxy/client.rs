@@ -127,6 +127,8 @@ pub struct Connection {
     write: Vec<u8>,
     /// Made at the first request; one timer for the connection's life (see [`Due`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last answer's header names.
+    names: NameCache,
 }
 
 /// How an answer's body ends (RFC 9112 section 6.3).
@@ -162,6 +164,8 @@ pub struct Answered {
     pub head: response::Parts,
     pub body: Answer,
     pub names_hop_by_hop: bool,
+    /// The answer's (first) `Content-Type` is `text/event-stream`.
+    pub event_stream: bool,
 }
 
 /// Why [`Connection::send`] failed, and whether the request may go on another connection.
@@ -175,7 +179,10 @@ pub struct Failed {
 
 impl Connection {
     /// Opens a connection to `authority` ("ip:port").
-    pub async fn connect(authority: &str, timeout: Duration) -> Result<Connection, SendError> {
+    /// Boxed: an answer's body and the request's future carry it, and hyper's server moves
+    /// both several times a request (a pointer moves rather than the connection's buffers and
+    /// timer).
+    pub async fn connect(authority: &str, timeout: Duration) -> Result<Box<Connection>, SendError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
@@ -185,12 +192,13 @@ impl Connection {
             Err(_elapsed) => return Err(SendError::ConnectTimeout),
         };
         let _ = stream.set_nodelay(true);
-        Ok(Connection {
+        Ok(Box::new(Connection {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
             timer: None,
-        })
+            names: NameCache::default(),
+        }))
     }
 
     /// Whether an idle connection can no longer take a request: the copy closed it, reset it,
@@ -216,7 +224,7 @@ impl Connection {
     /// `reused`: the connection served a request before (a failure may then be the copy closing
     /// it while idle).
     pub async fn send(
-        mut self,
+        mut self: Box<Self>,
         head: &request::Parts,
         body: &mut Upload,
         reused: bool,
@@ -233,7 +241,7 @@ impl Connection {
             () = timer.as_mut() => Err(Failed { error: SendError::Timeout, retry: false }),
         };
         self.timer = Some(timer);
-        let (head, framing, reusable, names_hop_by_hop) = exchanged?;
+        let (head, framing, reusable, said) = exchanged?;
         Ok(Answered {
             head,
             body: Answer {
@@ -242,19 +250,19 @@ impl Connection {
                 reusable,
                 failed: None,
             },
-            names_hop_by_hop,
+            names_hop_by_hop: said.names_hop_by_hop,
+            event_stream: said.event_stream,
         })
     }
 
     /// [`Connection::send`] without the timer: the answer head, its body's framing, whether the
-    /// connection may serve another request after it, and whether a `Connection` header named
-    /// others.
+    /// connection may serve another request after it, and what else its head said.
     async fn exchange(
         &mut self,
         head: &request::Parts,
         body: &mut Upload,
         reused: bool,
-    ) -> Result<(response::Parts, Framing, bool, bool), Failed> {
+    ) -> Result<(response::Parts, Framing, bool, Said), Failed> {
         let head_request = head.method == http::Method::HEAD;
         let no_body = body.is_end_stream();
         let framing = if no_body {
@@ -302,23 +310,22 @@ impl Connection {
             body_done = !answer_started;
         }
         let idempotent = no_body && head.method.is_idempotent();
-        let (parts, framing, keep_alive, names_hop_by_hop) =
-            match self.read_head(head_request).await {
-                Ok(read) => read,
-                Err(SendError::Closed) => {
-                    return Err(Failed {
-                        error: SendError::Closed,
-                        retry: reused && idempotent,
-                    })
-                }
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        retry: false,
-                    })
-                }
-            };
-        Ok((parts, framing, keep_alive && body_done, names_hop_by_hop))
+        let (parts, framing, keep_alive, said) = match self.read_head(head_request).await {
+            Ok(read) => read,
+            Err(SendError::Closed) => {
+                return Err(Failed {
+                    error: SendError::Closed,
+                    retry: reused && idempotent,
+                })
+            }
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    retry: false,
+                })
+            }
+        };
+        Ok((parts, framing, keep_alive && body_done, said))
     }
 
     /// Writes the write buffer, watching for an answer meanwhile (a copy may answer, 413 say,
@@ -390,10 +397,10 @@ impl Connection {
     async fn read_head(
         &mut self,
         head_request: bool,
-    ) -> Result<(response::Parts, Framing, bool, bool), SendError> {
+    ) -> Result<(response::Parts, Framing, bool, Said), SendError> {
         let mut informational = 0;
         loop {
-            if let Some(head) = parse_head(&mut self.read)? {
+            if let Some(head) = parse_head(&mut self.read, &mut self.names)? {
                 if head.status.is_informational() {
                     // 101 would switch protocols; the front door never asks for it (Upgrade is
                     // not forwarded).
@@ -552,39 +559,139 @@ struct Facts {
     chunked: Option<bool>,
     /// With a `Content-Length`: the length, or None if a value is invalid or they disagree.
     length: Option<Option<u64>>,
+    /// With a `Content-Type`: whether the first one is `text/event-stream` (Server-Sent
+    /// Events).
+    event_stream: Option<bool>,
 }
 
 impl Facts {
-    /// Reads a hop-by-hop or framing header; false for an end-to-end one (kept in the map).
-    fn read(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        if name == header::CONNECTION {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if !token.is_empty() {
-                    self.names_others = true;
-                }
+    /// Reads a header of the given kind; true for one left out of the map (hop-by-hop).
+    fn read(&mut self, kind: Kind, value: &[u8]) -> bool {
+        match kind {
+            Kind::EndToEnd => false,
+            Kind::ContentType => {
+                self.event_stream.get_or_insert_with(|| {
+                    value
+                        .trim_ascii_start()
+                        .get(..EVENT_STREAM.len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(EVENT_STREAM))
+                });
+                false
             }
-            // Kept when it names other headers: `strip_hop_by_hop` removes them and it.
-            return !self.names_others;
+            Kind::Connection => {
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !token.is_empty() {
+                        self.names_others = true;
+                    }
+                }
+                // Kept when it names other headers: `strip_hop_by_hop` removes them and it.
+                !self.names_others
+            }
+            Kind::TransferEncoding => {
+                // The last header's last coding decides (RFC 9112 section 6.1).
+                self.chunked = Some(
+                    value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+                );
+                true
+            }
+            Kind::ContentLength => {
+                self.length = Some(merge_length(self.length, value));
+                false
+            }
+            Kind::HopByHop => true,
         }
-        if name == header::TRANSFER_ENCODING {
-            // The last header's last coding decides (RFC 9112 section 6.1).
-            self.chunked = Some(
-                value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
-            return true;
+    }
+}
+
+/// The media type of Server-Sent Events.
+const EVENT_STREAM: &[u8] = b"text/event-stream";
+
+/// What part a header plays for the front door, worked out once per name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    EndToEnd,
+    ContentType,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Any other hop-by-hop header (`super::HOP_BY_HOP`): left out.
+    HopByHop,
+}
+
+impl Kind {
+    fn of(name: &HeaderName) -> Kind {
+        if name == header::CONTENT_TYPE {
+            Kind::ContentType
+        } else if name == header::CONNECTION {
+            Kind::Connection
+        } else if name == header::TRANSFER_ENCODING {
+            Kind::TransferEncoding
+        } else if name == header::CONTENT_LENGTH {
+            Kind::ContentLength
+        } else if super::HOP_BY_HOP.contains(name) {
+            Kind::HopByHop
+        } else {
+            Kind::EndToEnd
         }
-        if name == header::CONTENT_LENGTH {
-            self.length = Some(merge_length(self.length, value));
-            return false;
+    }
+}
+
+/// Header names kept per connection, by position in the answer head.
+const CACHED_NAMES: usize = INLINE_HEADER_SPANS;
+
+/// A name longer than this is parsed every time, not kept.
+const MAX_CACHED_NAME_BYTES: usize = 64;
+
+/// The header names of the last answer on a connection, as sent and as parsed. A copy answers
+/// with the same names in the same order, so the next answer's names are compared byte for byte
+/// rather than parsed, looked up among the standard names and classified again (about 200
+/// instructions a header; `docs/performance.md`). Bounded: [`CACHED_NAMES`] names of at most
+/// [`MAX_CACHED_NAME_BYTES`] bytes.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    entries: Vec<CachedName>,
+}
+
+#[derive(Debug)]
+struct CachedName {
+    raw: Box<[u8]>,
+    name: HeaderName,
+    kind: Kind,
+}
+
+impl NameCache {
+    /// The name of header `index`, whose bytes are `raw`, and its kind.
+    fn name(&mut self, index: usize, raw: &[u8]) -> Result<(HeaderName, Kind), SendError> {
+        if let Some(cached) = self.entries.get(index) {
+            if *cached.raw == *raw {
+                return Ok((cached.name.clone(), cached.kind));
+            }
         }
-        super::HOP_BY_HOP.contains(name)
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| SendError::BadAnswer("bad header name"))?;
+        let kind = Kind::of(&name);
+        if index < CACHED_NAMES && raw.len() <= MAX_CACHED_NAME_BYTES {
+            let entry = CachedName {
+                raw: raw.into(),
+                name: name.clone(),
+                kind,
+            };
+            let kept = self.entries.len();
+            if index < kept {
+                self.entries[index] = entry;
+            } else if index == kept {
+                self.entries.push(entry);
+            }
+            // Past a name that was not kept (too long), positions are not kept either.
+        }
+        Ok((name, kind))
     }
 }
 
@@ -593,7 +700,7 @@ const INLINE_HEADER_SPANS: usize = 16;
 
 /// Takes a complete answer head off the front of `buf`, if it is all there. Header values share
 /// the head's bytes (one allocation for all of them, as hyper does); it is parsed once.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
+fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHead>, SendError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -652,11 +759,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
     let spans = inline[..count.min(INLINE_HEADER_SPANS)]
         .iter()
         .chain(&spilled);
-    for &(name_start, name_end, value_start, value_end) in spans {
-        let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
-            .map_err(|_| SendError::BadAnswer("bad header name"))?;
+    for (index, &(name_start, name_end, value_start, value_end)) in spans.enumerate() {
+        let (name, kind) = names.name(index, &bytes[name_start as usize..name_end as usize])?;
         let value = bytes.slice(value_start as usize..value_end as usize);
-        if facts.read(&name, &value) {
+        if facts.read(kind, &value) {
             continue;
         }
         let value = HeaderValue::from_maybe_shared(value)
@@ -671,14 +777,22 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<RawHead>, SendError> {
     }))
 }
 
+/// What an answer head said that the front door acts on, besides its framing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Said {
+    /// A `Connection` header named other headers (for `strip_hop_by_hop`).
+    pub names_hop_by_hop: bool,
+    /// The (first) `Content-Type` is `text/event-stream`.
+    pub event_stream: bool,
+}
+
 /// Works out the body's framing (RFC 9112 section 6.3) and whether the connection stays open.
 /// Returns the head hyper's server gets (it frames the client's answer itself), the framing,
-/// whether the connection may be reused, and whether a `Connection` header named other headers
-/// (for `strip_hop_by_hop`).
+/// whether the connection may be reused, and what else the head said.
 fn finish_head(
     mut head: RawHead,
     head_request: bool,
-) -> Result<(response::Parts, Framing, bool, bool), SendError> {
+) -> Result<(response::Parts, Framing, bool, Said), SendError> {
     let facts = &head.facts;
     let mut keep_alive = match head.version {
         Version::HTTP_10 => facts.keep_alive && !facts.close,
@@ -717,7 +831,11 @@ fn finish_head(
     parts.status = head.status;
     parts.version = head.version;
     parts.headers = head.headers;
-    Ok((parts, framing, keep_alive, head.facts.names_others))
+    let said = Said {
+        names_hop_by_hop: head.facts.names_others,
+        event_stream: head.facts.event_stream == Some(true),
+    };
+    Ok((parts, framing, keep_alive, said))
 }
 
 /// Folds one `Content-Length` value into what earlier ones said: every value (and every
@@ -734,7 +852,9 @@ fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<u64> {
         if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n: u64 = std::str::from_utf8(item).ok()?.parse().ok()?;
+        let n = item.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
         if length.is_some_and(|l| l != n) {
             return None;
         }
@@ -747,7 +867,7 @@ fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<u64> {
 /// connection can be taken back ([`Answer::take_reusable`]).
 #[derive(Debug)]
 pub struct Answer {
-    connection: Option<Connection>,
+    connection: Option<Box<Connection>>,
     framing: Framing,
     /// The connection may serve another request once the body is read to its end.
     reusable: bool,
@@ -759,7 +879,7 @@ pub struct Answer {
 
 impl Answer {
     /// The connection, once the body has been read to its end and both sides keep it alive.
-    pub fn take_reusable(&mut self) -> Option<Connection> {
+    pub fn take_reusable(&mut self) -> Option<Box<Connection>> {
         if !matches!(self.framing, Framing::Done | Framing::Length(0)) {
             return None;
         }
@@ -881,10 +1001,14 @@ fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str>
 }
 
 /// Reads one whole answer from `buf` as the front door reads a copy's (its head, then its body to
-/// the end its framing states): the head and the body's length. For `benches/proxy.rs`, which
-/// measures this codec without sockets; the front door itself reads as the bytes arrive.
-pub fn read_whole_answer(buf: &mut BytesMut) -> Result<(response::Parts, usize), SendError> {
-    let raw = parse_head(buf)?.ok_or(SendError::BadAnswer("the answer head was cut off"))?;
+/// the end its framing states): the head and the body's length. `names` is the connection's
+/// [`NameCache`]. For `benches/proxy.rs`, which measures this codec without sockets; the front
+/// door itself reads as the bytes arrive.
+pub fn read_whole_answer(
+    buf: &mut BytesMut,
+    names: &mut NameCache,
+) -> Result<(response::Parts, usize), SendError> {
+    let raw = parse_head(buf, names)?.ok_or(SendError::BadAnswer("the answer head was cut off"))?;
     let (parts, mut framing, ..) = finish_head(raw, false)?;
     let mut body = 0;
     loop {

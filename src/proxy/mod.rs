@@ -546,6 +546,7 @@ async fn handle(
             head: mut parts,
             body,
             names_hop_by_hop,
+            event_stream,
         }) => {
             // The client's framing and connection headers are hyper's; the copy's were left out
             // as its head was read, but for the ones its Connection header names.
@@ -553,7 +554,7 @@ async fn handle(
                 strip_hop_by_hop(&mut parts.headers);
             }
             guard.fate = Fate::Answered(parts.status.as_u16());
-            if is_streamed(&parts, &body, head_request) {
+            if is_streamed(event_stream, &body, head_request) {
                 guard.stream = Some(Stream::default());
             }
             Ok(Response::from_parts(
@@ -626,23 +627,14 @@ async fn handle(
 
 /// Whether the copy's answer streams: a body whose length its head does not declare (HTTP/1.1
 /// `Transfer-Encoding: chunked`, or delimited by the connection's close), or Server-Sent Events
-/// (`Content-Type: text/event-stream`) however it is framed. An answer without a body (HEAD,
-/// 204, 304, `Content-Length: 0`) never streams. Copies speak HTTP/1.1, so an h2c client's
-/// stream is one of these too.
-fn is_streamed(head: &http::response::Parts, body: &Answer, head_request: bool) -> bool {
+/// (`Content-Type: text/event-stream`, read with the head) however it is framed. An answer
+/// without a body (HEAD, 204, 304, `Content-Length: 0`) never streams. Copies speak HTTP/1.1, so
+/// an h2c client's stream is one of these too.
+fn is_streamed(event_stream: bool, body: &Answer, head_request: bool) -> bool {
     if head_request || body.is_end_stream() {
         return false;
     }
-    let sse = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .get(..17)
-                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-        });
-    sse || body.size_hint().exact().is_none()
+    event_stream || body.size_hint().exact().is_none()
 }
 
 /// The client broke its request: not an invocation. Counted and answered (if anyone listens).
@@ -861,7 +853,15 @@ impl InFlight {
     }
 
     fn outcome(&self, status: u16, copy_failed: bool, now: Instant) -> Outcome {
-        let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
+        // Through u64 nanoseconds (exact for 584 years), not u128: a u128 to f64 conversion is
+        // a library call, three a request.
+        let us = |d: Duration| {
+            let ns = d
+                .as_secs()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(d.subsec_nanos()));
+            ns as f64 / 1000.0
+        };
         let model_us = self.model_started.map_or(0.0, |start| {
             us(self
                 .model_ended

@@ -20,7 +20,7 @@ use super::upload::Upload;
 use super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 
 struct Idle {
-    connection: Connection,
+    connection: Box<Connection>,
     since: Instant,
 }
 
@@ -49,7 +49,7 @@ impl Pool {
     }
 
     /// The newest idle connection that can take a request now; stale ones are closed.
-    fn take(&self) -> Option<Connection> {
+    fn take(&self) -> Option<Box<Connection>> {
         let mut idle = self.lock();
         while let Some(Idle { connection, .. }) = idle.pop() {
             if !connection.is_stale() {
@@ -61,7 +61,7 @@ impl Pool {
 
     /// Hands a connection back after its answer was read to the end (`now`: when; the caller
     /// has just read the clock).
-    pub fn put(&self, connection: Connection, now: Instant) {
+    pub fn put(&self, connection: Box<Connection>, now: Instant) {
         let mut idle = self.lock();
         if idle.len() < POOL_MAX_IDLE_PER_HOST {
             idle.push(Idle {

@@ -110,7 +110,7 @@ fn content_length_must_be_one_run_of_digits() {
 
 fn head(wire: &str, head_request: bool) -> Result<(response::Parts, Framing, bool), SendError> {
     let mut buf = BytesMut::from(wire.as_bytes());
-    let raw = parse_head(&mut buf)?.expect("a complete head");
+    let raw = parse_head(&mut buf, &mut NameCache::default())?.expect("a complete head");
     assert!(buf.is_empty(), "the head is taken off the buffer");
     finish_head(raw, head_request).map(|(parts, framing, keep, _)| (parts, framing, keep))
 }
@@ -177,17 +177,19 @@ fn hop_by_hop_headers_are_left_out_as_the_head_is_read() {
     let wire = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
                 Content-Length: 2\r\nX-A: 1\r\nUpgrade: h2c\r\nTrailer: x\r\n\r\n";
     let mut buf = BytesMut::from(wire.as_bytes());
-    let (parts, _, keep, names) =
-        finish_head(parse_head(&mut buf).unwrap().unwrap(), false).unwrap();
+    let mut names = NameCache::default();
+    let (parts, _, keep, said) =
+        finish_head(parse_head(&mut buf, &mut names).unwrap().unwrap(), false).unwrap();
     let mut left: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
     left.sort();
     assert_eq!(left, ["content-length", "x-a"]);
-    assert!(keep && !names);
+    assert!(keep && said == Said::default());
     // A Connection header naming another header stays, for the front door's strip to use.
     let wire = "HTTP/1.1 200 OK\r\nConnection: X-A\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n";
     let mut buf = BytesMut::from(wire.as_bytes());
-    let (parts, _, _, names) = finish_head(parse_head(&mut buf).unwrap().unwrap(), false).unwrap();
-    assert!(names && parts.headers.contains_key(header::CONNECTION));
+    let (parts, _, _, said) =
+        finish_head(parse_head(&mut buf, &mut names).unwrap().unwrap(), false).unwrap();
+    assert!(said.names_hop_by_hop && parts.headers.contains_key(header::CONNECTION));
     // More headers than are placed inline are all kept, in order.
     let mut wire = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
     for i in 0..INLINE_HEADER_SPANS * 2 {
@@ -195,9 +197,12 @@ fn hop_by_hop_headers_are_left_out_as_the_head_is_read() {
     }
     wire.push_str("\r\n");
     let (parts, ..) = finish_head(
-        parse_head(&mut BytesMut::from(wire.as_bytes()))
-            .unwrap()
-            .unwrap(),
+        parse_head(
+            &mut BytesMut::from(wire.as_bytes()),
+            &mut NameCache::default(),
+        )
+        .unwrap()
+        .unwrap(),
         false,
     )
     .unwrap();
@@ -233,7 +238,7 @@ fn answer_heads_over_the_limits_are_refused() {
         many.push_str(&format!("x-{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    let parse = |wire: &[u8]| parse_head(&mut BytesMut::from(wire));
+    let parse = |wire: &[u8]| parse_head(&mut BytesMut::from(wire), &mut NameCache::default());
     assert!(matches!(
         parse(many.as_bytes()),
         Err(SendError::BadAnswer("too many headers in the answer"))
@@ -349,12 +354,108 @@ async fn a_connection_s_timer_is_kept_within_the_slack_and_never_set_before_a_re
 #[test]
 fn a_whole_answer_reads_to_its_framing_s_end() {
     let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\nNEXT"[..]);
-    let (parts, body) = read_whole_answer(&mut buf).unwrap();
+    let (parts, body) = read_whole_answer(&mut buf, &mut NameCache::default()).unwrap();
     assert_eq!((parts.status.as_u16(), body), (200, 6));
     assert_eq!(&buf[..], b"NEXT");
     let mut cut = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhel"[..]);
     assert!(matches!(
-        read_whole_answer(&mut cut),
+        read_whole_answer(&mut cut, &mut NameCache::default()),
         Err(SendError::BadAnswer(_))
+    ));
+}
+
+#[test]
+fn names_kept_from_the_last_answer_give_what_a_fresh_parse_gives() {
+    let answers: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nServer: m\r\nContent-Type: text/event-stream\r\nX-Id: 1\r\n\
+          Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        // The same names: every one from the cache.
+        b"HTTP/1.1 200 OK\r\nServer: m\r\nContent-Type: text/event-stream\r\nX-Id: 2\r\n\
+          Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        // Other names at the same places, one only in case: none may be taken for the old.
+        b"HTTP/1.1 200 OK\r\nserver: m\r\nX-Id: 3\r\nContent-Type: application/json\r\n\
+          Connection: close\r\nContent-Length: 2\r\n\r\n",
+        // Fewer names, then more again, and one longer than is kept.
+        b"HTTP/1.1 204 No Content\r\nServer: m\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nServer: m\r\nX-Long-Name-Long-Name-Long-Name-Long-Name-Long-Name-Long-Name-Long: 1\r\n\
+          Keep-Alive: timeout=5\r\nContent-Type: text/event-stream\r\nContent-Length: 2\r\n\r\n",
+    ];
+    let mut names = NameCache::default();
+    for round in 0..2 {
+        for wire in answers {
+            let cached = finish_head(
+                parse_head(&mut BytesMut::from(wire), &mut names)
+                    .unwrap()
+                    .unwrap(),
+                false,
+            )
+            .unwrap();
+            let fresh = finish_head(
+                parse_head(&mut BytesMut::from(wire), &mut NameCache::default())
+                    .unwrap()
+                    .unwrap(),
+                false,
+            )
+            .unwrap();
+            let text = String::from_utf8_lossy(wire);
+            assert_eq!(cached.0.headers, fresh.0.headers, "round {round}: {text}");
+            assert_eq!(
+                (cached.1, cached.2, cached.3),
+                (fresh.1, fresh.2, fresh.3),
+                "round {round}: {text}"
+            );
+        }
+    }
+    assert!(names.entries.len() <= CACHED_NAMES);
+    // What the heads said, read through the cache: SSE, hop-by-hop headers left out.
+    let (parts, framing, keep, said) = finish_head(
+        parse_head(&mut BytesMut::from(answers[1]), &mut names)
+            .unwrap()
+            .unwrap(),
+        false,
+    )
+    .unwrap();
+    assert_eq!((framing, keep), (CHUNKED, true));
+    assert!(said.event_stream && !said.names_hop_by_hop);
+    let mut left: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, ["content-type", "server", "x-id"]);
+    let (_, _, keep, said) = finish_head(
+        parse_head(&mut BytesMut::from(answers[2]), &mut names)
+            .unwrap()
+            .unwrap(),
+        false,
+    )
+    .unwrap();
+    assert!(!keep && !said.event_stream);
+}
+
+#[test]
+fn only_a_first_content_type_of_text_event_stream_is_server_sent_events() {
+    let said = |wire: &[u8]| {
+        finish_head(
+            parse_head(&mut BytesMut::from(wire), &mut NameCache::default())
+                .unwrap()
+                .unwrap(),
+            false,
+        )
+        .unwrap()
+        .3
+        .event_stream
+    };
+    assert!(said(
+        b"HTTP/1.1 200 OK\r\nContent-Type:  TEXT/Event-Stream; charset=utf-8\r\n\r\n"
+    ));
+    assert!(said(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\xff\r\n\r\n"
+    ));
+    assert!(!said(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-strea\r\n\r\n"
+    ));
+    assert!(!said(
+        b"HTTP/1.1 200 OK\r\nX-Type: text/event-stream\r\n\r\n"
+    ));
+    assert!(!said(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Type: text/event-stream\r\n\r\n"
     ));
 }
