@@ -364,6 +364,14 @@ fn a_whole_answer_reads_to_its_framing_s_end() {
     ));
 }
 
+/// A whole answer head (not a HEAD request's) read with the connection's `names`.
+fn read_with(wire: &[u8], names: &mut NameCache) -> (response::Parts, Framing, bool, Said) {
+    let raw = parse_head(&mut BytesMut::from(wire), names)
+        .expect("a valid head")
+        .expect("a complete head");
+    finish_head(raw, false).expect("a valid framing")
+}
+
 #[test]
 fn names_kept_from_the_last_answer_give_what_a_fresh_parse_gives() {
     let answers: [&[u8]; 5] = [
@@ -383,20 +391,8 @@ fn names_kept_from_the_last_answer_give_what_a_fresh_parse_gives() {
     let mut names = NameCache::default();
     for round in 0..2 {
         for wire in answers {
-            let cached = finish_head(
-                parse_head(&mut BytesMut::from(wire), &mut names)
-                    .unwrap()
-                    .unwrap(),
-                false,
-            )
-            .unwrap();
-            let fresh = finish_head(
-                parse_head(&mut BytesMut::from(wire), &mut NameCache::default())
-                    .unwrap()
-                    .unwrap(),
-                false,
-            )
-            .unwrap();
+            let cached = read_with(wire, &mut names);
+            let fresh = read_with(wire, &mut NameCache::default());
             let text = String::from_utf8_lossy(wire);
             assert_eq!(cached.0.headers, fresh.0.headers, "round {round}: {text}");
             assert_eq!(
@@ -408,41 +404,19 @@ fn names_kept_from_the_last_answer_give_what_a_fresh_parse_gives() {
     }
     assert!(names.entries.len() <= CACHED_NAMES);
     // What the heads said, read through the cache: SSE, hop-by-hop headers left out.
-    let (parts, framing, keep, said) = finish_head(
-        parse_head(&mut BytesMut::from(answers[1]), &mut names)
-            .unwrap()
-            .unwrap(),
-        false,
-    )
-    .unwrap();
+    let (parts, framing, keep, said) = read_with(answers[1], &mut names);
     assert_eq!((framing, keep), (CHUNKED, true));
     assert!(said.event_stream && !said.names_hop_by_hop);
     let mut left: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
     left.sort();
     assert_eq!(left, ["content-type", "server", "x-id"]);
-    let (_, _, keep, said) = finish_head(
-        parse_head(&mut BytesMut::from(answers[2]), &mut names)
-            .unwrap()
-            .unwrap(),
-        false,
-    )
-    .unwrap();
+    let (_, _, keep, said) = read_with(answers[2], &mut names);
     assert!(!keep && !said.event_stream);
 }
 
 #[test]
 fn only_a_first_content_type_of_text_event_stream_is_server_sent_events() {
-    let said = |wire: &[u8]| {
-        finish_head(
-            parse_head(&mut BytesMut::from(wire), &mut NameCache::default())
-                .unwrap()
-                .unwrap(),
-            false,
-        )
-        .unwrap()
-        .3
-        .event_stream
-    };
+    let said = |wire: &[u8]| read_with(wire, &mut NameCache::default()).3.event_stream;
     assert!(said(
         b"HTTP/1.1 200 OK\r\nContent-Type:  TEXT/Event-Stream; charset=utf-8\r\n\r\n"
     ));
