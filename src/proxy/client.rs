@@ -160,12 +160,11 @@ enum Chunk {
 /// until the body's end.
 pub struct Answered {
     /// End-to-end headers only, unless a `Connection` header named others: then it is kept,
-    /// and `names_hop_by_hop` says `strip_hop_by_hop` must run.
+    /// and `said.names_hop_by_hop` says `strip_hop_by_hop` must run.
     pub head: response::Parts,
     pub body: Answer,
-    pub names_hop_by_hop: bool,
-    /// The answer's (first) `Content-Type` is `text/event-stream`.
-    pub event_stream: bool,
+    /// What else the head said.
+    pub said: Said,
 }
 
 /// Why [`Connection::send`] failed, and whether the request may go on another connection.
@@ -250,8 +249,7 @@ impl Connection {
                 reusable,
                 failed: None,
             },
-            names_hop_by_hop: said.names_hop_by_hop,
-            event_stream: said.event_stream,
+            said,
         })
     }
 

@@ -545,16 +545,15 @@ async fn handle(
         Ok(Answered {
             head: mut parts,
             body,
-            names_hop_by_hop,
-            event_stream,
+            said,
         }) => {
             // The client's framing and connection headers are hyper's; the copy's were left out
             // as its head was read, but for the ones its Connection header names.
-            if names_hop_by_hop {
+            if said.names_hop_by_hop {
                 strip_hop_by_hop(&mut parts.headers);
             }
             guard.fate = Fate::Answered(parts.status.as_u16());
-            if is_streamed(event_stream, &body, head_request) {
+            if is_streamed(said.event_stream, &body, head_request) {
                 guard.stream = Some(Stream::default());
             }
             Ok(Response::from_parts(
