@@ -457,3 +457,263 @@ fn an_early_answer_is_relayed_without_the_rest_of_the_upload() {
     drop(c);
     agent.stop().success();
 }
+
+/// Reads one answer off `c`: its head and its body (by `Content-Length`, chunked, or to the
+/// connection's close), and whether the connection closed after it.
+fn read_answer(c: &mut TcpStream) -> (String, String, bool) {
+    c.set_read_timeout(Some(CLOSE_WITHIN)).unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => {
+                return (
+                    String::from_utf8_lossy(&seen).into_owned(),
+                    String::new(),
+                    true,
+                )
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&seen).into_owned();
+    let lower = head.to_ascii_lowercase();
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    let mut body = Vec::new();
+    if let Some(n) = length {
+        body.resize(n, 0);
+        c.read_exact(&mut body).unwrap();
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                c.read_exact(&mut byte).unwrap();
+                line.push(byte[0]);
+            }
+            let size = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            c.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if !(lower.starts_with("http/1.1 1")
+        || lower.starts_with("http/1.1 204")
+        || lower.starts_with("http/1.1 304"))
+    {
+        let _ = c.read_to_end(&mut body);
+        return (head, String::from_utf8_lossy(&body).into_owned(), true);
+    }
+    let closed = lower.contains("connection: close") && closed_by_peer(c);
+    (head, String::from_utf8_lossy(&body).into_owned(), closed)
+}
+
+/// Reads a request body as the copy gets it: by its `Content-Length`, or chunked.
+fn read_request_body(head: &str, reader: &mut impl std::io::BufRead) -> String {
+    let lower = head.to_ascii_lowercase();
+    if let Some(n) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse::<usize>().unwrap())
+    {
+        let mut body = vec![0u8; n];
+        reader.read_exact(&mut body).unwrap();
+        return String::from_utf8(body).unwrap();
+    }
+    let mut body = String::new();
+    if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+        }
+    }
+    body
+}
+
+#[test]
+fn http1_requests_are_read_framed_and_kept_alive_as_rfc_9112_says() {
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    let (copy, _) = scripted_copy(move |head, reader, conn| {
+        seen.lock().unwrap().push(head.to_string());
+        let body = read_request_body(head, reader);
+        let answer = if head.starts_with("GET /stream") {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n5\r\nlast\n\r\n0\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        match conn.write_all(answer.as_bytes()) {
+            Ok(()) => After::Next,
+            Err(_) => After::Close,
+        }
+    });
+    let dir = Workdir::new();
+    let (agent, front_door) = start(&dir, "max_request_body_bytes = 1024\n", copy);
+    let connect = || TcpStream::connect(front_door).unwrap();
+
+    // Two requests in one write (pipelined): two answers, in order, on one connection.
+    let mut c = connect();
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: m\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body, closed) = read_answer(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    assert_eq!((body.as_str(), closed), ("hello", false));
+    let (head, body, closed) = read_answer(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(
+        (body.as_str(), closed),
+        ("abcde", false),
+        "a chunked body, whole"
+    );
+
+    // A head sent byte by byte is read whole.
+    for &b in b"GET /trickled HTTP/1.1\r\nHost: m\r\n\r\n" {
+        c.write_all(&[b]).unwrap();
+    }
+    let (head, _, closed) = read_answer(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 ") && !closed, "{head}");
+
+    // Expect: 100-continue is answered by the front door once the body is needed, and not
+    // passed on.
+    c.write_all(
+        b"POST /expect HTTP/1.1\r\nHost: m\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .unwrap();
+    let (interim, _, _) = read_answer(&mut c);
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    c.write_all(b"body").unwrap();
+    let (head, body, _) = read_answer(&mut c);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body, "body");
+
+    // Connection: close is honoured.
+    c.write_all(b"GET /last HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (head, _, closed) = read_answer(&mut c);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close") && closed,
+        "{head}"
+    );
+
+    // HTTP/1.0: kept alive only when asked; an answer of unknown length ends with the
+    // connection (no chunked encoding for a client that cannot read it).
+    let mut c = connect();
+    c.write_all(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let (head, _, closed) = read_answer(&mut c);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: keep-alive") && !closed,
+        "{head}"
+    );
+    c.write_all(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let (head, body, closed) = read_answer(&mut c);
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert_eq!((body.as_str(), closed), ("first\nlast\n", true));
+
+    // What a request smuggler sends is refused (400) and the connection closed; the copy sees
+    // none of it.
+    let before = heads.lock().unwrap().len();
+    for smuggled in [
+        "POST /s HTTP/1.1\r\nHost: m\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        "POST /s HTTP/1.0\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /s HTTP/1.1\r\nHost: m\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "POST /s HTTP/1.1\r\nHost: m\r\nContent-Length: +5\r\n\r\nhello",
+    ] {
+        let mut c = connect();
+        c.write_all(smuggled.as_bytes()).unwrap();
+        let (head, _, _) = read_answer(&mut c);
+        assert!(head.starts_with("HTTP/1.1 400 "), "{smuggled:?}: {head}");
+        assert!(closed_by_peer(&mut c), "{smuggled:?}: left open");
+    }
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        before,
+        "a refused request reached the copy"
+    );
+
+    let heads = heads.lock().unwrap().clone();
+    let expect = heads
+        .iter()
+        .find(|h| h.starts_with("POST /expect"))
+        .unwrap();
+    assert!(!expect.to_ascii_lowercase().contains("expect:"), "{expect}");
+    let chunked = heads
+        .iter()
+        .filter(|h| h.starts_with("POST /echo"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        chunked
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{chunked}"
+    );
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_bad_requests"), 5);
+}
+
+#[test]
+fn a_client_that_leaves_while_its_copy_works_closes_the_copy_s_connection() {
+    // The copy tells when the request arrived, then whether its connection closed (a model
+    // server stops generating when it does) before a generous limit.
+    let (events, heard) = std::sync::mpsc::channel::<&'static str>();
+    let events = std::sync::Mutex::new(events);
+    let (copy, _) = scripted_copy(move |head, reader, _| {
+        let events = events.lock().unwrap().clone();
+        assert_eq!(read_request_body(head, reader), "hi");
+        events.send("arrived").unwrap();
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let closed = match reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        let _ = events.send(if closed { "closed" } else { "still open" });
+        After::Close
+    });
+    let dir = Workdir::new();
+    // A response timeout far past the test, so only the client's leaving can close the copy's
+    // connection.
+    let (agent, front_door) = start(&dir, "response_timeout_ms = 60000\n", copy);
+    let mut c = TcpStream::connect(front_door).unwrap();
+    c.write_all(b"POST /generate HTTP/1.1\r\nHost: m\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    assert_eq!(heard.recv_timeout(CLOSE_WITHIN * 2), Ok("arrived"));
+    drop(c);
+    assert_eq!(heard.recv_timeout(Duration::from_secs(30)), Ok("closed"));
+    let stopped = agent.stop().success();
+    assert_eq!(stopped.logs.final_counter("proxy_client_left"), 1);
+    assert_eq!(stopped.logs.final_counter("proxy_upstream_timeouts"), 0);
+    assert_eq!(stopped.logs.final_counter("proxy_upstream_errors"), 0);
+}

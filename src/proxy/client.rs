@@ -49,7 +49,7 @@ pub const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// Room made in the read buffer before each read: a small answer arrives in one read.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+pub(super) const READ_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Hexadecimal digits in a chunk size: 16 fill a u64.
 const MAX_CHUNK_SIZE_DIGITS: usize = 16;
@@ -78,6 +78,9 @@ pub enum SendError {
     /// No answer head by the request's [`Due`] time (`proxy.response_timeout_ms`).
     #[error("no answer in time")]
     Timeout,
+    /// The client closed its connection while the copy had not answered yet.
+    #[error("the client went away")]
+    ClientGone,
 }
 
 /// How late a connection's response timer may be set past a request's due time and still be
@@ -133,7 +136,7 @@ pub struct Connection {
 
 /// How an answer's body ends (RFC 9112 section 6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// This many bytes are left.
     Length(u64),
     /// Chunked: where in the encoding the reader is.
@@ -145,7 +148,7 @@ enum Framing {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     /// Before a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes left.
@@ -225,7 +228,7 @@ impl Connection {
     pub async fn send(
         mut self: Box<Self>,
         head: &request::Parts,
-        body: &mut Upload,
+        body: &mut Upload<'_>,
         reused: bool,
         due: Due,
     ) -> Result<Answered, Failed> {
@@ -258,7 +261,7 @@ impl Connection {
     async fn exchange(
         &mut self,
         head: &request::Parts,
-        body: &mut Upload,
+        body: &mut Upload<'_>,
         reused: bool,
     ) -> Result<(response::Parts, Framing, bool, Said), Failed> {
         let head_request = head.method == http::Method::HEAD;
@@ -308,7 +311,14 @@ impl Connection {
             body_done = !answer_started;
         }
         let idempotent = no_body && head.method.is_idempotent();
-        let (parts, framing, keep_alive, said) = match self.read_head(head_request).await {
+        // While the copy works, a client that leaves ends the request (its copy's connection
+        // closes: a model server stops generating).
+        let read = tokio::select! {
+            biased;
+            read = self.read_head(head_request) => read,
+            () = std::future::poll_fn(|cx| body.poll_client_gone(cx)) => Err(SendError::ClientGone),
+        };
+        let (parts, framing, keep_alive, said) = match read {
             Ok(read) => read,
             Err(SendError::Closed) => {
                 return Err(Failed {
@@ -366,7 +376,7 @@ impl Connection {
     /// rest of the body is then not sent, and the connection not reused).
     async fn send_body(
         &mut self,
-        body: &mut Upload,
+        body: &mut Upload<'_>,
         framing: BodyFraming,
     ) -> Result<bool, SendError> {
         loop {
@@ -460,7 +470,7 @@ enum BodyFraming {
 }
 
 /// The next frame if the body has one without waiting.
-fn ready_now(body: &mut Upload) -> Option<Option<Result<Frame<Bytes>, UploadError>>> {
+fn ready_now(body: &mut Upload<'_>) -> Option<Option<Result<Frame<Bytes>, UploadError>>> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match Pin::new(body).poll_frame(&mut cx) {
         Poll::Ready(frame) => Some(frame),
@@ -566,7 +576,7 @@ impl Facts {
     /// Reads a header of the given kind; true for one left out of the map (hop-by-hop).
     fn read(&mut self, kind: Kind, value: &[u8]) -> bool {
         match kind {
-            Kind::EndToEnd => false,
+            Kind::EndToEnd | Kind::Host | Kind::Expect => false,
             Kind::ContentType => {
                 self.event_stream.get_or_insert_with(|| {
                     value
@@ -613,8 +623,12 @@ const EVENT_STREAM: &[u8] = b"text/event-stream";
 
 /// What part a header plays for the front door, worked out once per name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     EndToEnd,
+    /// `Host`: end-to-end, counted in a request.
+    Host,
+    /// `Expect`: read in a request (`100-continue`).
+    Expect,
     ContentType,
     Connection,
     TransferEncoding,
@@ -627,6 +641,10 @@ impl Kind {
     fn of(name: &HeaderName) -> Kind {
         if name == header::CONTENT_TYPE {
             Kind::ContentType
+        } else if name == header::HOST {
+            Kind::Host
+        } else if name == header::EXPECT {
+            Kind::Expect
         } else if name == header::CONNECTION {
             Kind::Connection
         } else if name == header::TRANSFER_ENCODING {
@@ -665,15 +683,15 @@ struct CachedName {
 }
 
 impl NameCache {
-    /// The name of header `index`, whose bytes are `raw`, and its kind.
-    fn name(&mut self, index: usize, raw: &[u8]) -> Result<(HeaderName, Kind), SendError> {
+    /// The name of header `index`, whose bytes are `raw`, and its kind; None if `raw` is not a
+    /// header name.
+    pub(super) fn name(&mut self, index: usize, raw: &[u8]) -> Option<(HeaderName, Kind)> {
         if let Some(cached) = self.entries.get(index) {
             if *cached.raw == *raw {
-                return Ok((cached.name.clone(), cached.kind));
+                return Some((cached.name.clone(), cached.kind));
             }
         }
-        let name =
-            HeaderName::from_bytes(raw).map_err(|_| SendError::BadAnswer("bad header name"))?;
+        let name = HeaderName::from_bytes(raw).ok()?;
         let kind = Kind::of(&name);
         if index < CACHED_NAMES && raw.len() <= MAX_CACHED_NAME_BYTES {
             let entry = CachedName {
@@ -689,7 +707,7 @@ impl NameCache {
             }
             // Past a name that was not kept (too long), positions are not kept either.
         }
-        Ok((name, kind))
+        Some((name, kind))
     }
 }
 
@@ -758,7 +776,9 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
         .iter()
         .chain(&spilled);
     for (index, &(name_start, name_end, value_start, value_end)) in spans.enumerate() {
-        let (name, kind) = names.name(index, &bytes[name_start as usize..name_end as usize])?;
+        let (name, kind) = names
+            .name(index, &bytes[name_start as usize..name_end as usize])
+            .ok_or(SendError::BadAnswer("bad header name"))?;
         let value = bytes.slice(value_start as usize..value_end as usize);
         if facts.read(kind, &value) {
             continue;
@@ -839,7 +859,7 @@ fn finish_head(
 /// Folds one `Content-Length` value into what earlier ones said: every value (and every
 /// comma-separated item of one) must be the same run of digits, else None (RFC 9110 section
 /// 8.6).
-fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<u64> {
+pub(super) fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<u64> {
     let mut length = match so_far {
         Some(None) => return None,
         Some(Some(n)) => Some(n),
@@ -905,7 +925,7 @@ impl Answer {
 
 /// What the buffered bytes give next.
 #[derive(Debug, PartialEq, Eq)]
-enum Step {
+pub(super) enum Step {
     /// A piece of the body.
     Data(Bytes),
     /// The body's end.
@@ -916,7 +936,7 @@ enum Step {
 
 /// Decodes the next piece of the body from `buf` in `framing` (advancing both), or says why the
 /// framing is broken.
-fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str> {
+pub(super) fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str> {
     loop {
         match *framing {
             Framing::Done => return Ok(Step::End),

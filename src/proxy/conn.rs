@@ -100,6 +100,8 @@ pub struct Connections {
     in_flight: Arc<AtomicUsize>,
     /// Set when the front door drains: every connection finishes its requests and closes.
     draining: watch::Sender<bool>,
+    /// The same, read by each HTTP/1.1 answer (one load, no lock).
+    draining_now: AtomicBool,
     idle_timeout: Duration,
     head_timeout: Duration,
     send_timeout: Duration,
@@ -126,6 +128,7 @@ impl Connections {
             permits: Arc::new(Semaphore::new(max_connections)),
             in_flight: Arc::default(),
             draining: watch::channel(false).0,
+            draining_now: AtomicBool::new(false),
             idle_timeout: deadlines.idle,
             head_timeout: deadlines.head,
             send_timeout: deadlines.send,
@@ -190,7 +193,13 @@ impl Connections {
 
     /// Tells every connection to finish what it has and close.
     pub fn drain(&self) {
+        self.draining_now.store(true, Ordering::Release);
         self.draining.send_replace(true);
+    }
+
+    /// Whether the front door drains: an HTTP/1.1 connection closes after its answer.
+    pub fn is_draining(&self) -> bool {
+        self.draining_now.load(Ordering::Acquire)
     }
 }
 
@@ -286,6 +295,11 @@ impl Tracker {
 }
 
 impl Connection {
+    /// Whether a request is in flight on this connection.
+    pub fn busy(&self) -> bool {
+        self.activity.active.load(Ordering::Acquire) > 0
+    }
+
     pub fn tracker(&self) -> Tracker {
         Tracker {
             activity: self.activity.clone(),
@@ -392,6 +406,20 @@ impl<B> Guarded<B> {
             active,
             waiting: false,
         }
+    }
+
+    /// The connection could not take all of what this answer handed over: the answer waits
+    /// for the client (until its next frame is asked for, or it is dropped).
+    pub fn waits_for_client(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.active.activity.waiting.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The client took some of what waited for it: not a stall.
+    pub fn client_took(&self) {
+        self.active.activity.handed.fetch_add(1, Ordering::AcqRel);
     }
 }
 

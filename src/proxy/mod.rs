@@ -13,9 +13,9 @@ pub mod client;
 pub mod conn;
 pub mod pool;
 pub mod route;
+pub mod server;
 pub mod upload;
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{request, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use server::{Client, Protocol};
 use tokio::sync::watch;
 
 use crate::aggregate::Stats;
@@ -41,10 +42,10 @@ use crate::telemetry::{self, Counter};
 use account::{Accounts, FirstChunk, Outcome, StreamOutcome};
 use client::{Answer, Answered, Due, SendError};
 use route::{RouteError, Table, Upstream, COMPONENT_HEADER};
-use upload::{Upload, UploadFault, UploadState};
+use upload::{Source, Upload, UploadFault, UploadState};
 
 /// Request head limit (request line and headers). nginx allows 4 x 8 KiB by default; the
-/// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431 from hyper.
+/// SageMaker runtime caps custom attributes at 1 KiB. Larger heads get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// An HTTP/1 client must send its request head within this of connecting or of its last answer's
@@ -102,6 +103,10 @@ struct State {
 impl State {
     fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn is_draining(&self) -> bool {
+        self.connections.is_draining()
     }
 }
 
@@ -315,21 +320,11 @@ async fn follow_inventory(
 }
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // The head deadline is the connection watchdog's (`conn`), one timer per connection rather
-    // than hyper's one per request. Writes flattened into one buffer: one write(2) of head and
-    // body instead of writev(2) of two pieces, measured cheaper for the small answers a model
-    // gives (a body chunk is copied once more in user space; the kernel copies it anyway).
-    builder
-        .http1()
-        .header_read_timeout(None)
-        .writev(false)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    // HTTP/1.1 is the front door's own (`server`); h2c goes to hyper.
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let builder = Arc::new(builder);
+    let h2 = Arc::new(h2);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -349,63 +344,112 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
             }
         };
         // Past the cap the connection is closed at once (dropped), counted.
-        let Some(mut admitted) = state.connections.admit() else {
+        let Some(admitted) = state.connections.admit() else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = {
-                let state = state.clone();
-                let track = admitted.tracker();
-                hyper::service::service_fn(move |req| {
-                    let h2 = req.version() == http::Version::HTTP_2;
-                    let (state, active) = (state.clone(), track.request(h2));
-                    async move {
-                        let response = handle(state, req).await?;
-                        Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, active)))
-                    }
-                })
-            };
-            // Errors here are the client's: a malformed head gets 400 and one over the limit
-            // 431 from hyper, counted here as `handle` never saw them; a reset connection just
-            // ends its task (its request, if any, is counted when its guard drops).
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
+        tokio::spawn(serve_connection(
+            Client::new(stream),
+            state.clone(),
+            admitted,
+            h2.clone(),
+        ));
+    }
+}
+
+/// One client connection, from its first bytes to its close, watched by its deadlines
+/// (`conn::Connection::wake`).
+async fn serve_connection(
+    mut client: Client,
+    state: Arc<State>,
+    mut admitted: conn::Connection,
+    h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+) {
+    let protocol = tokio::select! {
+        protocol = client.protocol() => protocol,
+        // Nothing (or only the start of a preface) within the head deadline, or a drain.
+        _ = admitted.wake() => return,
+    };
+    match protocol {
+        Ok(Some(Protocol::Http1)) => {
+            let serving = server::serve(client, state, admitted.tracker());
+            tokio::pin!(serving);
             let wake = tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served {
-                        count_connection_error(&*e);
-                    }
-                    return;
-                }
+                () = serving.as_mut() => return,
                 wake = admitted.wake() => wake,
             };
             match wake {
-                // No complete head in time (HTTP/1, nothing in flight): closed at once, as
-                // hyper's header-read timeout did.
-                conn::Wake::HeadTimeout => {}
-                // The client stopped taking its answer: cut (the request is accounted as its
-                // answer stood; the copy's connection closes with it).
-                conn::Wake::NotReading => telemetry::warn_sampled(
-                    Counter::ProxyClientNotReading,
-                    "front door: a client took none of its answer for proxy.send_timeout_ms: connection cut",
-                ),
-                // No new requests; those in flight finish (the drain's end bounds them).
-                conn::Wake::Drain => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-                // Nothing in flight: a polite close (h2 GOAWAY), else dropped. A connection
-                // that never sent a byte does not notice the shutdown on its own.
-                conn::Wake::Idle => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
-                }
+                // A drain with an answer in flight: it finishes, then the connection closes
+                // (`server::serve` reads the drain after each answer). Idle: closed now.
+                conn::Wake::Drain if admitted.busy() => serving.await,
+                conn::Wake::NotReading => not_reading(),
+                // No complete head in time, idle, or a drain between requests: closed now.
+                conn::Wake::Drain | conn::Wake::HeadTimeout | conn::Wake::Idle => {}
             }
-        });
+        }
+        Ok(Some(Protocol::Http2)) => serve_h2(client, state, admitted, &h2).await,
+        Ok(None) | Err(_) => {}
     }
+}
+
+/// An h2c connection, served by hyper.
+async fn serve_h2(
+    client: Client,
+    state: Arc<State>,
+    mut admitted: conn::Connection,
+    h2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+) {
+    let service = {
+        let track = admitted.tracker();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (state, active) = (state.clone(), track.request(true));
+            async move {
+                let (parts, body) = req.into_parts();
+                let upload = Arc::new(UploadState::default());
+                let response = handle(state, parts, Source::Hyper(body), upload).await;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| conn::Guarded::new(body, active)),
+                )
+            }
+        })
+    };
+    // Errors here are the client's (a protocol error, a reset connection): the connection's
+    // task ends (its requests, if any, are counted when their guards drop).
+    let connection = h2.serve_connection(TokioIo::new(client.into_h2()), service);
+    tokio::pin!(connection);
+    let wake = tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(e) = served {
+                count_connection_error(&e);
+            }
+            return;
+        }
+        wake = admitted.wake() => wake,
+    };
+    match wake {
+        // Not for h2 (hyper frames its heads itself).
+        conn::Wake::HeadTimeout => {}
+        conn::Wake::NotReading => not_reading(),
+        // No new streams; those in flight finish (the drain's end bounds them).
+        conn::Wake::Drain => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+        // Nothing in flight: a polite close (GOAWAY), else dropped.
+        conn::Wake::Idle => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+        }
+    }
+}
+
+/// The client stopped taking its answer: cut (the request is accounted as its answer stood;
+/// the copy's connection closes with it).
+fn not_reading() {
+    telemetry::warn_sampled(
+        Counter::ProxyClientNotReading,
+        "front door: a client took none of its answer for proxy.send_timeout_ms: connection cut",
+    );
 }
 
 /// Waits until no request is in flight or `until`; what is still in flight then is cut when
@@ -430,11 +474,8 @@ async fn drain(state: &State, until: Instant) {
     );
 }
 
-/// Counts what hyper answered or cut off itself.
-fn count_connection_error(e: &(dyn StdError + 'static)) {
-    let Some(e) = e.downcast_ref::<hyper::Error>() else {
-        return;
-    };
+/// Counts what hyper answered or cut off itself on an h2c connection.
+fn count_connection_error(e: &hyper::Error) {
     if e.is_parse_too_large() {
         telemetry::warn_sampled(
             Counter::ProxyBadRequests,
@@ -446,8 +487,6 @@ fn count_connection_error(e: &(dyn StdError + 'static)) {
             "front door: malformed request (400)",
         );
     }
-    // A head not complete within HEADER_READ_TIMEOUT is counted by the connection's watchdog
-    // (`conn::Wake::HeadTimeout`) as an idle close: no fault, an idle keep-alive ends so too.
 }
 
 /// The front door's own answer to a request it could not route: not an invocation.
@@ -467,35 +506,39 @@ fn reject(state: &State, e: RouteError) -> Response<Metered> {
     local(None, e.status(), message)
 }
 
+/// Routes one request (its head `parts`, its body from `source`) to a copy and gives the answer,
+/// or the front door's own. `upload` tracks the body (the caller may watch it).
 async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Metered>, Infallible> {
+    mut parts: request::Parts,
+    source: Source<'_>,
+    upload: Arc<UploadState>,
+) -> Response<Metered> {
     let started = Instant::now();
-    let head = Scan::of(req.headers());
-    if let Some((status, reason)) = refused_request(&req, &head) {
+    let head = Scan::of(&parts.headers);
+    if let Some((status, reason)) = refused_request(&parts.method, &head) {
         telemetry::warn_sampled(Counter::ProxyBadRequests, reason);
-        return Ok(local(None, status, format!("{reason}\n")));
+        return local(None, status, format!("{reason}\n"));
     }
-    let declared = head
-        .content_length
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_request_body_bytes) {
+    let mut body = Upload::new(source, state.max_request_body_bytes, upload.clone());
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > state.max_request_body_bytes)
+    {
         telemetry::warn_sampled(
             Counter::ProxyBadRequests,
             "front door: request body over the limit (413)",
         );
-        return Ok(local(None, 413, "request body too large\n".into()));
+        return local(None, 413, "request body too large\n".into());
     }
     let table = state.table();
     let upstream = match table.choose(head.component.map(|v| v.as_bytes())) {
         Ok(upstream) => upstream,
-        Err(e) => return Ok(reject(&state, e)),
+        Err(e) => return reject(&state, e),
     };
-    let mut guard = InFlight::new(state.clone(), upstream.clone(), started);
+    let mut guard = InFlight::new(state.clone(), upstream.clone(), started, upload);
     let (has_host, hop_by_hop) = (head.hosts > 0, head.hop_by_hop);
-    let (mut parts, body) = req.into_parts();
     // Copies get origin-form (`/path?query`); the request's own authority (h2c, or an HTTP/1
     // absolute-form target) never picks a destination and is not passed on.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -516,7 +559,7 @@ async fn handle(
                     Counter::ProxyBadRequests,
                     "front door: request target not usable (400)",
                 );
-                return Ok(local(Some(guard), 400, "bad request target\n".into()));
+                return local(Some(guard), 400, "bad request target\n".into());
             }
         }
     }
@@ -527,7 +570,6 @@ async fn handle(
         strip_hop_by_hop(&mut parts.headers);
     }
     let upload = guard.upload.clone();
-    let mut body = Upload::new(body, state.max_request_body_bytes, upload.clone());
 
     let model_started = Instant::now();
     guard.model_started = Some(model_started);
@@ -556,14 +598,17 @@ async fn handle(
             if is_streamed(said.event_stream, &body, head_request) {
                 guard.stream = Some(Stream::default());
             }
-            Ok(Response::from_parts(
+            Response::from_parts(
                 parts,
                 Metered {
                     inner: Inner::Upstream(body),
                     guard: Some(guard),
                 },
-            ))
+            )
         }
+        // The client left while the copy worked: the request is dropped unsettled (counted as
+        // the client's leaving, and the copy's connection closes); nobody reads this.
+        Err(SendError::ClientGone) => local(Some(guard), 499, "client closed request\n".into()),
         Err(SendError::Timeout) => {
             guard.model_ended = Some(Instant::now());
             if upload.waiting_on_client() {
@@ -576,11 +621,11 @@ async fn handle(
                         state.response_timeout.as_millis()
                     ),
                 );
-                return Ok(local(
+                return local(
                     Some(guard),
                     408,
                     "the request body did not arrive in time\n".into(),
-                ));
+                );
             }
             guard.fate = Fate::Failed(504);
             telemetry::warn_sampled(
@@ -592,16 +637,16 @@ async fn handle(
                     state.response_timeout.as_millis()
                 ),
             );
-            Ok(local(
+            local(
                 Some(guard),
                 504,
                 "the model did not answer in time\n".into(),
-            ))
+            )
         }
         Err(e) => {
             guard.model_ended = Some(Instant::now());
             if let Some(fault) = upload.fault() {
-                return Ok(client_fault(guard, fault));
+                return client_fault(guard, fault);
             }
             let (status, message) = classify(&e);
             guard.fate = Fate::Failed(status);
@@ -619,7 +664,7 @@ async fn handle(
                     chain(&e)
                 ),
             );
-            Ok(local(Some(guard), status, message.into()))
+            local(Some(guard), status, message.into())
         }
     }
 }
@@ -673,6 +718,8 @@ fn classify(e: &SendError) -> (u16, &'static str) {
         SendError::Timeout => (504, "the model did not answer in time\n"),
         // Answered as the client's fault before this is asked (`UploadState::fault`).
         SendError::Upload(_) => (400, "the request body failed\n"),
+        // Not answered (`handle`).
+        SendError::ClientGone => (499, "client closed request\n"),
     }
 }
 
@@ -691,8 +738,8 @@ fn chain(e: &dyn StdError) -> String {
 /// through it (`CONNECT` would reach the copy as `CONNECT /`), and two `Host` headers (RFC 9112
 /// section 3.2: a server must answer 400; forwarding both lets the copy and the front door
 /// disagree on the target).
-fn refused_request<B>(req: &Request<B>, head: &Scan<'_>) -> Option<(u16, &'static str)> {
-    if req.method() == http::Method::CONNECT {
+fn refused_request(method: &Method, head: &Scan<'_>) -> Option<(u16, &'static str)> {
+    if method == Method::CONNECT {
         return Some((405, "CONNECT is not served by the front door"));
     }
     if head.hosts > 1 {
@@ -709,7 +756,6 @@ const COMPONENT: HeaderName = HeaderName::from_static(COMPONENT_HEADER);
 #[derive(Debug, Default)]
 struct Scan<'a> {
     hosts: usize,
-    content_length: Option<&'a HeaderValue>,
     component: Option<&'a HeaderValue>,
     /// A hop-by-hop header is present: [`strip_hop_by_hop`] has work to do.
     hop_by_hop: bool,
@@ -721,8 +767,6 @@ impl<'a> Scan<'a> {
         for (name, value) in headers {
             if name == header::HOST {
                 scan.hosts += 1;
-            } else if name == header::CONTENT_LENGTH {
-                scan.content_length.get_or_insert(value);
             } else if name == COMPONENT {
                 scan.component.get_or_insert(value);
             } else if HOP_BY_HOP.contains(name) {
@@ -826,12 +870,17 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(state: Arc<State>, upstream: Arc<Upstream>, started: Instant) -> Self {
+    fn new(
+        state: Arc<State>,
+        upstream: Arc<Upstream>,
+        started: Instant,
+        upload: Arc<UploadState>,
+    ) -> Self {
         state.accounts.start(&upstream.key);
         InFlight {
             state,
             upstream,
-            upload: Arc::default(),
+            upload,
             started,
             model_started: None,
             model_ended: None,
@@ -1048,7 +1097,6 @@ mod tests {
         h.append(COMPONENT_HEADER, HeaderValue::from_static("model-b"));
         let scan = Scan::of(&h);
         assert_eq!(scan.hosts, 1);
-        assert_eq!(scan.content_length, Some(&HeaderValue::from_static("3")));
         assert_eq!(
             scan.component,
             h.get(COMPONENT_HEADER),

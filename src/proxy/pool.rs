@@ -90,7 +90,7 @@ impl Pool {
         connect_timeout: Duration,
         due: Due,
         head: &request::Parts,
-        body: &mut Upload,
+        body: &mut Upload<'_>,
     ) -> Result<Answered, SendError> {
         while let Some(connection) = self.take() {
             match connection.send(head, body, true, due).await {

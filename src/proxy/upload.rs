@@ -12,6 +12,9 @@
 //!
 //! It also enforces `proxy.max_request_body_bytes` on bodies without a declared length (a
 //! chunked body growing past it), as `http_body_util::Limited` did.
+//!
+//! The body comes from hyper (an h2c stream) or from the front door's own HTTP/1.1 server
+//! ([`super::server::Client`], which reads it off the client's socket as the copy takes it).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -22,6 +25,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::server::Client;
 
 /// Why the client's body did not reach the copy whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +76,17 @@ impl UploadState {
 #[derive(Debug)]
 pub struct UploadError {
     pub fault: UploadFault,
-    source: Option<hyper::Error>,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl UploadError {
+    /// The client's fault `fault`, found by the front door's own HTTP/1.1 server.
+    pub fn client(fault: UploadFault, source: Option<std::io::Error>) -> Self {
+        UploadError {
+            fault,
+            source: source.map(|e| Box::new(e) as Box<dyn StdError + Send + Sync>),
+        }
+    }
 }
 
 impl std::fmt::Display for UploadError {
@@ -86,7 +101,9 @@ impl std::fmt::Display for UploadError {
 
 impl StdError for UploadError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_ref().map(|e| e as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
     }
 }
 
@@ -111,15 +128,23 @@ fn classify(e: &hyper::Error) -> UploadFault {
     }
 }
 
+/// Where the client's body comes from.
+pub enum Source<'a> {
+    /// An h2c stream's, from hyper.
+    Hyper(Incoming),
+    /// An HTTP/1.1 request's, read off the client's connection.
+    Client(&'a mut Client),
+}
+
 /// The client's body, capped and watched.
-pub struct Upload {
-    inner: Incoming,
+pub struct Upload<'a> {
+    inner: Source<'a>,
     remaining: u64,
     state: Arc<UploadState>,
 }
 
-impl Upload {
-    pub fn new(inner: Incoming, limit: u64, state: Arc<UploadState>) -> Self {
+impl<'a> Upload<'a> {
+    pub fn new(inner: Source<'a>, limit: u64, state: Arc<UploadState>) -> Self {
         Upload {
             inner,
             remaining: limit,
@@ -128,7 +153,18 @@ impl Upload {
     }
 }
 
-impl Body for Upload {
+impl Upload<'_> {
+    /// Ready when an HTTP/1.1 client closed its connection after its body (h2c: hyper drops
+    /// the request itself).
+    pub fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.inner {
+            Source::Hyper(_) => Poll::Pending,
+            Source::Client(client) => client.poll_gone(cx),
+        }
+    }
+}
+
+impl Body for Upload<'_> {
     type Data = Bytes;
     type Error = UploadError;
 
@@ -137,7 +173,16 @@ impl Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UploadError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            Source::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| UploadError {
+                fault: classify(&e),
+                source: Some(Box::new(e)),
+            }),
+            Source::Client(client) => client
+                .poll_body(cx)
+                .map(|data| data.map(|d| d.map(Frame::data))),
+        };
+        match polled {
             Poll::Pending => {
                 this.state.set(WAITING);
                 Poll::Pending
@@ -162,26 +207,28 @@ impl Body for Upload {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let fault = classify(&e);
-                this.state.set(match fault {
+                this.state.set(match e.fault {
                     UploadFault::BadFraming => BAD_FRAMING,
                     UploadFault::Left => LEFT,
                     UploadFault::OverLimit => OVER_LIMIT,
                 });
-                Poll::Ready(Some(Err(UploadError {
-                    fault,
-                    source: Some(e),
-                })))
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Hyper(body) => body.is_end_stream(),
+            Source::Client(client) => client.body_is_end(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Hyper(body) => body.size_hint(),
+            Source::Client(client) => client.body_size_hint(),
+        }
     }
 }
 
