@@ -3,7 +3,9 @@
 //! few increments, two latency buckets), and a tick's drain after 10,000 requests.
 //!
 //! The copy side's HTTP/1.1 codec (`proxy::client`): a small answer's head and body, as nginx
-//! and most model servers send one, and a streamed chunked answer of 64 tokens.
+//! and most model servers send one, and a streamed chunked answer of 64 tokens. The client side's
+//! (`proxy::server`): a request head as wrk sends one and as a model's client sends one, and an
+//! answer head written for the client.
 //!
 //! And the EMF a 10 s window of invocation series takes at 1, 1,000 and 50,000 requests/s
 //! (printed, and checked against `EMF_MAX_VALUES_PER_SERIES`): the time measured is encoding
@@ -27,6 +29,7 @@ use endpoint_metrics_agent::proxy::account::{
     Accounts, CopyKey, FirstChunk, Outcome, StreamOutcome,
 };
 use endpoint_metrics_agent::proxy::client::{read_whole_answer, NameCache};
+use endpoint_metrics_agent::proxy::server::{parse_request, write_answer_head};
 
 fn outcome(i: u32) -> Outcome {
     let model_us = 800.0 + f64::from(i % 997) * 37.0;
@@ -147,6 +150,49 @@ fn codec(c: &mut Criterion) {
     }
 }
 
+fn server_codec(c: &mut Criterion) {
+    let wrk: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18183\r\n\r\n";
+    let model: &[u8] = b"POST /invocations HTTP/1.1\r\nHost: model.local:8080\r\nUser-Agent: python-requests/2.32\r\n\
+        Accept: */*\r\nContent-Type: application/json\r\nContent-Length: 42\r\n\
+        X-Amzn-SageMaker-Inference-Component: llama-8b\r\n\r\n";
+    for (name, wire) in [
+        ("read a request head (wrk's GET, 1 header)", wrk),
+        ("read a request head (a model's POST, 6 headers)", model),
+    ] {
+        let mut buf = bytes::BytesMut::with_capacity(wire.len());
+        // One connection's cache of header names, as the front door keeps it.
+        let mut names = NameCache::default();
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                buf.clear();
+                buf.extend_from_slice(wire);
+                let head = parse_request(&mut buf, &mut names).unwrap().unwrap();
+                assert!(!head.parts.headers.is_empty());
+                head
+            })
+        });
+    }
+    let mut answer = http::Response::new(());
+    for (name, value) in [
+        ("server", "nginx/1.22.1"),
+        ("date", "Tue, 01 Dec 2026 02:00:00 GMT"),
+        ("content-type", "application/octet-stream"),
+    ] {
+        answer
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    let (answer, ()) = answer.into_parts();
+    let mut out = Vec::with_capacity(256);
+    c.bench_function("write an answer head (3 headers, a length)", |b| {
+        b.iter(|| {
+            out.clear();
+            write_answer_head(&mut out, &answer, Some(6));
+            assert!(out.ends_with(b"\r\n\r\n"));
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let accounts = Accounts::new(1);
     let copy = CopyKey {
@@ -205,5 +251,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, codec);
+criterion_group!(benches, bench, codec, server_codec);
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 //! two task wake-ups), about a third of the front door's user-space time per request
 //! (`docs/performance.md`). Here the request's handler writes the request head and body on the
 //! copy's socket itself, parses the answer head with `httparse`, and the answer's body
-//! ([`Answer`]) reads the socket as hyper's server polls it: one task, no hand-off.
+//! ([`Answer`]) reads the socket as the client's connection (`super::server`, or hyper's h2c
+//! server) polls it: one task, no hand-off.
 //!
 //! What a copy sends is input like any other: an answer head over [`MAX_ANSWER_HEAD_BYTES`] or
 //! [`MAX_ANSWER_HEADERS`], malformed framing (RFC 9112 section 6: an invalid `Content-Length`, a
@@ -181,8 +182,8 @@ pub struct Failed {
 
 impl Connection {
     /// Opens a connection to `authority` ("ip:port").
-    /// Boxed: an answer's body and the request's future carry it, and hyper's server moves
-    /// both several times a request (a pointer moves rather than the connection's buffers and
+    /// Boxed: an answer's body and the request's future carry it, and the server moves both
+    /// several times a request (a pointer moves rather than the connection's buffers and
     /// timer).
     pub async fn connect(authority: &str, timeout: Duration) -> Result<Box<Connection>, SendError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(authority)).await {
@@ -805,7 +806,7 @@ pub struct Said {
 }
 
 /// Works out the body's framing (RFC 9112 section 6.3) and whether the connection stays open.
-/// Returns the head hyper's server gets (it frames the client's answer itself), the framing,
+/// Returns the head the client's server gets (it frames the client's answer itself), the framing,
 /// whether the connection may be reused, and what else the head said.
 fn finish_head(
     mut head: RawHead,
@@ -881,7 +882,7 @@ pub(super) fn merge_length(so_far: Option<Option<u64>>, value: &[u8]) -> Option<
     length
 }
 
-/// The copy's answer body, read from its connection as hyper's server polls it. At its end the
+/// The copy's answer body, read from its connection as the client's server polls it. At its end the
 /// connection can be taken back ([`Answer::take_reusable`]).
 #[derive(Debug)]
 pub struct Answer {
@@ -889,7 +890,7 @@ pub struct Answer {
     framing: Framing,
     /// The connection may serve another request once the body is read to its end.
     reusable: bool,
-    /// A failure found and not yet reported: it is reported one poll later, so that hyper's
+    /// A failure found and not yet reported: it is reported one poll later, so that the
     /// server first writes out what the client was already given (it drops its unwritten
     /// buffer when a body fails), and the client sees the cut where the copy made it.
     failed: Option<io::Error>,

@@ -64,7 +64,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const HOP_BY_HOP_NAMES: usize = 9;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): meaningful for one connection only, never forwarded.
-/// `transfer-encoding` too: hyper frames each side itself (and HTTP/2 forbids it).
+/// `transfer-encoding` too: the front door frames each side itself (and HTTP/2 forbids it).
 /// Kept as header names, so removing them parses nothing per request.
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_NAMES] = [
     header::TRANSFER_ENCODING,
@@ -374,9 +374,8 @@ async fn serve_connection(
         Ok(Some(Protocol::Http1)) => {
             let serving = server::serve(client, state, admitted.tracker());
             tokio::pin!(serving);
-            let wake = tokio::select! {
-                () = serving.as_mut() => return,
-                wake = admitted.wake() => wake,
+            let Some(wake) = admitted.watch(serving.as_mut()).await else {
+                return;
             };
             match wake {
                 // A drain with an answer in flight: it finishes, then the connection closes
@@ -589,7 +588,7 @@ async fn handle(
             body,
             said,
         }) => {
-            // The client's framing and connection headers are hyper's; the copy's were left out
+            // The client's framing and connection headers are the server's; the copy's were left out
             // as its head was read, but for the ones its Connection header names.
             if said.names_hop_by_hop {
                 strip_hop_by_hop(&mut parts.headers);

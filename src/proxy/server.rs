@@ -753,6 +753,13 @@ fn encode_answer_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes the head of an answer of `length` bytes (chunked if unknown) to an HTTP/1.1 client
+/// that keeps its connection, as the front door writes one. For `benches/proxy.rs`.
+pub fn write_answer_head(out: &mut Vec<u8>, parts: &response::Parts, length: Option<u64>) {
+    let body = length.map_or(Out::Chunked, Out::Length);
+    encode_answer_head(out, parts, body, true, false);
+}
+
 /// Appends a piece of the body in the answer's framing.
 fn push_data(out: &mut Vec<u8>, data: &[u8], body: Out) {
     if data.is_empty() {

@@ -46,7 +46,7 @@ const BAD_FRAMING: u8 = 3;
 const LEFT: u8 = 4;
 const OVER_LIMIT: u8 = 5;
 
-/// Where the upload stands, shared between the body (in hyper's connection task) and the
+/// Where the upload stands, shared between the body (in the connection's task) and the
 /// request's handler.
 #[derive(Debug, Default)]
 pub struct UploadState(AtomicU8);
