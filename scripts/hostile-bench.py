@@ -11,7 +11,9 @@ by this script, then reports:
      and nothing else, a request head trickled a byte at a time).
 
 Usage: scripts/hostile-bench.py [--agent target/release/endpoint-metrics-agent] [--idle 10000]
-       [--hostile 1000] [--requests 2000]
+       [--hostile 1000] [--requests 2000] [--answer-bytes 2]
+--answer-bytes sets the copy's answer body: with a large one (256 KiB), each idle connection
+has carried a large answer before it went quiet (what its buffers keep then).
 Every loop is bounded in count and time; the script raises its own file limit to the hard one.
 """
 
@@ -46,8 +48,9 @@ def free_port():
     return port
 
 
-async def copy_server():
-    """A model copy: answers every request on a connection with 200 "ok"."""
+async def copy_server(answer_bytes):
+    """A model copy: answers every request on a connection with 200 and answer_bytes of "o"."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % answer_bytes + b"o" * answer_bytes
 
     async def serve(reader, writer):
         try:
@@ -59,7 +62,7 @@ async def copy_server():
                         length = int(line.split(b":")[1])
                 if length:
                     await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError):
             pass
@@ -145,7 +148,7 @@ async def trickle(conns, stop):
 async def main(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    server, copy_port = await copy_server()
+    server, copy_port = await copy_server(args.answer_bytes)
     work = tempfile.mkdtemp(prefix="ema-hostile-bench-")
     config = os.path.join(work, "agent.toml")
     front_port, admin_port = free_port(), free_port()
@@ -190,7 +193,9 @@ url = "http://127.0.0.1:{copy_port}"
             except OSError:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2)
-        print(f"agent {args.agent}, file limit {args.file_limit}, max_connections {args.max_connections}")
+        print(
+            f"agent {args.agent}, file limit {args.file_limit}, max_connections {args.max_connections}, answers of {args.answer_bytes} bytes"
+        )
         print(f"RSS before: {rss_kib(agent.pid) / 1024:.1f} MiB")
         conns = await open_idle(front_port, args.idle)
         await asyncio.sleep(1)
@@ -236,6 +241,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--max-connections", type=int, default=4096)
     parser.add_argument("--file-limit", type=int, default=65536)
+    parser.add_argument("--answer-bytes", type=int, default=2)
     args = parser.parse_args()
     if not os.path.exists(args.agent):
         sys.exit(f"no agent binary at {args.agent}: cargo build --release first")

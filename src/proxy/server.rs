@@ -65,6 +65,13 @@ pub const LINGER_BYTES: usize = 256 * 1024;
 /// See [`LINGER_BYTES`].
 pub const LINGER: Duration = Duration::from_secs(1);
 
+/// Buffer room a connection keeps between requests. A large answer grows the write buffer to
+/// about [`WRITE_AT_BYTES`], and a large head the read buffer to up to
+/// [`super::MAX_HEADER_BYTES`]; kept, that room would stay with every idle keep-alive connection
+/// that ever carried one (4,096 connections at 64 KiB each: 256 MiB, the unit's `MemoryMax`).
+/// Past this much it is given back once the answer is sent; below it, it is reused.
+pub const IDLE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -252,6 +259,17 @@ impl Client {
                 Err(e) => return Poll::Ready(Some(Err(self.body_failed(UploadFault::Left, e)))),
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// Gives back buffer room past [`IDLE_BUFFER_BYTES`] between requests (bytes a client sent
+    /// ahead stay).
+    fn shed_buffers(&mut self) {
+        if self.write.capacity() > IDLE_BUFFER_BYTES {
+            self.write = Vec::new();
+        }
+        if self.read.is_empty() && self.read.capacity() > IDLE_BUFFER_BYTES {
+            self.read = BytesMut::new();
         }
     }
 
@@ -507,6 +525,7 @@ pub(super) async fn serve(mut client: Client, state: Arc<State>, tracker: Tracke
             }
             return;
         }
+        client.shed_buffers();
     }
 }
 

@@ -267,3 +267,32 @@ fn hex_has_no_leading_zeros() {
     assert_eq!(hex(0xabc, &mut buf), b"abc");
     assert_eq!(hex(u64::MAX, &mut buf), b"ffffffffffffffff");
 }
+
+#[tokio::test]
+async fn an_idle_connection_keeps_little_buffer_room_and_never_drops_bytes_sent_ahead() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _peer = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut client = Client::new(listener.accept().await.unwrap().0);
+
+    // Room a large answer and a large head left behind is given back.
+    client.write = Vec::with_capacity(WRITE_AT_BYTES + 100);
+    client.read = BytesMut::with_capacity(MAX_HEADER_BYTES);
+    client.shed_buffers();
+    assert!(client.write.capacity() <= IDLE_BUFFER_BYTES);
+    assert!(client.read.capacity() <= IDLE_BUFFER_BYTES);
+
+    // Room under the bound is kept for the next request (no allocation a request).
+    client.write = Vec::with_capacity(4096);
+    client.read = BytesMut::with_capacity(4096);
+    client.shed_buffers();
+    assert_eq!(client.write.capacity(), 4096);
+    assert!(client.read.capacity() >= 4096);
+
+    // A pipelined request already read stays, whatever room it holds.
+    client.read = BytesMut::with_capacity(MAX_HEADER_BYTES);
+    client.read.extend_from_slice(b"GET / HTTP/1.1\r\n");
+    client.shed_buffers();
+    assert_eq!(&client.read[..], b"GET / HTTP/1.1\r\n");
+}
