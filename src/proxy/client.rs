@@ -588,26 +588,15 @@ impl Facts {
                 false
             }
             Kind::Connection => {
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        self.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        self.keep_alive = true;
-                    } else if !token.is_empty() {
-                        self.names_others = true;
-                    }
-                }
+                let said = ConnectionTokens::of(value);
+                self.close |= said.close;
+                self.keep_alive |= said.keep_alive;
+                self.names_others |= said.names_others;
                 // Kept when it names other headers: `strip_hop_by_hop` removes them and it.
                 !self.names_others
             }
             Kind::TransferEncoding => {
-                // The last header's last coding decides (RFC 9112 section 6.1).
-                self.chunked = Some(
-                    value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-                );
+                self.chunked = Some(ends_chunked(value));
                 true
             }
             Kind::ContentLength => {
@@ -617,6 +606,40 @@ impl Facts {
             Kind::HopByHop => true,
         }
     }
+}
+
+/// What one `Connection` header says (RFC 9110 section 7.6.1), in a request or an answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// It names other headers (hop-by-hop for this connection).
+    pub names_others: bool,
+}
+
+impl ConnectionTokens {
+    pub(super) fn of(value: &[u8]) -> ConnectionTokens {
+        let mut said = ConnectionTokens::default();
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                said.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                said.keep_alive = true;
+            } else if !token.is_empty() {
+                said.names_others = true;
+            }
+        }
+        said
+    }
+}
+
+/// Whether a `Transfer-Encoding` value's last coding is chunked: the last header's last coding
+/// decides (RFC 9112 section 6.1).
+pub(super) fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The media type of Server-Sent Events.
@@ -712,20 +735,86 @@ impl NameCache {
     }
 }
 
-/// Headers an answer head is parsed into before any is placed: most answers have a handful.
-const INLINE_HEADER_SPANS: usize = 16;
+/// Headers a head is parsed into before any is placed: most heads have a handful.
+pub(super) const INLINE_HEADER_SPANS: usize = 16;
 
-/// Takes a complete answer head off the front of `buf`, if it is all there. Header values share
-/// the head's bytes (one allocation for all of them, as hyper does); it is parsed once.
+/// Where one header's name and value lie in a head: name start and end, value start and end.
+type Span = (u32, u32, u32, u32);
+
+/// Where each header's name and value lie in a head. The parser borrows the read buffer, which
+/// is split off and frozen once the parse is done; the map is then built over the frozen bytes,
+/// each value sharing them (one allocation for all, as hyper does). Past the inline ones, a
+/// vector.
+pub(super) struct HeaderSpans {
+    inline: [Span; INLINE_HEADER_SPANS],
+    count: usize,
+    spilled: Vec<Span>,
+}
+
+impl HeaderSpans {
+    /// The spans of `headers`, parsed out of `buf`, a head of at most `u32::MAX` bytes (the
+    /// caller checks).
+    pub(super) fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> HeaderSpans {
+        let mut spans = HeaderSpans {
+            inline: [(0, 0, 0, 0); INLINE_HEADER_SPANS],
+            count: headers.len(),
+            spilled: Vec::new(),
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (i, h) in headers.iter().enumerate() {
+            let name = at(h.name.as_bytes());
+            let value = at(h.value);
+            let span = (
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            );
+            match spans.inline.get_mut(i) {
+                Some(slot) => *slot = span,
+                None => spans.spilled.push(span),
+            }
+        }
+        spans
+    }
+
+    /// The header map over `bytes` (the head, frozen), names through the connection's `names`.
+    /// A header `take` returns true for (one the front door reads and acts on) is left out; an
+    /// invalid name or value is `fail`'s error.
+    pub(super) fn into_map<E>(
+        self,
+        bytes: &Bytes,
+        names: &mut NameCache,
+        mut take: impl FnMut(Kind, &Bytes) -> bool,
+        fail: fn(&'static str) -> E,
+    ) -> Result<HeaderMap, E> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        let spans = self.inline[..self.count.min(INLINE_HEADER_SPANS)]
+            .iter()
+            .chain(&self.spilled);
+        for (index, &(name_start, name_end, value_start, value_end)) in spans.enumerate() {
+            let (name, kind) = names
+                .name(index, &bytes[name_start as usize..name_end as usize])
+                .ok_or_else(|| fail("bad header name"))?;
+            let value = bytes.slice(value_start as usize..value_end as usize);
+            if take(kind, &value) {
+                continue;
+            }
+            let value =
+                HeaderValue::from_maybe_shared(value).map_err(|_| fail("bad header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// Takes a complete answer head off the front of `buf`, if it is all there. It is parsed once.
 fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHead>, SendError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    // Where each header's name and value lie in the head: the parser borrows `buf`, which is
-    // split off and frozen once the parse is done. Past the inline ones, a vector.
-    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE_HEADER_SPANS];
-    let mut spilled = Vec::new();
-    let (len, code, version, count) = {
+    let (len, code, version, spans) = {
         let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_ANSWER_HEADERS];
         let mut answer = httparse::Response::new(&mut []);
         let parse = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -744,23 +833,8 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
         if len > u32::MAX as usize {
             return Err(SendError::BadAnswer("answer head over the limit"));
         }
-        let base = buf.as_ptr() as usize;
-        for (i, h) in answer.headers.iter().enumerate() {
-            // Offsets within a head of at most u32::MAX bytes (checked above).
-            let name = (h.name.as_ptr() as usize - base) as u32;
-            let value = (h.value.as_ptr() as usize - base) as u32;
-            let span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-            match inline.get_mut(i) {
-                Some(slot) => *slot = span,
-                None => spilled.push(span),
-            }
-        }
-        (len, answer.code, answer.version, answer.headers.len())
+        let spans = HeaderSpans::of(buf, answer.headers);
+        (len, answer.code, answer.version, spans)
     };
     let bytes = buf.split_to(len).freeze();
     let status = code
@@ -771,23 +845,13 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
     let mut facts = Facts::default();
-    let spans = inline[..count.min(INLINE_HEADER_SPANS)]
-        .iter()
-        .chain(&spilled);
-    for (index, &(name_start, name_end, value_start, value_end)) in spans.enumerate() {
-        let (name, kind) = names
-            .name(index, &bytes[name_start as usize..name_end as usize])
-            .ok_or(SendError::BadAnswer("bad header name"))?;
-        let value = bytes.slice(value_start as usize..value_end as usize);
-        if facts.read(kind, &value) {
-            continue;
-        }
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| SendError::BadAnswer("bad header value"))?;
-        headers.append(name, value);
-    }
+    let headers = spans.into_map(
+        &bytes,
+        names,
+        |kind, value| facts.read(kind, value),
+        SendError::BadAnswer,
+    )?;
     Ok(Some(RawHead {
         status,
         version,

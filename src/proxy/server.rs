@@ -34,13 +34,16 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header;
 use http::{request, response, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::client::{merge_length, step, Chunk, Framing, Kind, NameCache, Step, READ_CHUNK_BYTES};
+use super::client::{
+    ends_chunked, merge_length, step, Chunk, ConnectionTokens, Framing, HeaderSpans, Kind,
+    NameCache, Step, READ_CHUNK_BYTES,
+};
 use super::conn::{Active, Guarded, Tracker};
 use super::upload::{Source, UploadError, UploadFault, UploadState};
 use super::{Metered, State, MAX_HEADER_BYTES};
@@ -48,9 +51,6 @@ use crate::telemetry::{self, Counter};
 
 /// Headers in one request head; more is refused (431), as hyper refused more than 100.
 pub const MAX_REQUEST_HEADERS: usize = 100;
-
-/// Headers a request head is parsed into before any is placed: most requests have a handful.
-const INLINE_HEADER_SPANS: usize = 16;
 
 /// An answer's bytes go out once this many are buffered, whether or not more of its body is
 /// ready: a large body streams through a buffer of about this size.
@@ -544,9 +544,7 @@ pub fn parse_request(
     buf: &mut BytesMut,
     names: &mut NameCache,
 ) -> Result<Option<RequestHead>, Refusal> {
-    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE_HEADER_SPANS];
-    let mut spilled = Vec::new();
-    let (len, method, target, version, count) = {
+    let (len, method, target, version, spans) = {
         let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let parse = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -563,23 +561,10 @@ pub fn parse_request(
         if len > MAX_HEADER_BYTES {
             return Err(HEAD_TOO_LARGE);
         }
+        let spans = HeaderSpans::of(buf, request.headers);
         let base = buf.as_ptr() as usize;
+        // Offsets within a head of at most MAX_HEADER_BYTES (checked above).
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        for (i, h) in request.headers.iter().enumerate() {
-            // Offsets within a head of at most MAX_HEADER_BYTES (checked above).
-            let name = at(h.name.as_bytes());
-            let value = at(h.value);
-            let span = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-            match inline.get_mut(i) {
-                Some(slot) => *slot = span,
-                None => spilled.push(span),
-            }
-        }
         let method = request.method.unwrap_or_default().as_bytes();
         let target = request.path.unwrap_or_default().as_bytes();
         (
@@ -587,7 +572,7 @@ pub fn parse_request(
             (at(method), method.len() as u32),
             (at(target), target.len() as u32),
             request.version,
-            request.headers.len(),
+            spans,
         )
     };
     let bytes = buf.split_to(len).freeze();
@@ -600,22 +585,8 @@ pub fn parse_request(
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(count);
     let mut facts = RequestFacts::default();
-    let spans = inline[..count.min(INLINE_HEADER_SPANS)]
-        .iter()
-        .chain(&spilled);
-    for (index, &(name_start, name_end, value_start, value_end)) in spans.enumerate() {
-        let (name, kind) = names
-            .name(index, &bytes[name_start as usize..name_end as usize])
-            .ok_or(bad("bad header name"))?;
-        let value = bytes.slice(value_start as usize..value_end as usize);
-        if facts.read(kind, &value) {
-            continue;
-        }
-        let value = HeaderValue::from_maybe_shared(value).map_err(|_| bad("bad header value"))?;
-        headers.append(name, value);
-    }
+    let headers = spans.into_map(&bytes, names, |kind, value| facts.read(kind, value), bad)?;
     let framing = match (facts.chunked, facts.length) {
         (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
         (Some(_), None) if version == Version::HTTP_10 => {
@@ -662,27 +633,14 @@ impl RequestFacts {
         match kind {
             Kind::EndToEnd | Kind::Host | Kind::ContentType => false,
             Kind::Connection => {
-                let mut names_others = false;
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        self.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        self.keep_alive = true;
-                    } else if !token.is_empty() {
-                        names_others = true;
-                    }
-                }
+                let said = ConnectionTokens::of(value);
+                self.close |= said.close;
+                self.keep_alive |= said.keep_alive;
                 // Kept when it names other headers: `strip_hop_by_hop` removes them and it.
-                !names_others
+                !said.names_others
             }
             Kind::TransferEncoding => {
-                // The last header's last coding decides (RFC 9112 section 6.1).
-                self.chunked = Some(
-                    value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-                );
+                self.chunked = Some(ends_chunked(value));
                 true
             }
             Kind::ContentLength => {

@@ -163,7 +163,7 @@ fn an_answer_head_carries_the_front_door_s_framing_and_a_date_once() {
         for (name, value) in headers {
             r.headers_mut().append(
                 header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
             );
         }
         let (parts, ()) = r.into_parts();
