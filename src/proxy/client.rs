@@ -752,14 +752,18 @@ pub(super) struct HeaderSpans {
 }
 
 impl HeaderSpans {
-    /// The spans of `headers`, parsed out of `buf`, a head of at most `u32::MAX` bytes (the
-    /// caller checks).
-    pub(super) fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> HeaderSpans {
-        let mut spans = HeaderSpans {
+    pub(super) fn new() -> HeaderSpans {
+        HeaderSpans {
             inline: [(0, 0, 0, 0); INLINE_HEADER_SPANS],
-            count: headers.len(),
+            count: 0,
             spilled: Vec::new(),
-        };
+        }
+    }
+
+    /// Records where `headers`, parsed out of `buf`, lie in it: a head of at most `u32::MAX`
+    /// bytes (the caller checks). Filled in place: the spans are a few hundred bytes, not moved.
+    pub(super) fn fill(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
+        self.count = headers.len();
         let base = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (i, h) in headers.iter().enumerate() {
@@ -771,19 +775,18 @@ impl HeaderSpans {
                 value,
                 value + h.value.len() as u32,
             );
-            match spans.inline.get_mut(i) {
+            match self.inline.get_mut(i) {
                 Some(slot) => *slot = span,
-                None => spans.spilled.push(span),
+                None => self.spilled.push(span),
             }
         }
-        spans
     }
 
     /// The header map over `bytes` (the head, frozen), names through the connection's `names`.
     /// A header `take` returns true for (one the front door reads and acts on) is left out; an
     /// invalid name or value is `fail`'s error.
-    pub(super) fn into_map<E>(
-        self,
+    pub(super) fn map<E>(
+        &self,
         bytes: &Bytes,
         names: &mut NameCache,
         mut take: impl FnMut(Kind, &Bytes) -> bool,
@@ -814,7 +817,8 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
     if buf.is_empty() {
         return Ok(None);
     }
-    let (len, code, version, spans) = {
+    let mut spans = HeaderSpans::new();
+    let (len, code, version) = {
         let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_ANSWER_HEADERS];
         let mut answer = httparse::Response::new(&mut []);
         let parse = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -833,8 +837,8 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
         if len > u32::MAX as usize {
             return Err(SendError::BadAnswer("answer head over the limit"));
         }
-        let spans = HeaderSpans::of(buf, answer.headers);
-        (len, answer.code, answer.version, spans)
+        spans.fill(buf, answer.headers);
+        (len, answer.code, answer.version)
     };
     let bytes = buf.split_to(len).freeze();
     let status = code
@@ -846,7 +850,7 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<RawHea
         Version::HTTP_11
     };
     let mut facts = Facts::default();
-    let headers = spans.into_map(
+    let headers = spans.map(
         &bytes,
         names,
         |kind, value| facts.read(kind, value),

@@ -544,7 +544,8 @@ pub fn parse_request(
     buf: &mut BytesMut,
     names: &mut NameCache,
 ) -> Result<Option<RequestHead>, Refusal> {
-    let (len, method, target, version, spans) = {
+    let mut spans = HeaderSpans::new();
+    let (len, method, target, version) = {
         let mut parsed = [const { std::mem::MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let parse = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -561,7 +562,7 @@ pub fn parse_request(
         if len > MAX_HEADER_BYTES {
             return Err(HEAD_TOO_LARGE);
         }
-        let spans = HeaderSpans::of(buf, request.headers);
+        spans.fill(buf, request.headers);
         let base = buf.as_ptr() as usize;
         // Offsets within a head of at most MAX_HEADER_BYTES (checked above).
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -572,7 +573,6 @@ pub fn parse_request(
             (at(method), method.len() as u32),
             (at(target), target.len() as u32),
             request.version,
-            spans,
         )
     };
     let bytes = buf.split_to(len).freeze();
@@ -586,7 +586,7 @@ pub fn parse_request(
         Version::HTTP_11
     };
     let mut facts = RequestFacts::default();
-    let headers = spans.into_map(&bytes, names, |kind, value| facts.read(kind, value), bad)?;
+    let headers = spans.map(&bytes, names, |kind, value| facts.read(kind, value), bad)?;
     let framing = match (facts.chunked, facts.length) {
         (Some(_), Some(_)) => return Err(bad("both Transfer-Encoding and Content-Length")),
         (Some(_), None) if version == Version::HTTP_10 => {
