@@ -175,8 +175,12 @@ url = "http://127.0.0.1:{copy_port}"
 """
         )
 
+    # The agent's limit can be at most the hard one: above it setrlimit fails in the child,
+    # which Popen reports only as "Exception occurred in preexec_fn".
+    file_limit = min(args.file_limit, hard)
+
     def limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (args.file_limit, args.file_limit))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
 
     agent = subprocess.Popen(
         [args.agent, "run", "--config", config],
@@ -194,7 +198,7 @@ url = "http://127.0.0.1:{copy_port}"
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2)
         print(
-            f"agent {args.agent}, file limit {args.file_limit}, max_connections {args.max_connections}, answers of {args.answer_bytes} bytes"
+            f"agent {args.agent}, file limit {file_limit}, max_connections {args.max_connections}, answers of {args.answer_bytes} bytes"
         )
         print(f"RSS before: {rss_kib(agent.pid) / 1024:.1f} MiB")
         conns = await open_idle(front_port, args.idle)
